@@ -1,0 +1,56 @@
+"""The stored form of a cached response, and its (de)serialisation.
+
+Layout: ``b"KC"``, one format-version byte, a 4-byte big-endian metadata length, the metadata as JSON,
+then the body bytes untouched (no re-serialisation on the hit path beyond slicing). An entry of another
+format version, or one that does not parse, reads as absent: during a rolling upgrade an old and a new
+proxy sharing one store each see the other's entries as misses, never as garbage.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import orjson
+
+FORMAT_VERSION = 1
+_MAGIC = b"KC"
+_HEAD = struct.Struct(">2sBI")
+
+
+@dataclass(frozen=True)
+class Entry:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored_at: float  # unix time, so every instance computes the same age
+    generations: tuple[str, ...]  # tokens of the guarding namespaces, read before the origin fetch
+    fingerprint: str  # of the rule that stored it (rules.Rule.fingerprint)
+    etag: str
+
+    def encode(self, version: int = FORMAT_VERSION) -> bytes:
+        meta = orjson.dumps({
+            "s": self.status, "h": self.headers, "t": self.stored_at, "g": self.generations,
+            "f": self.fingerprint, "e": self.etag,
+        })
+        return _HEAD.pack(_MAGIC, version, len(meta)) + meta + self.body
+
+
+def decode_entry(raw: bytes | None, version: int = FORMAT_VERSION) -> Entry | None:
+    if raw is None or len(raw) < _HEAD.size:
+        return None
+    magic, found, meta_len = _HEAD.unpack_from(raw)
+    if magic != _MAGIC or found != version or _HEAD.size + meta_len > len(raw):
+        return None
+    try:
+        meta = orjson.loads(raw[_HEAD.size:_HEAD.size + meta_len])
+        return Entry(
+            status=int(meta["s"]),
+            headers=tuple((str(k), str(v)) for k, v in meta["h"]),
+            body=raw[_HEAD.size + meta_len:],
+            stored_at=float(meta["t"]),
+            generations=tuple(meta["g"]),
+            fingerprint=str(meta["f"]),
+            etag=str(meta["e"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None

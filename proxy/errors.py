@@ -1,0 +1,53 @@
+"""The few error types the product raises, and where each is handled.
+
+    KatibaError
+    ├── RulesError        rules.yaml is invalid; carries every problem as (file, line, field, message)
+    ├── IdentityError     a bearer token failed verification; the request is bypassed, never a 500
+    ├── StoreUnavailable  the store timed out or failed; callers fail open to the backend
+    └── UpstreamError     the backend could not be reached (502) or timed out (504)
+
+Redis exceptions never leave ``proxy/store``; aiohttp HTTP exceptions are raised only in ``server.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KatibaError(Exception):
+    """Root of every error the proxy raises on purpose."""
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class RulesError(KatibaError):
+    def __init__(self, problems: list[RuleProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class IdentityError(KatibaError):
+    """The token is missing, malformed, expired, forged or lacks ``sub``; ``reason`` is a small enum."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StoreUnavailable(KatibaError):
+    """The store could not answer in time; the request goes to the backend instead."""
+
+
+class UpstreamError(KatibaError):
+    def __init__(self, status: int, detail: str):
+        self.status = status
+        self.detail = detail
+        super().__init__(detail)

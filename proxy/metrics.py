@@ -1,0 +1,74 @@
+"""Prometheus metrics, all under ``katiba_cache_``, held in a registry the caller hands in.
+
+Labels are rule names and small enums only, never paths, keys or user ids. With ``--workers N`` the
+CLI sets ``PROMETHEUS_MULTIPROC_DIR`` so one scrape sees every worker (prometheus-client's multiprocess
+mode); ``render`` then aggregates from that directory.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("katiba_cache_requests_total", "Requests by rule and cache result",
+                                ["rule", "result"], registry=r)
+        self.bypasses = Counter("katiba_cache_bypass_total", "Bypassed requests by rule and reason",
+                                ["rule", "reason"], registry=r)
+        self.responses = Counter("katiba_cache_responses_total", "Responses by status class",
+                                 ["status_class"], registry=r)
+        self.request_duration = Histogram("katiba_cache_request_duration_seconds",
+                                          "Time to answer a request, by cache result", ["result"],
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_requests = Counter("katiba_cache_upstream_requests_total", "Requests sent to the backend",
+                                         ["rule"], registry=r)
+        self.upstream_errors = Counter("katiba_cache_upstream_errors_total", "Backend failures by kind",
+                                       ["kind"], registry=r)
+        self.upstream_duration = Histogram("katiba_cache_upstream_duration_seconds",
+                                           "Backend time to response headers", buckets=LATENCY_BUCKETS, registry=r)
+        self.store_duration = Histogram("katiba_cache_store_duration_seconds", "Store operation latency",
+                                        ["op"], buckets=STORE_BUCKETS, registry=r)
+        self.store_errors = Counter("katiba_cache_store_errors_total", "Store failures and timeouts",
+                                    ["op"], registry=r)
+        self.stores = Counter("katiba_cache_stores_total", "Fill outcomes: stored, or why not",
+                              ["rule", "outcome"], registry=r)
+        self.purges = Counter("katiba_cache_purges_total", "Purges applied, by rule", ["rule"], registry=r)
+        self.purge_failures = Counter("katiba_cache_purge_failures_total",
+                                      "Purges the store did not accept in time (kept and retried)", registry=r)
+        self.pending_purges = Gauge("katiba_cache_pending_purges", "Namespaces waiting for a purge to land",
+                                    registry=r, multiprocess_mode="livesum")
+        self.coalesced = Counter("katiba_cache_coalesced_waiters_total",
+                                 "Requests that waited for another request's fill", ["rule"], registry=r)
+        self.circuit_state = Gauge("katiba_cache_circuit_state",
+                                   "Store circuit breaker: 0 closed, 1 half-open, 2 open", registry=r,
+                                   multiprocess_mode="max")
+        self.evictions = Gauge("katiba_cache_evictions", "Entries evicted by the memory store's byte budget",
+                               registry=r, multiprocess_mode="livesum")
+        self.store_entries = Gauge("katiba_cache_store_entries", "Entries in the store", registry=r,
+                                   multiprocess_mode="max")
+        self.store_bytes = Gauge("katiba_cache_store_bytes", "Bytes used by the store (Redis used_memory)",
+                                 registry=r, multiprocess_mode="max")
+        self.epoch_bumps = Counter("katiba_cache_epoch_bumps_total",
+                                   "Global epoch bumps (purge --all, or purges that may have been lost)", registry=r)
+        self.reloads = Counter("katiba_cache_reloads_total", "Rules reloads by result", ["result"], registry=r)
+        self.shadow = Counter("katiba_cache_shadow_total", "Shadow mode outcomes by rule",
+                              ["rule", "outcome"], registry=r)
+        self.refreshes = Counter("katiba_cache_background_refreshes_total",
+                                 "Background refreshes (stale-while-revalidate and warming)", ["rule", "kind"],
+                                 registry=r)
+
+    def render(self) -> bytes:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

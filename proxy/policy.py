@@ -1,0 +1,348 @@
+"""Pure decisions: what to do with a request, whether an entry may answer it, whether to store.
+
+No sockets, no store, no clock: callers pass the request's parts, the verified identity (or the
+reason there is none), the compiled rules and ``now``. ``server.py`` carries the decisions out.
+
+Invariants named where they are enforced:
+* a rule whose key needs ``{user_id}`` never yields a lookup without a verified identity (``classify``);
+* an entry answers only while every generation it recorded is still current (``judge``): a purged
+  entry is gone, not stale, and is never served, not even on backend errors;
+* only a response every client with the same key would get is stored (``refuse_to_store``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Mapping
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+
+from .entry import Entry
+from .identity import Identity
+from .keys import Source, Template, render_origin_suffix, render_query_suffix
+from .rules import WRITE_METHODS, Rule, Rules
+
+
+class Reason(str, Enum):
+    """Why a request was not answered from cache; feeds Cache-Status detail, explain and metrics."""
+
+    NO_RULE = "no-rule"
+    DISABLED = "rule-disabled"
+    MODE_OFF = "cache-off"
+    ROLLOUT = "rollout"
+    METHOD = "method"
+    NON_CANONICAL = "non-canonical-path"
+    NO_IDENTITY = "no-token"
+    INVALID_TOKEN = "invalid-token"
+    UNKEYED_QUERY = "unkeyed-query"
+    DUPLICATE_QUERY = "duplicate-query"
+    MISSING_VALUE = "missing-key-value"
+    OVERRIDE_HEADER = "override-header"
+    RANGE = "range"
+    UPGRADE = "upgrade"
+    PENDING_PURGE = "pending-purge"
+    STORE_DOWN = "store-unavailable"
+
+
+# Headers that could make a backend answer differently than the key says; such requests bypass.
+OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override", "x-original-url",
+                    "x-rewrite-url")
+
+
+@dataclass(frozen=True)
+class RequestView:
+    method: str
+    raw_path: str  # percent-encoded, as received, without the query
+    query: str  # raw query string
+    headers: Mapping[str, str]  # case-insensitive mapping (multidict.CIMultiDict in the server)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    rule: Rule
+    key: str
+    gen_keys: tuple[str, ...]  # guarding generations, epoch last
+    revalidate: bool = False  # the client asked for an origin fetch and the rule allows it
+
+
+@dataclass(frozen=True)
+class Bypass:
+    reason: Reason
+    rule: Rule | None = None
+
+
+@dataclass(frozen=True)
+class Write:
+    rule: Rule | None  # None: RFC 9111 §4.4 invalidation of an unruled unsafe request's own URI
+    gen_keys: tuple[str, ...]  # generations to bump once the backend has answered
+    needs_body: bool = False  # purge placeholders read the JSON body: resolve with ``resolve_write``
+    context: Any = None
+
+
+Decision = Lookup | Bypass | Write
+
+
+# ----------------------------------------------------------------------------------- paths
+
+
+def split_path(raw_path: str) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """(canonical segments or None, segments after conservative normalisation).
+
+    Canonical means: no empty, ``.`` or ``..`` segment, no encoded ``/`` and no trailing slash; each
+    segment percent-decoded, so ``%70rofile`` and ``profile`` are one resource (as the backend sees it).
+    The normalised form (dot segments resolved, empty ones dropped) is used only to find purges for
+    unsafe requests, never to serve from cache.
+    """
+    raw_segments = raw_path.split("/")[1:] if raw_path.startswith("/") else raw_path.split("/")
+    decoded = [unquote(s, errors="surrogateescape") for s in raw_segments]
+    canonical = all(s and s not in (".", "..") and "/" not in s for s in decoded) and bool(decoded)
+    normalised: list[str] = []
+    for s in decoded:
+        if s in ("", "."):
+            continue
+        if s == "..":
+            if normalised:
+                normalised.pop()
+            continue
+        normalised.extend(p for p in s.split("/") if p)
+    return (tuple(decoded) if canonical else None), tuple(normalised)
+
+
+def parse_query(query: str) -> tuple[dict[str, str], set[str]] | None:
+    """(params, names given more than once), or None when the query does not parse."""
+    if not query:
+        return {}, set()
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    params: dict[str, str] = {}
+    repeated = set()
+    for name, value in pairs:
+        if name in params:
+            repeated.add(name)
+        params[name] = value
+    return params, repeated
+
+
+# ------------------------------------------------------------------------------- classify
+
+
+def classify(req: RequestView, rules: Rules, identity: Identity | None, token_error: str | None = None) -> Decision:
+    """What to do with ``req``. ``identity`` is the verified token's user, ``token_error`` why it failed."""
+    method = req.method
+    if method in ("GET", "HEAD"):
+        return _classify_read(req, rules, identity, token_error)
+    if method in WRITE_METHODS:
+        return _classify_write(req, rules, identity)
+    return Bypass(Reason.METHOD)
+
+
+def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, token_error: str | None) -> Decision:
+    canonical, _ = split_path(req.raw_path)
+    if canonical is None:
+        return Bypass(Reason.NON_CANONICAL)
+    found = rules.match("GET", canonical)
+    if found is None:
+        return Bypass(Reason.NO_RULE)
+    rule, params = found
+    if not rule.enabled:
+        return Bypass(Reason.DISABLED, rule)
+    headers = req.headers
+    if "range" in headers or "Range" in headers:
+        return Bypass(Reason.RANGE, rule)
+    if any(h in headers for h in OVERRIDE_HEADERS):
+        return Bypass(Reason.OVERRIDE_HEADER, rule)
+    if rule.auth == "required" and identity is None:
+        return Bypass(Reason.INVALID_TOKEN if token_error else Reason.NO_IDENTITY, rule)
+    parsed = parse_query(req.query)
+    if parsed is None:
+        return Bypass(Reason.UNKEYED_QUERY, rule)
+    query, repeated = parsed
+    if any(name not in rule.vary_query for name in query):
+        return Bypass(Reason.UNKEYED_QUERY, rule)
+    if repeated:
+        return Bypass(Reason.DUPLICATE_QUERY, rule)
+    rendered = rule.key.render(_values(identity, params, query, None))
+    if rendered is None:
+        return Bypass(Reason.MISSING_VALUE, rule)
+    key = f"{rules.prefix}:{rendered}{render_query_suffix(rule.vary_query, query)}"
+    key += render_origin_suffix(headers.get("origin") or headers.get("Origin"))
+    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards), _client_wants_origin(rule, headers))
+
+
+def guard_keys(prefix: str, rendered: str, guards: tuple[int, ...]) -> tuple[str, ...]:
+    segments = rendered.split(":")  # safe: escaped values contain no ':'
+    return tuple(f"{prefix}:gen:{':'.join(segments[:n])}" for n in guards) + (epoch_key(prefix),)
+
+
+def epoch_key(prefix: str) -> str:
+    return f"{prefix}:epoch"
+
+
+def namespace_gen_key(prefix: str, rendered_namespace: str) -> str:
+    return f"{prefix}:gen:{rendered_namespace}"
+
+
+_NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-cache|max-age\s*=\s*0+)\s*(?:,|$)", re.I)
+
+
+def _client_wants_origin(rule: Rule, headers: Mapping[str, str]) -> bool:
+    if rule.client_cache_control != "revalidate":
+        return False
+    cc = headers.get("cache-control") or headers.get("Cache-Control") or ""
+    pragma = headers.get("pragma") or headers.get("Pragma") or ""
+    return bool(_NO_CACHE.search(cc)) or "no-cache" in pragma.lower()
+
+
+def _values(identity: Identity | None, params: Mapping[str, str], query: Mapping[str, str], body: Any):
+    def lookup(src: Source) -> str | None:
+        if src.kind == "identity":
+            return identity.user_id if identity else None
+        if src.kind == "path":
+            return params.get(src.name)
+        if src.kind == "query":
+            return query.get(src.name)
+        value = body
+        for part in src.name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+            return None
+        return str(value)
+
+    return lookup
+
+
+@dataclass(frozen=True)
+class _WriteContext:
+    templates: tuple[Template, ...]
+    identity: Identity | None
+    params: Mapping[str, str]
+    query: Mapping[str, str]
+    prefix: str
+
+
+def _classify_write(req: RequestView, rules: Rules, identity: Identity | None) -> Decision:
+    _, segments = split_path(req.raw_path)  # normalised: a write is purged even on an odd path
+    parsed = parse_query(req.query) or ({}, set())
+    found = rules.match(req.method, segments)
+    if found is not None:
+        rule, params = found
+        if rule.auth == "required" and identity is None:
+            # The backend refuses unauthenticated writes (401); purging on them would let anyone wipe
+            # shared namespaces such as achievements:global.
+            return Write(rule, ())
+        ctx = _WriteContext(rule.purge, identity, params, parsed[0], rules.prefix)
+        needs_body = any(src.kind == "body" for t in rule.purge for src in t.sources)
+        return resolve_write(Write(rule, (), needs_body, ctx), None) if not needs_body else Write(
+            rule, (), True, ctx)
+    # RFC 9111 §4.4: an unsafe request invalidates its own URI: the GET rule's entry at this path.
+    read = rules.match("GET", segments)
+    if read is None:
+        return Write(None, ())
+    rule, params = read
+    rendered = rule.key.render(_values(identity, params, parsed[0], None))
+    if rendered is None:
+        return Write(None, ())
+    return Write(None, (namespace_gen_key(rules.prefix, rendered),))
+
+
+def resolve_write(write: Write, body: Any) -> Write:
+    """Render the purge patterns now that the JSON body (or None) is known; unresolved ones drop out."""
+    ctx: _WriteContext = write.context
+    values = _values(ctx.identity, ctx.params, ctx.query, body)
+    keys = []
+    for template in ctx.templates:
+        rendered = template.render(values)
+        if rendered is not None:
+            keys.append(namespace_gen_key(ctx.prefix, rendered))
+    return Write(write.rule, tuple(dict.fromkeys(keys)), False, None)
+
+
+# ------------------------------------------------------------------------------ entries
+
+
+@dataclass(frozen=True)
+class Verdict:
+    usable: str  # "fresh", "stale" (serve and refresh), "on-error" (only if the backend fails), "no"
+    age: int
+    reason: str  # for "no": absent, purged, rule-changed, expired
+
+
+def judge(entry: Entry | None, tokens: list[str | None], rule: Rule, now: float) -> Verdict:
+    if entry is None:
+        return Verdict("no", 0, "absent")
+    if entry.fingerprint != rule.fingerprint:
+        return Verdict("no", 0, "rule-changed")
+    if None in tokens or tuple(tokens) != entry.generations:
+        return Verdict("no", 0, "purged")
+    age = max(0, int(now - entry.stored_at))
+    if age < rule.ttl:
+        return Verdict("fresh", age, "")
+    if age < rule.ttl + rule.stale_while_revalidate:
+        return Verdict("stale", age, "")
+    if age < rule.ttl + rule.stale_if_error:
+        return Verdict("on-error", age, "expired")
+    return Verdict("no", age, "expired")
+
+
+def store_ttl(rule: Rule) -> int:
+    """How long the store keeps an entry: its TTL plus the longest stale window."""
+    return rule.ttl + max(rule.stale_while_revalidate, rule.stale_if_error)
+
+
+_TOKEN_SPLIT = re.compile(r"\s*,\s*")
+
+
+def cache_control(headers: Mapping[str, str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for value in _getall(headers, "cache-control"):
+        for part in _TOKEN_SPLIT.split(value.strip()):
+            if not part:
+                continue
+            name, _, arg = part.partition("=")
+            out.setdefault(name.strip().lower(), arg.strip().strip('"') if arg else None)
+    return out
+
+
+def _getall(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, ()))
+    value = headers.get(name)
+    return [value] if value is not None else []
+
+
+def refuse_to_store(rule: Rule, status: int, headers: Mapping[str, str], body: bytes) -> str | None:
+    """Why this response must not be stored, or None when it may be."""
+    if status not in rule.cache_when.statuses:
+        return "status"
+    if _getall(headers, "set-cookie"):
+        return "set-cookie"
+    directives = cache_control(headers)
+    if "no-store" in directives:
+        return "no-store"
+    if "private" in directives and not rule.identity_scoped:
+        return "private"
+    for value in _getall(headers, "vary"):
+        for name in _TOKEN_SPLIT.split(value.strip().lower()):
+            # Origin is part of every key (classify); fills ask for identity encoding, so a body
+            # stored under Vary: Accept-Encoding suits every client.
+            if name and name not in ("origin", "accept-encoding"):
+                return "vary"
+    encoding = headers.get("content-encoding")
+    if encoding and encoding.strip().lower() != "identity":
+        return "content-encoding"
+    if len(body) > rule.max_body_bytes:
+        return "too-large"
+    if rule.cache_when.json is not None:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return "not-json"
+        if not rule.cache_when.json.holds(document):
+            return "envelope"
+    return None
+

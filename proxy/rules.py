@@ -1,0 +1,622 @@
+"""Load and check ``rules.yaml`` (version 1) into frozen, compiled rules.
+
+Owns: the schema (every field, its type and default), ``${VAR:-default}`` substitution, route matching
+and the load-time checks that make bad files fail with ``file:line: field: message`` (every problem at
+once, never the first only). Leaves out: what to do with a request (``policy.py``) and key rendering
+(``keys.py``).
+
+A read rule (GET) has a ``key``; a write rule (POST/PUT/PATCH/DELETE) has ``purge`` patterns. Each read
+rule knows, at load time, which namespaces guard its entries (``guards``): its own exact key, every
+declared namespace that covers it, and the global epoch. Its ``fingerprint`` hashes the key template, the
+guards and the entry format, so a reload that changes any of them never serves old entries.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import unquote
+
+import yaml
+
+from .errors import RuleProblem, RulesError
+from .keys import Template, TemplateError, parse_template
+
+FORMAT_VERSION = 1
+READ_METHODS = frozenset({"GET"})
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Namespaces the manual invalidation endpoints purge (conventions.md); declared when some key needs them.
+MANUAL_NAMESPACES = ("user:{user_id}", "achievements:{user_id}", "achievements:global")
+CLIENT_CACHE_CONTROL = ("ignore", "revalidate")
+
+
+# --------------------------------------------------------------------------- YAML with line numbers
+
+
+class _LineDict(dict):
+    line = 1
+    lines: dict
+    duplicates: list
+
+
+class _LineList(list):
+    line = 1
+    lines: list
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _LineDict:
+    loader.flatten_mapping(node)
+    out = _LineDict()
+    out.line, out.lines, out.duplicates = node.start_mark.line + 1, {}, []
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in out:
+            out.duplicates.append((key, line))
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = line
+    return out
+
+
+def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> _LineList:
+    out = _LineList(loader.construct_object(child, deep=True) for child in node.value)
+    out.line, out.lines = node.start_mark.line + 1, [c.start_mark.line + 1 for c in node.value]
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _line_of(container: Any, key: Any = None) -> int:
+    if key is not None and isinstance(container, _LineDict):
+        return container.lines.get(key, container.line)
+    if key is not None and isinstance(container, _LineList) and isinstance(key, int):
+        return container.lines[key] if key < len(container.lines) else container.line
+    return getattr(container, "line", 1)
+
+
+# --------------------------------------------------------------------------- compiled objects
+
+
+@dataclass(frozen=True)
+class JsonCondition:
+    path: tuple[str, ...]
+    between: tuple[int, int] | None = None
+    one_of: tuple[Any, ...] | None = None
+
+    def holds(self, document: Any) -> bool:
+        value = document
+        for part in self.path:
+            if not isinstance(value, dict) or part not in value:
+                return False
+            value = value[part]
+        if self.between is not None:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                self.between[0] <= value <= self.between[1]
+            )
+        return self.one_of is not None and value in self.one_of
+
+
+@dataclass(frozen=True)
+class CacheWhen:
+    statuses: frozenset[int]
+    json: JsonCondition | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    line: int
+    method: str
+    route: str
+    route_segments: tuple[str | None, ...]  # literal, or None for a {param}
+    params: tuple[str, ...]  # names of the {param} segments, in order
+    key: Template | None = None
+    ttl: int = 3600
+    vary_query: tuple[str, ...] = ()
+    auth: str = "required"
+    cache_when: CacheWhen = CacheWhen(frozenset({200}))
+    purge: tuple[Template, ...] = ()
+    purge_exact: tuple[bool, ...] = ()  # parallel to purge: True for an exact key, False for ``ns:*``
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+    warm: bool = False
+    enabled: bool = True
+    drop_headers: frozenset[str] = frozenset()
+    volatile: tuple[str, ...] = ()
+    rollout: float = 100.0
+    repurge_after: int = 0
+    client_cache_control: str = "ignore"
+    max_body_bytes: int = 1 << 20
+    guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
+    fingerprint: str = ""
+
+    @property
+    def is_read(self) -> bool:
+        return self.method in READ_METHODS
+
+    @property
+    def identity_scoped(self) -> bool:
+        return self.key is not None and self.key.needs_identity
+
+
+@dataclass(frozen=True)
+class HttpCacheConfig:
+    enabled: bool = False
+    max_bytes: int = 64 << 20
+    heuristic: bool = False
+
+
+@dataclass(frozen=True)
+class Rules:
+    source: str
+    prefix: str
+    rules: tuple[Rule, ...]
+    namespaces: tuple[Template, ...]
+    http_cache: HttpCacheConfig = HttpCacheConfig()
+    _index: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            self._index.setdefault((rule.method, len(rule.route_segments)), []).append(rule)
+        for candidates in self._index.values():  # most literal segments first: /achievements/summary
+            candidates.sort(key=lambda r: tuple(s is None for s in r.route_segments))  # beats /{id}
+
+    def match(self, method: str, segments: tuple[str, ...]) -> tuple[Rule, dict[str, str]] | None:
+        for rule in self._index.get((method, len(segments)), ()):
+            params = {}
+            for want, got in zip(rule.route_segments, segments):
+                if want is None:
+                    params[rule.params[len(params)]] = got
+                elif want != got:
+                    break
+            else:
+                return rule, params
+        return None
+
+    def by_name(self, name: str) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None)
+
+    def namespace(self, pattern: str) -> Template | None:
+        """The declared namespace (or exact key template) a manual ``purge`` pattern names."""
+        text = pattern[:-2] if pattern.endswith(":*") else pattern
+        try:
+            wanted = parse_template(text, None, allow_body=True).shape
+        except TemplateError:
+            return None
+        pool = self.namespaces if pattern.endswith(":*") else tuple(r.key for r in self.rules if r.key)
+        return next((t for t in pool if t.shape == wanted), None)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+RULE_FIELDS = frozenset({
+    "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
+    "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
+    "client_cache_control", "max_body_bytes",
+})
+DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
+TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache"})
+
+
+class _Checker:
+    """Collects problems against one file; each ``want_*`` returns a typed value or None."""
+
+    def __init__(self, filename: str, environ: dict[str, str]):
+        self.filename, self.environ, self.problems = filename, environ, []
+
+    def fail(self, line: int, fieldname: str, message: str) -> None:
+        self.problems.append(RuleProblem(self.filename, line, fieldname, message))
+
+    def substitute(self, value: Any, line: int, fieldname: str) -> Any:
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def repl(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is None:
+                self.fail(line, fieldname, f"environment variable {name} is not set and has no default")
+                return ""
+            return default
+
+        return _ENV.sub(repl, value)
+
+    def seconds(self, value: Any, line: int, fieldname: str, allow_zero: bool) -> int | None:
+        value = self.substitute(value, line, fieldname)
+        if isinstance(value, bool):
+            value = None
+        if isinstance(value, int):
+            seconds = value
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            n, unit = int(m.group(1)), m.group(2)
+            seconds = n // 1000 if unit == "ms" else n * _UNITS[unit]
+        else:
+            self.fail(line, fieldname, f"expected seconds (an integer or e.g. '15m'), got {value!r}")
+            return None
+        if seconds < 0 or (seconds == 0 and not allow_zero):
+            self.fail(line, fieldname, f"must be {'>= 0' if allow_zero else '> 0'}, got {seconds}")
+            return None
+        return seconds
+
+    def boolean(self, value: Any, line: int, fieldname: str) -> bool | None:
+        value = self.substitute(value, line, fieldname)
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        if isinstance(value, bool):
+            return value
+        self.fail(line, fieldname, f"expected true or false, got {value!r}")
+        return None
+
+    def string_list(self, value: Any, line: int, fieldname: str) -> tuple[str, ...] | None:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(line, fieldname, "expected a list of non-empty strings")
+            return None
+        return tuple(self.substitute(v, line, fieldname) for v in value)
+
+
+def load_rules(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Rules:
+    """Read and compile ``path``; raises RulesError listing every problem."""
+    filename = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError([RuleProblem(filename, 0, "file", f"cannot read: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError:
+        raise RulesError([RuleProblem(filename, 0, "file", "not UTF-8 text")]) from None
+    return parse_rules(text, filename, environ)
+
+
+def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str] | None = None) -> Rules:
+    check = _Checker(filename, dict(os.environ) if environ is None else environ)
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise RulesError([RuleProblem(filename, line, "yaml", str(getattr(exc, "problem", exc)))]) from None
+    if not isinstance(doc, _LineDict):
+        raise RulesError([RuleProblem(filename, 1, "file", "expected a mapping with version, prefix, rules")])
+    _report_duplicates(check, doc, "")
+    for unknown in sorted(set(doc) - TOP_FIELDS, key=str):
+        check.fail(_line_of(doc, unknown), str(unknown), "unknown field")
+    if doc.get("version") != 1:
+        check.fail(_line_of(doc, "version"), "version", f"must be 1, got {doc.get('version')!r}")
+    prefix = check.substitute(doc.get("prefix", "katiba360:proxy"), _line_of(doc, "prefix"), "prefix")
+    if not isinstance(prefix, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_:.-]*$", prefix):
+        check.fail(_line_of(doc, "prefix"), "prefix", "must be a non-empty string of [A-Za-z0-9_:.-]")
+        prefix = "invalid"
+    defaults = doc.get("defaults", _LineDict())
+    if not isinstance(defaults, dict):
+        check.fail(_line_of(doc, "defaults"), "defaults", "must be a mapping")
+        defaults = _LineDict()
+    _report_duplicates(check, defaults, "defaults.")
+    for unknown in sorted(set(defaults) - DEFAULTABLE, key=str):
+        check.fail(_line_of(defaults, unknown), f"defaults.{unknown}", "unknown field (or not allowed in defaults)")
+    raw_rules = doc.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        check.fail(_line_of(doc, "rules"), "rules", "must be a non-empty list of rules")
+        raw_rules = []
+    drafts = [d for i, raw in enumerate(raw_rules) if (d := _draft_rule(check, raw, defaults, i, raw_rules))]
+    http_cache = _http_cache(check, doc.get("http_cache"), _line_of(doc, "http_cache"))
+    rules, namespaces = _link(check, drafts, prefix)
+    if check.problems:
+        raise RulesError(check.problems)
+    return Rules(filename, prefix, rules, namespaces, http_cache)
+
+
+def _report_duplicates(check: _Checker, mapping: Any, where: str) -> None:
+    for key, line in getattr(mapping, "duplicates", ()):
+        check.fail(line, f"{where}{key}", "duplicate field")
+
+
+def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container: Any) -> dict | None:
+    line = _line_of(container, index)
+    if not isinstance(raw, dict):
+        check.fail(line, f"rules[{index}]", "each rule must be a mapping")
+        return None
+    name = raw.get("name")
+    label = name if isinstance(name, str) else f"rules[{index}]"
+    _report_duplicates(check, raw, f"{label}.")
+    for unknown in sorted(set(raw) - RULE_FIELDS, key=str):
+        check.fail(_line_of(raw, unknown), f"{label}.{unknown}", "unknown field")
+    if not isinstance(name, str) or not _NAME.match(name):
+        check.fail(_line_of(raw, "name"), f"{label}.name", "required: lower_snake_case, unique (the metric label)")
+        return None
+    draft: dict[str, Any] = {"name": name, "line": line}
+
+    def where(key: str) -> tuple[Any, int, str]:
+        if key in raw:
+            return raw[key], _line_of(raw, key), f"{name}.{key}"
+        return defaults.get(key), _line_of(defaults, key), f"defaults.{key}"
+
+    match = raw.get("match")
+    route = _parse_match(check, match, _line_of(raw, "match"), f"{name}.match")
+    if route is None:
+        return None
+    draft["method"], draft["route"], draft["route_segments"], draft["params"] = route
+    path_params = frozenset(draft["params"])
+    is_read = draft["method"] in READ_METHODS
+    for key, parse in _FIELD_PARSERS.items():
+        value, fline, fname = where(key)
+        if value is None:
+            continue
+        parsed = parse(check, value, fline, fname)
+        if parsed is not None:
+            draft[key] = parsed
+    if is_read:
+        if "purge" in raw:
+            check.fail(_line_of(raw, "purge"), f"{name}.purge", "only write rules (POST/PUT/PATCH/DELETE) purge")
+        if "key" not in raw:
+            check.fail(line, f"{name}.key", "required on a GET rule")
+            return None
+        try:
+            draft["key"] = parse_template(raw["key"], path_params)
+        except TemplateError as exc:
+            check.fail(_line_of(raw, "key"), f"{name}.key", str(exc))
+            return None
+        if draft["key"].needs_identity and draft.get("auth", "required") != "required":
+            check.fail(_line_of(raw, "key"), f"{name}.key", "uses {user_id}, so the rule needs auth: required")
+    else:
+        if "key" in raw:
+            check.fail(_line_of(raw, "key"), f"{name}.key", "write rules have no key; they purge")
+        purges = raw.get("purge")
+        if not isinstance(purges, list) or not purges:
+            check.fail(_line_of(raw, "purge") if "purge" in raw else line, f"{name}.purge",
+                       "required on a write rule: a list of patterns (exact key or namespace:*)")
+            purges = []
+        templates, exact = [], []
+        for i, pattern in enumerate(purges):
+            pline = _line_of(purges, i)
+            if not isinstance(pattern, str):
+                check.fail(pline, f"{name}.purge[{i}]", "must be a string")
+                continue
+            is_exact = not pattern.endswith(":*")
+            body = pattern if is_exact else pattern[:-2]
+            if "*" in body or "?" in body or "[" in body:
+                check.fail(pline, f"{name}.purge[{i}]",
+                           f"{pattern!r}: only an exact key or a namespace followed by ':*' is allowed")
+                continue
+            try:
+                template = parse_template(body, path_params, allow_body=True)
+            except TemplateError as exc:
+                check.fail(pline, f"{name}.purge[{i}]", str(exc))
+                continue
+            if not is_exact and len(template.segments) < 2:
+                check.fail(pline, f"{name}.purge[{i}]",
+                           f"{pattern!r} would match every key under {body!r}; name a namespace "
+                           "such as user:{user_id}:* (use 'cache-proxy purge --all' to purge everything)")
+                continue
+            if template.needs_identity and draft.get("auth", "required") != "required":
+                check.fail(pline, f"{name}.purge[{i}]", "uses {user_id}, so the rule needs auth: required")
+            templates.append((template, is_exact, pline, i))
+        draft["purge_drafts"] = templates
+    return draft
+
+
+def _parse_match(check: _Checker, match: Any, line: int, fieldname: str):
+    if not isinstance(match, str) or len(match.split()) != 2:
+        check.fail(line, fieldname, "required: 'METHOD /path/{param}', e.g. 'GET /api/v1/users/profile'")
+        return None
+    method, path = match.split()
+    method = method.upper()
+    if method not in READ_METHODS | WRITE_METHODS:
+        check.fail(line, fieldname, f"method {method!r} is not one of GET, POST, PUT, PATCH, DELETE "
+                                    "(HEAD is served from GET rules)")
+        return None
+    if not path.startswith("/") or path == "/" or path.endswith("/") or "//" in path:
+        check.fail(line, fieldname, f"path {path!r} must start with '/', have no empty segment or trailing '/'")
+        return None
+    segments: list[str | None] = []
+    params: list[str] = []
+    for seg in path[1:].split("/"):
+        if m := _PARAM.match(seg):
+            if m.group(1) in params or m.group(1) == "user_id":
+                check.fail(line, fieldname, f"path parameter {m.group(1)!r} is repeated or reserved")
+                return None
+            params.append(m.group(1))
+            segments.append(None)
+        elif "{" in seg or "}" in seg or seg in (".", ".."):
+            check.fail(line, fieldname, f"segment {seg!r}: a {{param}} must be a whole segment")
+            return None
+        else:
+            segments.append(unquote(seg))
+    return method, path, tuple(segments), tuple(params)
+
+
+def _parse_auth(check: _Checker, value: Any, line: int, fieldname: str) -> str | None:
+    if value not in ("required", "none"):
+        check.fail(line, fieldname, f"must be 'required' or 'none', got {value!r}")
+        return None
+    return value
+
+
+def _parse_cache_when(check: _Checker, value: Any, line: int, fieldname: str) -> CacheWhen | None:
+    if not isinstance(value, dict):
+        check.fail(line, fieldname, "must be a mapping with status and optionally json")
+        return None
+    for unknown in set(value) - {"status", "json"}:
+        check.fail(_line_of(value, unknown), f"{fieldname}.{unknown}", "unknown field")
+    statuses = value.get("status", [200])
+    if not isinstance(statuses, list) or not statuses or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 200 <= s <= 599 for s in statuses
+    ):
+        check.fail(_line_of(value, "status"), f"{fieldname}.status", "must be a list of HTTP statuses (200-599)")
+        return None
+    cond = None
+    if "json" in value:
+        raw = value["json"]
+        jline = _line_of(value, "json")
+        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str) or not raw["path"]:
+            check.fail(jline, f"{fieldname}.json", "must be a mapping with path and between (or in)")
+            return None
+        for unknown in set(raw) - {"path", "between", "in"}:
+            check.fail(_line_of(raw, unknown), f"{fieldname}.json.{unknown}", "unknown field")
+        between = raw.get("between")
+        one_of = raw.get("in")
+        if (between is None) == (one_of is None):
+            check.fail(jline, f"{fieldname}.json", "give exactly one of between: [low, high] or in: [values]")
+            return None
+        if between is not None and not (
+            isinstance(between, list) and len(between) == 2 and all(isinstance(b, int) for b in between)
+            and between[0] <= between[1]
+        ):
+            check.fail(_line_of(raw, "between"), f"{fieldname}.json.between", "must be [low, high] integers")
+            return None
+        if one_of is not None and not isinstance(one_of, list):
+            check.fail(_line_of(raw, "in"), f"{fieldname}.json.in", "must be a list")
+            return None
+        cond = JsonCondition(tuple(raw["path"].split(".")), tuple(between) if between else None,
+                             tuple(one_of) if one_of is not None else None)
+    return CacheWhen(frozenset(statuses), cond)
+
+
+def _parse_rollout(check: _Checker, value: Any, line: int, fieldname: str) -> float | None:
+    value = check.substitute(value, line, fieldname)
+    text = str(value).strip().rstrip("%")
+    try:
+        pct = float(text)
+    except ValueError:
+        pct = -1.0
+    if not 0 <= pct <= 100:
+        check.fail(line, fieldname, f"must be a percentage from 0 to 100, got {value!r}")
+        return None
+    return pct
+
+
+def _parse_choice(choices: tuple[str, ...]) -> Callable:
+    def parse(check: _Checker, value: Any, line: int, fieldname: str) -> str | None:
+        if value not in choices:
+            check.fail(line, fieldname, f"must be one of {', '.join(choices)}, got {value!r}")
+            return None
+        return value
+    return parse
+
+
+def _parse_positive_int(check: _Checker, value: Any, line: int, fieldname: str) -> int | None:
+    value = check.substitute(value, line, fieldname)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        check.fail(line, fieldname, f"must be a positive integer, got {value!r}")
+        return None
+    return value
+
+
+def _lower_set(check: _Checker, value: Any, line: int, fieldname: str) -> frozenset[str] | None:
+    items = check.string_list(value, line, fieldname)
+    return None if items is None else frozenset(i.lower() for i in items)
+
+
+def _sorted_names(check: _Checker, value: Any, line: int, fieldname: str) -> tuple[str, ...] | None:
+    items = check.string_list(value, line, fieldname)
+    if items is not None and len(set(items)) != len(items):
+        check.fail(line, fieldname, "lists a name twice")
+        return None
+    return None if items is None else tuple(sorted(items))
+
+
+_FIELD_PARSERS: dict[str, Callable] = {
+    "ttl": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=False),
+    "stale_while_revalidate": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=True),
+    "stale_if_error": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=True),
+    "repurge_after": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=True),
+    "vary_query": _sorted_names,
+    "auth": _parse_auth,
+    "cache_when": _parse_cache_when,
+    "warm": lambda c, v, l, f: c.boolean(v, l, f),
+    "enabled": lambda c, v, l, f: c.boolean(v, l, f),
+    "drop_headers": _lower_set,
+    "volatile": lambda c, v, l, f: c.string_list(v, l, f),
+    "rollout": _parse_rollout,
+    "client_cache_control": _parse_choice(CLIENT_CACHE_CONTROL),
+    "max_body_bytes": _parse_positive_int,
+}
+
+
+def _http_cache(check: _Checker, raw: Any, line: int) -> HttpCacheConfig:
+    if raw is None:
+        return HttpCacheConfig()
+    if not isinstance(raw, dict):
+        check.fail(line, "http_cache", "must be a mapping, e.g. {enabled: false}")
+        return HttpCacheConfig()
+    for unknown in set(raw) - {"enabled", "max_bytes", "heuristic"}:
+        check.fail(_line_of(raw, unknown), f"http_cache.{unknown}", "unknown field")
+    enabled = check.boolean(raw.get("enabled", False), _line_of(raw, "enabled"), "http_cache.enabled")
+    heuristic = check.boolean(raw.get("heuristic", False), _line_of(raw, "heuristic"), "http_cache.heuristic")
+    max_bytes = _parse_positive_int(check, raw.get("max_bytes", 64 << 20), _line_of(raw, "max_bytes"),
+                                    "http_cache.max_bytes")
+    return HttpCacheConfig(bool(enabled), max_bytes or (64 << 20), bool(heuristic))
+
+
+def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule, ...], tuple[Template, ...]]:
+    """Cross-rule checks, then guards and fingerprints, which need every rule's purges."""
+    seen_names: dict[str, int] = {}
+    seen_routes: dict[tuple, dict] = {}
+    seen_shapes: dict[tuple, dict] = {}
+    for d in drafts:
+        if d["name"] in seen_names:
+            check.fail(d["line"], f"{d['name']}.name", f"duplicate rule name (first at line {seen_names[d['name']]})")
+        seen_names.setdefault(d["name"], d["line"])
+        route_key = (d["method"], d["route_segments"])
+        if route_key in seen_routes:
+            other = seen_routes[route_key]
+            check.fail(d["line"], f"{d['name']}.match",
+                       f"same route as rule {other['name']!r} (line {other['line']})")
+        seen_routes.setdefault(route_key, d)
+        if d.get("key") is not None:
+            shape = d["key"].shape
+            if shape in seen_shapes:
+                other = seen_shapes[shape]
+                check.fail(d["line"], f"{d['name']}.key",
+                           f"renders like rule {other['name']!r}'s key (line {other['line']}): entries would collide")
+            seen_shapes.setdefault(shape, d)
+    keys = [d["key"] for d in drafts if d.get("key") is not None]
+    namespaces: dict[tuple, Template] = {}
+    for d in drafts:
+        for template, is_exact, pline, i in d.get("purge_drafts", ()):
+            if is_exact:
+                if not any(k.shape == template.shape for k in keys):
+                    check.fail(pline, f"{d['name']}.purge[{i}]",
+                               f"{template.text!r} is no rule's key (did you mean {template.text}:*?)")
+            elif not any(template.covers(k) for k in keys):
+                check.fail(pline, f"{d['name']}.purge[{i}]", f"{template.text}:* covers no rule's key")
+            else:
+                namespaces.setdefault(template.shape, template)
+    for text in MANUAL_NAMESPACES:
+        template = parse_template(text)
+        if any(template.covers(k) for k in keys):
+            namespaces.setdefault(template.shape, template)
+    declared = tuple(namespaces.values())
+    rules = []
+    for d in drafts:
+        d = dict(d)
+        purge_drafts = d.pop("purge_drafts", ())
+        d["purge"] = tuple(t for t, *_ in purge_drafts)
+        d["purge_exact"] = tuple(e for _, e, *_ in purge_drafts)
+        if d.get("key") is not None:
+            key = d["key"]
+            lengths = sorted({len(ns.segments) for ns in declared if ns.covers(key)} | {len(key.segments)})
+            d["guards"] = tuple(lengths)
+            material = repr((FORMAT_VERSION, prefix, key.text, d["guards"], d.get("vary_query", ())))
+            d["fingerprint"] = hashlib.blake2b(material.encode(), digest_size=6).hexdigest()
+        if d.get("warm") and d.get("key") is not None and d["key"].needs_identity:
+            check.fail(d["line"], f"{d['name']}.warm",
+                       "only rules whose key needs no identity can be warmed (the proxy keeps no tokens)")
+        rules.append(Rule(**d))
+    return tuple(rules), declared

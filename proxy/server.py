@@ -1,0 +1,644 @@
+"""The aiohttp application: carry out policy decisions against the store and the backend.
+
+Theory of operation, per request:
+
+* read (GET/HEAD with a rule): one store round trip fetches the entry and the current generations of
+  the namespaces that guard it; ``policy.judge`` says fresh, stale or unusable. On a miss, the tokens
+  read *before* the origin fetch go with the fill, and ``store_if_current`` writes only if they are
+  still current: a purge that lands during the fetch wins (the fill guard).
+* write (POST/PUT/PATCH/DELETE): forwarded; once the backend has answered, the rule's namespaces are
+  bumped and only then are the answer's headers released. A purge the store does not accept in time is
+  kept as *pending*: until it lands, reads of those namespaces bypass the cache on this instance.
+* everything else: passed through, streamed both ways, marked ``X-Cache: BYPASS``.
+
+Concurrent misses for one (key, generations) share one fetch (``_fill``); a waiter never receives a
+body fetched under other generations. If the store fails, requests go to the backend.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import policy
+from .config import Config
+from .entry import Entry, decode_entry
+from .errors import IdentityError, StoreUnavailable, UpstreamError
+from .identity import Identity, Verifier, bearer_token
+from .keys import escape_value
+from .logs import request_id as request_id_var
+from .metrics import Metrics
+from .policy import Bypass, Lookup, Reason, RequestView, Write
+from .rules import Rules, load_rules
+from .store import open_store
+from .store.guard import GuardedStore
+from .upstream import Upstream, response_headers, strip_hop_by_hop
+from .wire import (CacheStatus, error_response, etag_matches, is_valid_request_id, mask_gen_key,
+                   RateLimiter)
+
+log = logging.getLogger("proxy")
+
+PROXY_KEY = web.AppKey("proxy", "Proxy")
+CONDITIONAL_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")
+NOT_SHAREABLE = frozenset({"set-cookie", "private", "vary", "content-encoding", "too-large"})
+INTERNAL_HEADERS = frozenset({"x-cache", "cache-status", "age", "x-request-id", "content-length", "set-cookie"})
+USER_INVALIDATE = "/api/v1/users/cache/invalidate"
+ACHIEVEMENTS_INVALIDATE = "/api/v1/achievements/cache/invalidate"
+GLOBAL_INVALIDATE = "/api/v1/achievements/cache/invalidate/global"
+
+
+@dataclass
+class Fetched:
+    """What a fill got from the backend (or why it got nothing)."""
+
+    status: int = 0
+    headers: CIMultiDict = field(default_factory=CIMultiDict)  # as the backend sent them, minus hop-by-hop
+    body: bytes = b""
+    etag: str | None = None
+    outcome: str = ""  # "stored", "generation-changed", or the reason it was not stored
+    error: UpstreamError | None = None
+    stream: Any = None  # (prefix, upstream response) when the body exceeded the rule's limit
+    collapsed: bool = False
+
+    @property
+    def shareable(self) -> bool:
+        return self.error is not None or (self.stream is None and self.outcome not in NOT_SHAREABLE)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Everything needed to send a request upstream, detached from the client's request object."""
+
+    path_qs: str
+    headers: CIMultiDict
+    client_ip: str | None
+    scheme: str
+    request_id: str
+
+
+class Proxy:
+    def __init__(self, config: Config, rules: Rules, store: GuardedStore, upstream: Upstream, metrics: Metrics,
+                 clock=time.time, unsafe: frozenset[str] = frozenset()):
+        self.config, self.store, self.upstream, self.metrics, self.clock = config, store, upstream, metrics, clock
+        self.set_rules(rules)
+        self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
+        self.mode = config.cache_mode
+        self.inflight: dict[tuple, asyncio.Future] = {}
+        self.refreshing: set[str] = set()
+        self.pending: dict[str, str] = {}  # gen key -> rule name, purges the store has not accepted yet
+        self.background: set[asyncio.Task] = set()
+        self.ready = False
+        self.admin_limiter = RateLimiter(config.admin_rate, burst=max(1.0, config.admin_rate * 2))
+        # Test-only switches that break a guarantee on purpose, so the stale-read checker is known to bite.
+        self.unsafe = unsafe
+
+    def set_rules(self, rules: Rules) -> None:
+        self.rules = rules
+        longest = max((policy.store_ttl(r) for r in rules.rules if r.key is not None), default=3600)
+        self.gen_ttl = longest + 3600  # generations outlive every entry they guard
+
+    # ------------------------------------------------------------------------------ dispatch
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rid = request.headers.get("X-Request-ID", "")
+        if not is_valid_request_id(rid):
+            rid = uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        result, rule_name, status = "bypass", "none", 500
+        try:
+            response, result, rule_name = await self._dispatch(request, rid)
+            status = response.status
+            return response
+        finally:
+            self.metrics.requests.labels(rule_name, result).inc()
+            self.metrics.responses.labels(f"{status // 100}xx").inc()
+            self.metrics.request_duration.labels(result).observe(time.perf_counter() - start)
+            if self.config.access_log:
+                log.info("request", extra={"event": "access", "method": request.method, "status": status,
+                                           "rule": rule_name, "result": result,
+                                           "duration_ms": round((time.perf_counter() - start) * 1000, 2)})
+            request_id_var.reset(token)
+
+    async def _dispatch(self, request: web.Request, rid: str) -> tuple[web.StreamResponse, str, str]:
+        raw_path, _, query = request.raw_path.partition("?")
+        internal = self._internal(request.method, raw_path)
+        if internal is not None:
+            return await internal(request), "internal", "internal"
+        identity, token_error = self._identify(request.headers.get("Authorization"))
+        view = RequestView(request.method, raw_path, query, request.headers)
+        decision = policy.classify(view, self.rules, identity, token_error)
+        origin = Origin(request.raw_path, request.headers, request.remote, request.scheme, rid)
+        if isinstance(decision, Lookup):
+            if self.mode != "on":
+                decision = Bypass(Reason.MODE_OFF, decision.rule)
+            else:
+                response, result = await self._read(request, decision, origin)
+                return response, result, decision.rule.name
+        if isinstance(decision, Write):
+            response = await self._write(request, decision, origin, identity)
+            return response, "bypass", decision.rule.name if decision.rule else "none"
+        rule_name = decision.rule.name if decision.rule else "none"
+        self.metrics.bypasses.labels(rule_name, decision.reason.value).inc()
+        response = await self._pass_through(request, origin, CacheStatus.bypass(decision.reason.value))
+        return response, "bypass", rule_name
+
+    def _identify(self, authorization: str | None) -> tuple[Identity | None, str | None]:
+        token = bearer_token(authorization)
+        if token is None:
+            return None, "malformed" if authorization else None
+        if self.verifier is None:
+            return None, "not-configured"
+        try:
+            return self.verifier.verify(token), None
+        except IdentityError as exc:
+            return None, exc.reason
+
+    # ------------------------------------------------------------------------------- reads
+
+    async def _read(self, request: web.Request, d: Lookup, origin: Origin) -> tuple[web.StreamResponse, str]:
+        rule = d.rule
+        if self.pending and any(g in self.pending for g in d.gen_keys):
+            return await self._bypass(request, origin, rule, Reason.PENDING_PURGE), "bypass"
+        try:
+            raw, tokens = await self.store.lookup(d.key, d.gen_keys)
+        except StoreUnavailable:
+            return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
+        entry = decode_entry(raw)
+        verdict = policy.judge(entry, tokens, rule, self.clock())
+        if not d.revalidate:
+            if verdict.usable == "fresh":
+                return self._from_entry(request, entry, "HIT", CacheStatus.hit(rule.ttl - verdict.age), verdict.age), "hit"
+            if verdict.usable == "stale":
+                self._refresh_in_background(d, tokens, origin)
+                status = CacheStatus.hit(rule.ttl - verdict.age, "stale-while-revalidate")
+                return self._from_entry(request, entry, "STALE", status, verdict.age), "stale"
+        fallback = entry if verdict.usable in ("stale", "on-error") else None
+        if None in tokens:
+            try:
+                tokens = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
+            except StoreUnavailable:
+                return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
+        fetched = await self._fill(d, tokens, origin)
+        failed = fetched.error is not None or fetched.status >= 500
+        if failed and fallback is not None and verdict.age < rule.ttl + rule.stale_if_error:
+            fwd = fetched.error.status if fetched.error else fetched.status
+            status = CacheStatus.hit(rule.ttl - verdict.age, "stale-if-error", fwd_status=fwd)
+            return self._from_entry(request, fallback, "STALE", status, verdict.age), "stale"
+        fwd = "request" if d.revalidate else {"absent": "uri-miss", "expired": "stale"}.get(verdict.reason, "miss")
+        status = CacheStatus.miss(fwd, fetched.status, fetched.outcome, fetched.collapsed)
+        return await self._from_fetched(request, fetched, status), "miss"
+
+    async def _fill(self, d: Lookup, tokens: list[str], origin: Origin) -> Fetched:
+        flight = (d.key, tuple(tokens))
+        leader = self.inflight.get(flight)
+        if leader is not None:
+            self.metrics.coalesced.labels(d.rule.name).inc()
+            try:
+                fetched = await asyncio.wait_for(asyncio.shield(leader), self.config.coalesce_wait)
+            except asyncio.TimeoutError:
+                fetched = None
+            if fetched is not None and fetched.shareable:
+                return replace(fetched, headers=self._replayable(fetched.headers, d.rule), collapsed=True)
+            return await self._fetch(d, tokens, origin, store=False)
+        future = asyncio.get_running_loop().create_future()
+        self.inflight[flight] = future
+        try:
+            fetched = await self._fetch(d, tokens, origin, store=True)
+        except BaseException:
+            future.set_result(None)
+            raise
+        finally:
+            del self.inflight[flight]
+        if not future.done():
+            future.set_result(fetched)
+        return fetched
+
+    async def _fetch(self, d: Lookup, tokens: list[str], origin: Origin, store: bool) -> Fetched:
+        rule = d.rule
+        headers = self.upstream.forward_headers(origin.headers, origin.client_ip, origin.scheme, origin.request_id)
+        for name in CONDITIONAL_HEADERS:  # a fill needs the full representation
+            headers.popall(name, None)
+        headers["Accept-Encoding"] = "identity"  # one representation that suits every client
+        self.metrics.upstream_requests.labels(rule.name).inc()
+        start = time.perf_counter()
+        try:
+            response = await self.upstream.send("GET", origin.path_qs, headers)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            return Fetched(error=exc, outcome="upstream-error")
+        self.metrics.upstream_duration.observe(time.perf_counter() - start)
+        try:
+            body, complete = await _read_limited(response, rule.max_body_bytes)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels("body").inc()
+            return Fetched(error=exc, outcome="upstream-error")
+        upstream_headers = strip_hop_by_hop(response.headers)
+        if not complete:
+            return Fetched(response.status, upstream_headers, outcome="too-large", stream=(body, response))
+        refusal = policy.refuse_to_store(rule, response.status, response.headers, body)
+        etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
+        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "")
+        if refusal is None and store:
+            fetched.outcome = await self._store(d, tokens, fetched)
+        elif refusal is None:
+            fetched.outcome = "not-stored"
+        self.metrics.stores.labels(rule.name, fetched.outcome).inc()
+        return fetched
+
+    async def _store(self, d: Lookup, tokens: list[str], fetched: Fetched) -> str:
+        if self.pending and any(g in self.pending for g in d.gen_keys):
+            return "pending-purge"
+        stored_headers = tuple((k, v) for k, v in self._replayable(fetched.headers, d.rule).items())
+        entry = Entry(fetched.status, stored_headers, fetched.body, self.clock(), tuple(tokens), d.rule.fingerprint,
+                      fetched.etag or _content_etag(fetched.body))
+        expected = tokens
+        if "no-fill-guard" in self.unsafe:  # test-only: store under whatever generations are current now
+            expected = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
+            entry = replace(entry, generations=tuple(expected))
+        try:
+            ok = await self.store.store_if_current(d.key, entry.encode(), policy.store_ttl(d.rule), d.gen_keys,
+                                                   expected, self.gen_ttl)
+        except StoreUnavailable:
+            return "store-error"
+        return "stored" if ok else "generation-changed"
+
+    def _replayable(self, headers: CIMultiDict, rule) -> CIMultiDict:
+        """Headers any client with the same key may be given: per-caller ones dropped."""
+        return CIMultiDict((k, v) for k, v in headers.items()
+                           if k.lower() not in INTERNAL_HEADERS and k.lower() not in rule.drop_headers)
+
+    def _refresh_in_background(self, d: Lookup, tokens: list[str], origin: Origin) -> None:
+        if d.key in self.refreshing:
+            return
+        self.refreshing.add(d.key)
+        detached = replace(origin, headers=CIMultiDict(origin.headers))
+        self.metrics.refreshes.labels(d.rule.name, "stale-while-revalidate").inc()
+
+        async def refresh() -> None:
+            try:
+                fetched = await self._fill(d, tokens, detached)
+                if fetched.stream is not None:
+                    fetched.stream[1].release()
+            finally:
+                self.refreshing.discard(d.key)
+
+        self._spawn(refresh())
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    def _from_entry(self, request: web.Request, entry: Entry, label: str, status: str, age: int) -> web.Response:
+        headers = CIMultiDict(entry.headers)
+        headers["ETag"] = headers.get("ETag", entry.etag)
+        headers["Age"] = str(age)
+        headers["X-Cache"] = label
+        headers["Cache-Status"] = status
+        headers["X-Request-ID"] = request_id_var.get() or ""
+        if entry.status == 200 and etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+            return web.Response(status=304, headers=_not_modified_headers(headers))
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+    async def _from_fetched(self, request: web.Request, fetched: Fetched, status: str) -> web.StreamResponse:
+        if fetched.error is not None:
+            return error_response(fetched.error.status, fetched.error.detail, "MISS", status)
+        headers = CIMultiDict(fetched.headers)
+        headers.popall("Content-Length", None)
+        if fetched.etag and "ETag" not in headers:
+            headers["ETag"] = fetched.etag
+        headers["X-Cache"] = "MISS"
+        headers["Cache-Status"] = status
+        headers["X-Request-ID"] = request_id_var.get() or ""
+        if fetched.stream is not None:
+            prefix, upstream_response = fetched.stream
+            return await self._stream(request, upstream_response, headers, prefix)
+        if fetched.status == 200 and fetched.etag and etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
+            return web.Response(status=304, headers=_not_modified_headers(headers))
+        return web.Response(status=fetched.status, body=fetched.body, headers=headers)
+
+    async def _bypass(self, request: web.Request, origin: Origin, rule, reason: Reason) -> web.StreamResponse:
+        self.metrics.bypasses.labels(rule.name if rule else "none", reason.value).inc()
+        return await self._pass_through(request, origin, CacheStatus.bypass(reason.value))
+
+    # ------------------------------------------------------------------------------ writes
+
+    async def _write(self, request: web.Request, d: Write, origin: Origin, identity: Identity | None) -> web.StreamResponse:
+        body: Any = request.content if request.body_exists else None
+        if d.needs_body:
+            try:
+                body = await _read_body(request, self.config.max_write_body)
+            except _TooLarge:
+                return error_response(413, "request body too large for this route", "BYPASS",
+                                      CacheStatus.bypass("body-too-large"))
+            try:
+                document = orjson.loads(body) if body else None
+            except orjson.JSONDecodeError:
+                document = None
+            d = policy.resolve_write(d, document)
+        rule_name = d.rule.name if d.rule else "rfc9111-4.4"
+        status = CacheStatus.bypass("write")
+        headers = self.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
+        self.metrics.upstream_requests.labels(d.rule.name if d.rule else "none").inc()
+        try:
+            response = await self.upstream.send(request.method, origin.path_qs, headers, body)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            if d.rule is not None:  # it may have committed: purge anyway
+                await self.purge(d.gen_keys, rule_name)
+            return error_response(exc.status, exc.detail, "BYPASS", status)
+        if d.rule is None and response.status >= 400:
+            d = replace(d, gen_keys=())  # §4.4 invalidates on non-error answers only
+        if "release-before-purge" in self.unsafe:  # test-only: the ordering bug the checker must catch
+            answer = await self._stream(request, response, self._pass_headers(response, status))
+            await self.purge(d.gen_keys, rule_name)
+            return answer
+        await self.purge(d.gen_keys, rule_name)
+        if d.rule is not None and d.rule.repurge_after and d.gen_keys:
+            self._spawn(self._repurge(d.gen_keys, rule_name, d.rule.repurge_after))
+        return await self._stream(request, response, self._pass_headers(response, status))
+
+    async def purge(self, gen_keys: tuple[str, ...], rule_name: str, caller: str | None = None) -> bool:
+        """Bump ``gen_keys``; on failure keep them pending (reads bypass them) and retry in the background."""
+        if not gen_keys:
+            return True
+        start = time.perf_counter()
+        masked = [mask_gen_key(g, self.rules.prefix) for g in gen_keys]
+        try:
+            await self.store.bump(list(gen_keys), self.gen_ttl)
+        except StoreUnavailable as exc:
+            for g in gen_keys:
+                self.pending[g] = rule_name
+            self.metrics.purge_failures.inc()
+            self.metrics.pending_purges.set(len(self.pending))
+            log.error("purge failed; namespaces bypass the cache until it lands",
+                      extra={"event": "purge_failed", "rule": rule_name, "patterns": masked, "error": str(exc)})
+            self._ensure_retry_task()
+            return False
+        self.metrics.purges.labels(rule_name).inc()
+        extra = {"event": "purge", "rule": rule_name, "patterns": masked,
+                 "duration_ms": round((time.perf_counter() - start) * 1000, 3)}
+        if caller:
+            extra["caller"] = caller
+        log.info("purge", extra=extra)
+        return True
+
+    def _ensure_retry_task(self) -> None:
+        if not any(getattr(t, "retry_purges", False) for t in self.background):
+            task = self._spawn(self._retry_pending())
+            task.retry_purges = True  # type: ignore[attr-defined]
+
+    async def _retry_pending(self, interval: float = 0.2) -> None:
+        while self.pending:
+            await asyncio.sleep(interval)
+            keys = list(self.pending)
+            try:
+                await self.store.bump(keys, self.gen_ttl)
+            except StoreUnavailable:
+                continue
+            for g in keys:
+                rule = self.pending.pop(g, "pending")
+                self.metrics.purges.labels(rule).inc()
+            self.metrics.pending_purges.set(len(self.pending))
+            log.info("pending purges applied", extra={"event": "purge_recovered", "count": len(keys)})
+
+    async def _repurge(self, gen_keys: tuple[str, ...], rule_name: str, after: int) -> None:
+        await asyncio.sleep(after)
+        await self.purge(gen_keys, rule_name)
+
+    # ------------------------------------------------------------------------- pass-through
+
+    def _pass_headers(self, response: aiohttp.ClientResponse, cache_status: str) -> CIMultiDict:
+        headers = response_headers(response.headers)
+        headers["X-Cache"] = "BYPASS"
+        headers["Cache-Status"] = cache_status
+        headers["X-Request-ID"] = request_id_var.get() or ""
+        return headers
+
+    async def _pass_through(self, request: web.Request, origin: Origin, cache_status: str) -> web.StreamResponse:
+        headers = self.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
+        body = request.content if request.body_exists else None
+        self.metrics.upstream_requests.labels("none").inc()
+        start = time.perf_counter()
+        try:
+            response = await self.upstream.send(request.method, origin.path_qs, headers, body)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            return error_response(exc.status, exc.detail, "BYPASS", cache_status)
+        self.metrics.upstream_duration.observe(time.perf_counter() - start)
+        return await self._stream(request, response, self._pass_headers(response, cache_status))
+
+    async def _stream(self, request: web.Request, response: aiohttp.ClientResponse, headers: CIMultiDict,
+                      prefix: bytes = b"") -> web.StreamResponse:
+        """Relay ``response``'s body as it arrives; a reset mid-body aborts the client connection."""
+        length = response.headers.get("Content-Length")
+        out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
+        if length is not None and length.isdigit() and not response.headers.get("Transfer-Encoding"):
+            out.content_length = int(length)
+        try:
+            await out.prepare(request)
+            if prefix:
+                await out.write(prefix)
+            async for chunk in response.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.metrics.upstream_errors.labels("body").inc()
+            log.warning("upstream body failed mid-stream", extra={"event": "upstream_reset", "error": type(exc).__name__})
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            response.release()
+        return out
+
+    # ---------------------------------------------------------------------------- internal
+
+    def _internal(self, method: str, raw_path: str):
+        if raw_path in ("/metrics", "/healthz", "/readyz"):
+            return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}[raw_path]
+        if raw_path in (USER_INVALIDATE, ACHIEVEMENTS_INVALIDATE, GLOBAL_INVALIDATE):
+            return self._invalidate
+        return None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            stats = await self.store.stats()
+        except StoreUnavailable:
+            stats = {}
+        if "entries" in stats:
+            self.metrics.store_entries.set(stats["entries"])
+        if "bytes" in stats:
+            self.metrics.store_bytes.set(stats["bytes"])
+        if "evictions" in stats:
+            self.metrics.evictions.set(stats["evictions"])
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        from .store.guard import STATE_NAMES
+        body = {"ready": self.ready, "store": self.store.name, "circuit": STATE_NAMES[self.store.breaker.state],
+                "pending_purges": len(self.pending), "mode": self.mode}
+        return web.json_response(body, status=200 if self.ready else 503)
+
+    async def _invalidate(self, request: web.Request) -> web.Response:
+        path = request.raw_path.partition("?")[0]
+        if request.method != "POST":
+            return web.json_response({"detail": "Method Not Allowed"}, status=405, headers={"Allow": "POST"})
+        client = request.remote or "unknown"
+        retry_after = self.admin_limiter.take(client)
+        if retry_after:
+            return web.json_response({"detail": "Too many invalidation requests"}, status=429,
+                                     headers={"Retry-After": str(retry_after)})
+        authorization = request.headers.get("Authorization", "")
+        token = bearer_token(authorization)
+        is_admin = bool(self.config.admin_token and token and hmac.compare_digest(
+            token.encode(), self.config.admin_token.encode()))
+        identity = None
+        if not is_admin:
+            identity, error = self._identify(authorization)
+            if identity is None:
+                return web.json_response({"detail": "Not authenticated"}, status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
+        try:
+            raw = await _read_body(request, 64 << 10)
+            document = orjson.loads(raw) if raw.strip() else {}
+        except (_TooLarge, orjson.JSONDecodeError):
+            return web.json_response({"detail": "body must be a JSON object"}, status=422)
+        if not isinstance(document, dict):
+            return web.json_response({"detail": "body must be a JSON object"}, status=422)
+        if path == GLOBAL_INVALIDATE:
+            if not is_admin:
+                return web.json_response({"detail": "admin credential required"}, status=403)
+            namespaces = ["achievements:global"]
+        else:
+            target = document.get("user_id")
+            if is_admin and not target:
+                return web.json_response({"detail": "user_id required with the admin credential"}, status=422)
+            if not is_admin:
+                if target not in (None, identity.user_id):
+                    return web.json_response({"detail": "may only invalidate your own cache"}, status=403)
+                target = identity.user_id
+            if not isinstance(target, str):
+                return web.json_response({"detail": "user_id must be a string"}, status=422)
+            kind = "user" if path == USER_INVALIDATE else "achievements"
+            namespaces = [f"{kind}:{{{escape_value(target)}}}"]
+        gen_keys = tuple(policy.namespace_gen_key(self.rules.prefix, ns) for ns in namespaces)
+        caller = "admin" if is_admin else f"user:…{identity.user_id[-4:]}"
+        ok = await self.purge(gen_keys, "manual", caller=caller)
+        log.info("manual invalidation", extra={"event": "audit_invalidate", "caller": caller,
+                                                "namespaces": [mask_gen_key(g, self.rules.prefix) for g in gen_keys],
+                                                "applied": ok})
+        body = {"header": {"requestRefId": str(uuid.uuid4()), "responseCode": 200,
+                           "responseMessage": "Cache invalidated" if ok else "Invalidation pending",
+                           "customerMessage": "Cache invalidated",
+                           "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                "body": {"invalidated": [f"{ns}:*" for ns in namespaces], "applied": ok}}
+        return web.json_response(body)
+
+    # ----------------------------------------------------------------------------- reloads
+
+    def reload_rules(self) -> bool:
+        try:
+            rules = load_rules(self.config.rules_path)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old rules in force
+            self.metrics.reloads.labels("failure").inc()
+            log.error("rules reload refused; previous rules stay in force",
+                      extra={"event": "reload_failed", "errors": str(exc).splitlines()})
+            return False
+        self.set_rules(rules)
+        self.metrics.reloads.labels("success").inc()
+        log.info("rules reloaded", extra={"event": "reload", "rules": len(rules.rules)})
+        return True
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """(body, True) when the whole body fits in ``limit``; else (what was read, False), rest unread."""
+    chunks, size = [], 0
+    try:
+        while True:
+            chunk = await response.content.readany()
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), False
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        response.release()
+        raise UpstreamError(502, "upstream failed mid-body") from None
+
+
+def _content_etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def _not_modified_headers(headers: CIMultiDict) -> CIMultiDict:
+    keep = ("ETag", "Cache-Control", "Content-Location", "Date", "Expires", "Vary", "Age", "X-Cache",
+            "Cache-Status", "X-Request-ID")
+    return CIMultiDict((k, v) for k, v in headers.items() if k in keep)
+
+
+def build_app(config: Config, rules: Rules | None = None, store=None, metrics: Metrics | None = None,
+              unsafe: frozenset[str] = frozenset()) -> web.Application:
+    """The proxy as an aiohttp application; the store and upstream session open in ``cleanup_ctx``."""
+    rules = rules or load_rules(config.rules_path)
+    metrics = metrics or Metrics()
+    app = web.Application(client_max_size=config.max_write_body, handler_args={"max_field_size": 16384})
+    guarded = GuardedStore(store or open_store(config.redis_url, memory_max_bytes=config.memory_max_bytes),
+                           metrics, timeout=config.store_timeout)
+    proxy = Proxy(config, rules, guarded, Upstream(config.upstream), metrics, unsafe=unsafe)
+    app[PROXY_KEY] = proxy
+
+    async def lifecycle(app: web.Application):
+        await proxy.upstream.start()
+        sweeper = asyncio.get_running_loop().create_task(_sweep(proxy))
+        proxy.ready = True
+        yield
+        proxy.ready = False
+        sweeper.cancel()
+        for task in list(proxy.background):
+            task.cancel()
+        await asyncio.gather(*proxy.background, sweeper, return_exceptions=True)
+        await proxy.upstream.close()
+        await guarded.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+async def _sweep(proxy: Proxy, interval: float = 30.0) -> None:
+    inner = proxy.store.inner
+    while True:
+        await asyncio.sleep(interval)
+        if hasattr(inner, "sweep"):
+            inner.sweep()

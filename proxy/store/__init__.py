@@ -1,0 +1,14 @@
+"""Stores: where entries and namespace generations live. See ``base.Store`` for the contract."""
+from .base import Store, new_token
+from .memory import MemoryStore
+
+__all__ = ["Store", "MemoryStore", "new_token", "open_store"]
+
+
+def open_store(url: str | None, **options) -> Store:
+    """``None`` → the embedded MemoryStore; ``redis://``, ``rediss://``, ``redis+cluster://`` → RedisStore."""
+    if not url:
+        return MemoryStore(max_bytes=options.get("memory_max_bytes", 256 << 20))
+    from .redis import RedisStore  # imported lazily: the memory default needs no redis client
+
+    return RedisStore.from_url(url, **options)

@@ -1,0 +1,113 @@
+"""Fail fast and fail open: a timeout on every store call and a circuit breaker in front of the store.
+
+While the breaker is open, calls raise ``StoreUnavailable`` at once, so requests go straight to the
+backend instead of each waiting out a timeout; after ``reset_after`` seconds one probe is let through
+(half-open) and its outcome closes or re-opens the breaker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Sequence
+
+from ..errors import StoreUnavailable
+from ..metrics import Metrics
+from .base import Store
+
+log = logging.getLogger("proxy.store")
+
+CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
+
+
+class CircuitBreaker:
+    def __init__(self, failures_to_open: int = 5, reset_after: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.failures_to_open = failures_to_open
+        self.reset_after = reset_after
+        self.clock = clock
+        self.state = CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN and self.clock() - self.opened_at >= self.reset_after:
+            self.state = HALF_OPEN
+        if self.state == HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.state, self.failures, self._probing = CLOSED, 0, False
+
+    def failed(self) -> None:
+        self.failures += 1
+        self._probing = False
+        if self.state == HALF_OPEN or self.failures >= self.failures_to_open:
+            if self.state != OPEN:
+                log.warning("store circuit opened", extra={"event": "store_circuit_open", "failures": self.failures})
+            self.state, self.opened_at = OPEN, self.clock()
+
+
+class GuardedStore:
+    """Wraps a Store: the same methods, each with a timeout, the breaker and latency metrics."""
+
+    def __init__(self, store: Store, metrics: Metrics, timeout: float = 0.1, breaker: CircuitBreaker | None = None):
+        self.inner = store
+        self.name = store.name
+        self.metrics = metrics
+        self.timeout = timeout
+        self.breaker = breaker or CircuitBreaker()
+        self._observe = {op: metrics.store_duration.labels(op).observe for op in
+                         ("lookup", "ensure", "store", "bump", "lease", "release", "stats", "ping")}
+
+    async def _call(self, op: str, fn, *args):
+        breaker = self.breaker
+        if not breaker.allow():
+            raise StoreUnavailable("circuit open")
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await fn(*args)
+        except (StoreUnavailable, TimeoutError, OSError) as exc:
+            breaker.failed()
+            self.metrics.circuit_state.set(breaker.state)
+            self.metrics.store_errors.labels(op).inc()
+            log.warning("store error", extra={"event": "store_error", "op": op, "error": str(exc) or type(exc).__name__})
+            raise StoreUnavailable(f"{op}: {exc or type(exc).__name__}") from None
+        self._observe[op](time.perf_counter() - start)
+        if breaker.state != CLOSED or breaker.failures:
+            breaker.succeeded()
+            self.metrics.circuit_state.set(CLOSED)
+        return result
+
+    def lookup(self, key: str, gen_keys: Sequence[str]):
+        return self._call("lookup", self.inner.lookup, key, gen_keys)
+
+    def ensure_generations(self, gen_keys: Sequence[str], ttl: int):
+        return self._call("ensure", self.inner.ensure_generations, gen_keys, ttl)
+
+    def store_if_current(self, key, value, ttl, gen_keys, expected, gen_ttl):
+        return self._call("store", self.inner.store_if_current, key, value, ttl, gen_keys, expected, gen_ttl)
+
+    def bump(self, gen_keys: Sequence[str], ttl: int):
+        return self._call("bump", self.inner.bump, gen_keys, ttl)
+
+    def acquire_lease(self, key: str, owner: str, ttl_ms: int):
+        return self._call("lease", self.inner.acquire_lease, key, owner, ttl_ms)
+
+    def release_lease(self, key: str, owner: str):
+        return self._call("release", self.inner.release_lease, key, owner)
+
+    def stats(self):
+        return self._call("stats", self.inner.stats)
+
+    def ping(self):
+        return self._call("ping", self.inner.ping)
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,133 @@
+"""The embedded store: one process, a byte budget with LRU eviction, TTLs on everything.
+
+Atomicity comes for free: every method runs to completion without awaiting, so the fill guard's
+compare-and-set cannot interleave with a purge. Expired items are dropped when touched and by
+``sweep()``, which the server calls in the background (never on the request path).
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+from .base import new_token
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self, max_bytes: int = 256 << 20, clock: Callable[[], float] = time.monotonic):
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._gens: dict[str, tuple[str, float]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self.bytes = 0
+        self.evictions = 0
+        self.commands = 0  # counted like Redis commands, so tests can assert store work per request
+
+    # -- entries ---------------------------------------------------------------------------------
+    def _entry(self, key: str) -> bytes | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        if item[1] <= self.clock():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return item[0]
+
+    def _drop(self, key: str) -> None:
+        value, _ = self._entries.pop(key)
+        self.bytes -= len(key) + len(value)
+
+    def _put(self, key: str, value: bytes, ttl: int) -> None:
+        size = len(key) + len(value)
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        while self.bytes + size > self.max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+            self.evictions += 1
+        self._entries[key] = (value, self.clock() + ttl)
+        self.bytes += size
+
+    def _token(self, gen_key: str) -> str | None:
+        item = self._gens.get(gen_key)
+        if item is None or item[1] <= self.clock():
+            self._gens.pop(gen_key, None)
+            return None
+        return item[0]
+
+    # -- the contract ------------------------------------------------------------------------------
+    async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
+        self.commands += 1
+        return self._entry(key), [self._token(g) for g in gen_keys]
+
+    async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:
+        self.commands += 1
+        tokens = []
+        for g in gen_keys:
+            token = self._token(g)
+            if token is None:
+                token = new_token()
+                self._gens[g] = (token, self.clock() + ttl)
+            tokens.append(token)
+        return tokens
+
+    async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
+                               expected: Sequence[str], gen_ttl: int) -> bool:
+        self.commands += 1
+        if [self._token(g) for g in gen_keys] != list(expected):
+            return False
+        expires = self.clock() + gen_ttl
+        for g, token in zip(gen_keys, expected):
+            self._gens[g] = (token, expires)
+        self._put(key, value, ttl)
+        return True
+
+    async def bump(self, gen_keys: Sequence[str], ttl: int) -> None:
+        self.commands += 1
+        expires = self.clock() + ttl
+        for g in gen_keys:
+            self._gens[g] = (new_token(), expires)
+
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        self.commands += 1
+        held = self._leases.get(key)
+        if held is not None and held[1] > self.clock():
+            return False
+        self._leases[key] = (owner, self.clock() + ttl_ms / 1000)
+        return True
+
+    async def release_lease(self, key: str, owner: str) -> None:
+        self.commands += 1
+        held = self._leases.get(key)
+        if held is not None and held[0] == owner:
+            del self._leases[key]
+
+    async def stats(self) -> dict:
+        return {"entries": len(self._entries), "bytes": self.bytes, "evictions": self.evictions,
+                "generations": len(self._gens), "max_bytes": self.max_bytes}
+
+    async def ping(self) -> None:
+        return None
+
+    def sweep(self) -> int:
+        """Drop expired entries, generations and leases; returns how many went."""
+        now = self.clock()
+        dead = [k for k, (_, exp) in self._entries.items() if exp <= now]
+        for k in dead:
+            self._drop(k)
+        dead_gens = [k for k, (_, exp) in self._gens.items() if exp <= now]
+        for k in dead_gens:
+            del self._gens[k]
+        for k in [k for k, (_, exp) in self._leases.items() if exp <= now]:
+            del self._leases[k]
+        return len(dead) + len(dead_gens)
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._gens.clear()
+        self.bytes = 0

@@ -1,0 +1,226 @@
+"""The Redis store: entries, namespace generations and fill leases in one Redis (``redis://``, ``rediss://``).
+
+This module owns the redis-py client, its connection pool and the Lua scripts that make the fill guard
+atomic. Nothing Redis-specific leaves it: every ``RedisError``, ``OSError`` and ``asyncio.TimeoutError`` is
+re-raised as ``proxy.errors.StoreUnavailable`` so callers can fail open to the backend.
+
+Round trips per operation (each is one command on the server):
+
+* ``lookup``             1  ``MGET key gen...`` (the entry and its guarding tokens together)
+* ``ensure_generations`` 1  ``EVALSHA`` (GET each, SET the missing ones to fresh tokens)
+* ``store_if_current``   1  ``EVALSHA`` (compare every token, then SET the entry and EXPIRE the tokens)
+* ``bump``               1  ``EVALSHA`` (SET every generation to a fresh token), whatever the entry count
+* ``acquire_lease``      1  ``SET key owner NX PX ttl``
+* ``release_lease``      1  ``EVALSHA`` (compare-and-delete)
+* ``stats``              1  pipeline of ``DBSIZE``, ``INFO memory``, ``INFO stats`` (never on the request path)
+* ``ping``               1  ``PING``
+
+The first time a server sees a script, ``EVALSHA`` answers ``NOSCRIPT`` and redis-py loads it
+(``SCRIPT LOAD`` + ``EVALSHA``): two extra round trips, once per script per server start. Tokens are
+generated in Python (``new_token``) and passed as ARGV, so the scripts are deterministic. Every key a
+script touches is passed in KEYS, so the cluster variant can hash-tag them into one slot. No ``KEYS``, no
+``SCAN``: a purge is a token replacement, never a deletion.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from ..errors import StoreUnavailable
+from .base import new_token
+
+__all__ = ["RedisStore"]
+
+DEFAULT_TIMEOUT = 0.25
+DEFAULT_MAX_CONNECTIONS = 64
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_SCHEMES = ("redis://", "rediss://")
+
+T = TypeVar("T")
+
+
+def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Re-raise any Redis, socket or timeout failure of ``method`` as ``StoreUnavailable``."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+    return wrapper
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.decode()
+
+
+class RedisStore:
+    name = "redis"
+
+    # KEYS[1..n] - generation keys
+    # ARGV[1]    - generation ttl in seconds (applied only to the ones created here)
+    # ARGV[1+i]  - a fresh token for KEYS[i], used only if KEYS[i] is missing
+    # return the token in force for each of KEYS, in order
+    LUA_ENSURE_GENERATIONS = """
+        local ttl = ARGV[1]
+        local tokens = {}
+        for i, key in ipairs(KEYS) do
+            local token = redis.call('get', key)
+            if not token then
+                token = ARGV[i + 1]
+                redis.call('set', key, token, 'ex', ttl)
+            end
+            tokens[i] = token
+        end
+        return tokens
+    """
+
+    # KEYS[1]      - entry key
+    # KEYS[1+i]    - generation keys guarding the entry
+    # ARGV[1]      - encoded entry
+    # ARGV[2]      - entry ttl in seconds (<= 0: the entry is dropped, as if written already expired)
+    # ARGV[3]      - generation ttl in seconds
+    # ARGV[3+i]    - the token KEYS[1+i] held before the origin fetch
+    # return 1 if every generation still holds its token and the entry was written, otherwise 0
+    LUA_STORE_IF_CURRENT = """
+        for i = 2, #KEYS do
+            local token = redis.call('get', KEYS[i])
+            if not token or token ~= ARGV[i + 2] then
+                return 0
+            end
+        end
+        local ttl = tonumber(ARGV[2])
+        if ttl > 0 then
+            redis.call('set', KEYS[1], ARGV[1], 'ex', ttl)
+        else
+            redis.call('del', KEYS[1])
+        end
+        for i = 2, #KEYS do
+            redis.call('expire', KEYS[i], ARGV[3])
+        end
+        return 1
+    """
+
+    # KEYS[1..n] - generation keys
+    # ARGV[1]    - generation ttl in seconds
+    # ARGV[1+i]  - the new token for KEYS[i]
+    # return the number of generations replaced
+    LUA_BUMP = """
+        local ttl = ARGV[1]
+        for i, key in ipairs(KEYS) do
+            redis.call('set', key, ARGV[i + 1], 'ex', ttl)
+        end
+        return #KEYS
+    """
+
+    # KEYS[1] - lease key
+    # ARGV[1] - owner token
+    # return 1 if the lease was released, otherwise 0 (expired or held by someone else)
+    LUA_RELEASE_LEASE = """
+        local owner = redis.call('get', KEYS[1])
+        if not owner or owner ~= ARGV[1] then
+            return 0
+        end
+        redis.call('del', KEYS[1])
+        return 1
+    """
+
+    def __init__(self, client: aioredis.Redis):
+        """Take ownership of ``client`` (created with ``decode_responses=False``); ``close`` closes it."""
+        self.client = client
+        self._ensure_generations = client.register_script(self.LUA_ENSURE_GENERATIONS)
+        self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
+        self._bump = client.register_script(self.LUA_BUMP)
+        self._release_lease = client.register_script(self.LUA_RELEASE_LEASE)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "RedisStore":
+        """Connect lazily to ``url``. Options: ``timeout`` (seconds, for connect, reads and waiting for a
+        pooled connection; default 0.25) and ``max_connections`` (default 64); others are ignored."""
+        if url.startswith(_CLUSTER_SCHEMES):
+            raise ValueError("Redis Cluster support is not available yet")
+        if not url.startswith(_SCHEMES):
+            raise ValueError(f"unsupported Redis URL scheme (expected redis:// or rediss://): {url.split('://')[0]}://")
+        timeout = options.get("timeout")
+        timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        max_connections = options.get("max_connections") or DEFAULT_MAX_CONNECTIONS
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=int(max_connections),
+            timeout=timeout,  # waiting for a free pooled connection counts as the store being slow
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=False,
+            # One immediate retry on a broken connection (e.g. a pooled socket from before a Redis
+            # restart); timeouts are not retried, so a hung server costs one ``timeout``, not several.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        return cls(aioredis.Redis.from_pool(pool))
+
+    # -- the contract ------------------------------------------------------------------------------
+    @_unavailable
+    async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
+        values = await self.client.mget(key, *gen_keys)
+        return values[0], [_text(v) for v in values[1:]]
+
+    @_unavailable
+    async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:
+        if not gen_keys:
+            return []
+        fresh = [new_token() for _ in gen_keys]
+        tokens = await self._ensure_generations(keys=list(gen_keys), args=[int(ttl), *fresh])
+        return [_text(t) for t in tokens]
+
+    @_unavailable
+    async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
+                               expected: Sequence[str], gen_ttl: int) -> bool:
+        if len(expected) != len(gen_keys):
+            return False
+        written = await self._store_if_current(keys=[key, *gen_keys],
+                                               args=[value, int(ttl), int(gen_ttl), *expected])
+        return bool(written)
+
+    @_unavailable
+    async def bump(self, gen_keys: Sequence[str], ttl: int) -> None:
+        if not gen_keys:
+            return
+        await self._bump(keys=list(gen_keys), args=[int(ttl), *(new_token() for _ in gen_keys)])
+
+    @_unavailable
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self.client.set(key, owner, nx=True, px=max(1, int(ttl_ms))))
+
+    @_unavailable
+    async def release_lease(self, key: str, owner: str) -> None:
+        await self._release_lease(keys=[key], args=[owner])
+
+    @_unavailable
+    async def stats(self) -> dict:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.dbsize()
+            pipe.info("memory")
+            pipe.info("stats")
+            entries, memory, stats = await pipe.execute()
+        return {"entries": int(entries), "bytes": int(memory.get("used_memory", 0)),
+                "evictions": int(stats.get("evicted_keys", 0)),
+                "maxmemory": int(memory.get("maxmemory", 0)),
+                "maxmemory_policy": _text(memory.get("maxmemory_policy"))}
+
+    @_unavailable
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    @_unavailable
+    async def close(self) -> None:
+        await self.client.aclose(close_connection_pool=True)

@@ -1,0 +1,87 @@
+"""Small pieces of HTTP the server puts on the wire: Cache-Status (RFC 9211), error bodies, ETags,
+request ids, masked keys for logs, and the rate limiter of the admin endpoints."""
+from __future__ import annotations
+
+import re
+import time
+
+from aiohttp import web
+
+CACHE_NAME = "katiba-cache"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BRACED = re.compile(r"\{([^}]*)\}")
+
+
+class CacheStatus:
+    """RFC 9211 values; never the key or a user id."""
+
+    @staticmethod
+    def hit(ttl_left: int, detail: str | None = None, fwd_status: int | None = None) -> str:
+        value = f"{CACHE_NAME}; hit; ttl={ttl_left}"
+        if fwd_status is not None:
+            value += f"; fwd=stale; fwd-status={fwd_status}"
+        return value + (f"; detail={detail}" if detail else "")
+
+    @staticmethod
+    def miss(fwd: str, fwd_status: int, outcome: str, collapsed: bool) -> str:
+        value = f"{CACHE_NAME}; fwd={fwd}"
+        if fwd_status:
+            value += f"; fwd-status={fwd_status}"
+        if outcome == "stored":
+            value += "; stored"
+        elif outcome:
+            value += f"; detail={outcome}"
+        return value + ("; collapsed" if collapsed else "")
+
+    @staticmethod
+    def bypass(reason: str) -> str:
+        fwd = "method" if reason == "method" else "bypass"
+        return f"{CACHE_NAME}; fwd={fwd}; detail={reason}"
+
+
+def error_response(status: int, detail: str, x_cache: str, cache_status: str) -> web.Response:
+    """A proxy-made error, shaped like the backend's own: ``{"detail": "..."}``."""
+    return web.json_response({"detail": detail}, status=status,
+                             headers={"X-Cache": x_cache, "Cache-Status": cache_status})
+
+
+def etag_matches(if_none_match: str | None, etag: str | None) -> bool:
+    """Weak comparison (RFC 9110 §13.1.2) of an If-None-Match list against ``etag``."""
+    if not if_none_match or not etag:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    mine = etag.strip().removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == mine for tag in if_none_match.split(","))
+
+
+def is_valid_request_id(value: str) -> bool:
+    return bool(value) and bool(_REQUEST_ID.match(value))
+
+
+def mask_gen_key(gen_key: str, prefix: str) -> str:
+    """``user:{…a1b2}:*`` from a generation key: enough to correlate, never a whole user id."""
+    ns = gen_key.removeprefix(f"{prefix}:gen:")
+    if gen_key == f"{prefix}:epoch":
+        return "*"
+    return _BRACED.sub(lambda m: "{…" + m.group(1)[-4:] + "}" if len(m.group(1)) > 4 else "{…}", ns) + ":*"
+
+
+class RateLimiter:
+    """Token bucket per client; ``take`` returns 0 when allowed, else seconds to wait."""
+
+    def __init__(self, rate: float, burst: float, clock=time.monotonic, max_clients: int = 10_000):
+        self.rate, self.burst, self.clock, self.max_clients = rate, burst, clock, max_clients
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client: str) -> int:
+        now = self.clock()
+        tokens, last = self.buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self.buckets[client] = (tokens, now)
+            return max(1, int((1 - tokens) / self.rate + 0.999))
+        if len(self.buckets) >= self.max_clients and client not in self.buckets:
+            self.buckets.clear()
+        self.buckets[client] = (tokens - 1, now)
+        return 0

@@ -1,0 +1,192 @@
+"""Shared fixtures: tests own their services.
+
+``redis_server`` (session)  a private ``redis-server`` on a free port: ``.url``, ``.port``, ``.stop()``,
+                            ``.start()`` (restart on the same port, empty), ``.client()`` (a new sync
+                            ``redis.Redis``), ``.admin`` (a shared sync client, str responses),
+                            ``.command_count(name)`` / ``.command_counts()`` (``INFO commandstats``,
+                            scripts' inner commands included), ``.reset_stats()``, ``.flushall()``,
+                            ``.pause()`` / ``.resume()`` (SIGSTOP/SIGCONT: a hung server).
+``redis_url``     (function) the session server's URL, FLUSHALLed and with its stats reset first.
+``start_redis``   (function) a factory: ``start_redis()`` starts another private server (a
+                            ``RedisServer``), killed at teardown.
+
+A missing ``redis-server`` binary fails the run; it is never a skip. Nothing here touches 127.0.0.1:6379.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+STARTUP_TIMEOUT = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_server_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found on PATH: the store tests need a real Redis "
+                    "(Debian: apt-get install redis-server)", pytrace=False)
+    return binary
+
+
+class RedisServer:
+    """One ``redis-server`` process we started, on 127.0.0.1 and a port of our own."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()):
+        self.binary = _redis_server_binary()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or _free_port()
+        assert self.port != 6379, "tests must never use the machine's Redis"
+        self.extra_args = tuple(extra_args)
+        self.proc: subprocess.Popen | None = None
+        self._admin: redis.Redis | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        """Start (or restart after ``stop``) on the same port, with an empty dataset."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"redis-server on port {self.port} is already running")
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port),
+                 "--bind", "127.0.0.1", "--daemonize", "no", "--dir", str(self.workdir),
+                 *self.extra_args],
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        self._wait_until_ready()
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self._log_path()}:\n"
+                                   + self._log_tail())
+            try:
+                with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5,
+                                 socket_connect_timeout=0.5) as probe:
+                    if probe.ping():
+                        return
+            except redis.RedisError as exc:
+                last_error = exc
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer PING within "
+                           f"{STARTUP_TIMEOUT}s ({last_error}):\n" + self._log_tail())
+
+    def stop(self) -> None:
+        """Kill the server (no save: ``--save ""``); a later ``start`` comes back empty."""
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open but nothing answers (a hung Redis)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, **kwargs) -> redis.Redis:
+        """A new sync client (bytes responses unless ``decode_responses=True``); close it when done."""
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+
+    @property
+    def admin(self) -> redis.Redis:
+        """A long-lived sync client for the fixtures' own bookkeeping (FLUSHALL, INFO)."""
+        if self._admin is None:
+            self._admin = self.client(decode_responses=True)
+        return self._admin
+
+    def command_counts(self) -> dict[str, int]:
+        """Calls per command since start or the last ``reset_stats``, from ``INFO commandstats``.
+
+        Names are lower case as Redis reports them (``mget``, ``evalsha``, ``client|setinfo``). The
+        ``info`` calls made by this method itself are counted too: compare other commands only.
+        """
+        stats = self.admin.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+    def command_count(self, name: str) -> int:
+        return self.command_counts().get(name.lower(), 0)
+
+    def reset_stats(self) -> None:
+        self.admin.config_resetstat()
+
+    def flushall(self) -> None:
+        self.admin.flushall()
+        self.admin.script_flush()
+
+    def _log_path(self) -> Path:
+        return self.workdir / f"redis-{self.port}.log"
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self._log_path().read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        return f"<RedisServer port={self.port} running={self.running}>"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis-session"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    if not redis_server.running:  # a previous test stopped it without starting it again
+        redis_server.start()
+    redis_server.flushall()
+    redis_server.reset_stats()
+    return redis_server.url
+
+
+@pytest.fixture
+def start_redis(tmp_path_factory):
+    servers: list[RedisServer] = []
+
+    def start(*extra_args: str) -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis-private"), extra_args=extra_args)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
