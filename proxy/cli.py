@@ -143,7 +143,13 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
 
     from .server import PROXY_KEY, build_app
 
-    app = build_app(config, rules)
+    # Test-only switches that break a guarantee on purpose (the stale-read checker's mutants).
+    unsafe = frozenset(s.strip() for s in os.environ.get("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "").split(",")
+                       if s.strip())
+    if unsafe:
+        log.warning("unsafe test-only switches are on: this proxy breaks its consistency guarantee on purpose",
+                    extra={"event": "unsafe_switches", "switches": sorted(unsafe)})
+    app = build_app(config, rules, unsafe=unsafe)
     proxy = app[PROXY_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)
     await runner.setup()

@@ -30,6 +30,7 @@ class Config:
     log_format: str = "json"
     shutdown_grace: float = 10.0
     watch_rules: bool = True
+    warm_authorization: str | None = None  # Authorization header for warming requests (a service token)
 
 
 def env_float(environ: dict[str, str], name: str, default: float) -> float:
@@ -71,4 +72,5 @@ def config_from(args, environ: dict[str, str] | None = None) -> Config:
         memory_max_bytes=int(env.get("MEMORY_MAX_BYTES", str(256 << 20))),
         access_log=env.get("ACCESS_LOG", "").lower() in ("1", "true", "yes"),
         log_format=getattr(args, "log_format", None) or env.get("LOG_FORMAT") or "json",
+        warm_authorization=env.get("WARM_AUTHORIZATION") or None,
     )

@@ -28,7 +28,8 @@ _SOURCE = re.compile(r"^(?:(body|query|path)\.)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Z
 
 
 def escape_value(value: str) -> str:
-    escaped = quote(value, safe="-._~")
+    # surrogatepass: paths are decoded with surrogateescape and JSON allows lone surrogates; still injective
+    escaped = quote(value, safe="-._~", errors="surrogatepass")
     if len(escaped) > MAX_VALUE_CHARS:
         return "%H" + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
     return escaped

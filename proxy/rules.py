@@ -57,6 +57,9 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Line
     out.line, out.lines, out.duplicates = node.start_mark.line + 1, {}, []
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if getattr(key, "__hash__", None) is None:  # `? [a]: b`; SafeLoader refuses these too
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    "found unhashable key", key_node.start_mark)
         line = key_node.start_mark.line + 1
         if key in out:
             out.duplicates.append((key, line))
@@ -77,7 +80,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 def _line_of(container: Any, key: Any = None) -> int:
     if key is not None and isinstance(container, _LineDict):
-        return container.lines.get(key, container.line)
+        return getattr(container, "lines", {}).get(key, container.line)  # a default _LineDict() has no lines
     if key is not None and isinstance(container, _LineList) and isinstance(key, int):
         return container.lines[key] if key < len(container.lines) else container.line
     return getattr(container, "line", 1)
@@ -136,6 +139,7 @@ class Rule:
     repurge_after: int = 0
     client_cache_control: str = "ignore"
     max_body_bytes: int = 1 << 20
+    error_when: CacheWhen | None = None  # backend answers that count as failures for stale_if_error
     guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
     fingerprint: str = ""
 
@@ -207,7 +211,7 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 RULE_FIELDS = frozenset({
     "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
     "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
-    "client_cache_control", "max_body_bytes",
+    "client_cache_control", "max_body_bytes", "error_when",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
 TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache"})
@@ -344,6 +348,8 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
         if key in raw:
             return raw[key], _line_of(raw, key), f"{name}.{key}"
         return defaults.get(key), _line_of(defaults, key), f"defaults.{key}"
+
+    draft["field_lines"] = {k: where(k)[1] for k in ("name", "match", "key", "warm")}  # for _link's checks
 
     match = raw.get("match")
     route = _parse_match(check, match, _line_of(raw, "match"), f"{name}.match")
@@ -510,7 +516,7 @@ def _parse_choice(choices: tuple[str, ...]) -> Callable:
 
 def _parse_positive_int(check: _Checker, value: Any, line: int, fieldname: str) -> int | None:
     value = check.substitute(value, line, fieldname)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # int("²") raises
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         check.fail(line, fieldname, f"must be a positive integer, got {value!r}")
@@ -546,6 +552,7 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "rollout": _parse_rollout,
     "client_cache_control": _parse_choice(CLIENT_CACHE_CONTROL),
     "max_body_bytes": _parse_positive_int,
+    "error_when": _parse_cache_when,
 }
 
 
@@ -571,19 +578,19 @@ def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule,
     seen_shapes: dict[tuple, dict] = {}
     for d in drafts:
         if d["name"] in seen_names:
-            check.fail(d["line"], f"{d['name']}.name", f"duplicate rule name (first at line {seen_names[d['name']]})")
+            check.fail(d["field_lines"]["name"], f"{d['name']}.name", f"duplicate rule name (first at line {seen_names[d['name']]})")
         seen_names.setdefault(d["name"], d["line"])
         route_key = (d["method"], d["route_segments"])
         if route_key in seen_routes:
             other = seen_routes[route_key]
-            check.fail(d["line"], f"{d['name']}.match",
+            check.fail(d["field_lines"]["match"], f"{d['name']}.match",
                        f"same route as rule {other['name']!r} (line {other['line']})")
         seen_routes.setdefault(route_key, d)
         if d.get("key") is not None:
             shape = d["key"].shape
             if shape in seen_shapes:
                 other = seen_shapes[shape]
-                check.fail(d["line"], f"{d['name']}.key",
+                check.fail(d["field_lines"]["key"], f"{d['name']}.key",
                            f"renders like rule {other['name']!r}'s key (line {other['line']}): entries would collide")
             seen_shapes.setdefault(shape, d)
     keys = [d["key"] for d in drafts if d.get("key") is not None]
@@ -607,6 +614,7 @@ def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule,
     for d in drafts:
         d = dict(d)
         purge_drafts = d.pop("purge_drafts", ())
+        field_lines = d.pop("field_lines")
         d["purge"] = tuple(t for t, *_ in purge_drafts)
         d["purge_exact"] = tuple(e for _, e, *_ in purge_drafts)
         if d.get("key") is not None:
@@ -616,7 +624,7 @@ def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule,
             material = repr((FORMAT_VERSION, prefix, key.text, d["guards"], d.get("vary_query", ())))
             d["fingerprint"] = hashlib.blake2b(material.encode(), digest_size=6).hexdigest()
         if d.get("warm") and d.get("key") is not None and d["key"].needs_identity:
-            check.fail(d["line"], f"{d['name']}.warm",
+            check.fail(field_lines["warm"], f"{d['name']}.warm",
                        "only rules whose key needs no identity can be warmed (the proxy keeps no tokens)")
         rules.append(Rule(**d))
     return tuple(rules), declared

@@ -95,9 +95,12 @@ class Proxy:
         self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
         self.mode = config.cache_mode
         self.inflight: dict[tuple, asyncio.Future] = {}
+        self.instance_id = uuid.uuid4().hex
+        self.shared_store = store.name != "memory"  # leases matter only where other instances share it
         self.refreshing: set[str] = set()
         self.pending: dict[str, str] = {}  # gen key -> rule name, purges the store has not accepted yet
         self.background: set[asyncio.Task] = set()
+        self.demand: dict[str, tuple[int, Lookup, str]] = {}  # warm rules: key -> (requests, lookup, path)
         self.ready = False
         self.admin_limiter = RateLimiter(config.admin_rate, burst=max(1.0, config.admin_rate * 2))
         # Test-only switches that break a guarantee on purpose, so the stale-read checker is known to bite.
@@ -177,6 +180,8 @@ class Proxy:
             return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
         entry = decode_entry(raw)
         verdict = policy.judge(entry, tokens, rule, self.clock())
+        if rule.warm:
+            self._note_demand(d, origin)
         if not d.revalidate:
             if verdict.usable == "fresh":
                 return self._from_entry(request, entry, "HIT", CacheStatus.hit(rule.ttl - verdict.age), verdict.age), "hit"
@@ -191,7 +196,7 @@ class Proxy:
             except StoreUnavailable:
                 return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
         fetched = await self._fill(d, tokens, origin)
-        failed = fetched.error is not None or fetched.status >= 500
+        failed = fallback is not None and _is_failure(fetched, rule)
         if failed and fallback is not None and verdict.age < rule.ttl + rule.stale_if_error:
             fwd = fetched.error.status if fetched.error else fetched.status
             status = CacheStatus.hit(rule.ttl - verdict.age, "stale-if-error", fwd_status=fwd)
@@ -215,7 +220,7 @@ class Proxy:
         future = asyncio.get_running_loop().create_future()
         self.inflight[flight] = future
         try:
-            fetched = await self._fetch(d, tokens, origin, store=True)
+            fetched = await self._fetch_under_lease(d, tokens, origin)
         except BaseException:
             future.set_result(None)
             raise
@@ -224,6 +229,44 @@ class Proxy:
         if not future.done():
             future.set_result(fetched)
         return fetched
+
+    async def _fetch_under_lease(self, d: Lookup, tokens: list[str], origin: Origin) -> Fetched:
+        """Across instances sharing a store: one fetch per key under a short lease, the others poll.
+
+        A waiter takes the entry the lease holder stored, or the lease once it is free; a lost or
+        expired lease costs at most one extra fetch, never a stuck request (``coalesce_wait`` bounds it).
+        """
+        if not self.shared_store:
+            return await self._fetch(d, tokens, origin, store=True)
+        lease_key, loop = d.key + "|lease", asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.config.coalesce_wait, 0.002
+        while True:
+            try:
+                leased = await self.store.acquire_lease(lease_key, self.instance_id, self.config.lease_ms)
+            except StoreUnavailable:
+                leased = False
+                deadline = 0.0
+            if leased:
+                try:
+                    return await self._fetch(d, tokens, origin, store=True)
+                finally:
+                    try:
+                        await self.store.release_lease(lease_key, self.instance_id)
+                    except StoreUnavailable:
+                        pass  # it expires by itself
+            if loop.time() >= deadline:
+                return await self._fetch(d, tokens, origin, store=True)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            try:
+                raw, current = await self.store.lookup(d.key, d.gen_keys)
+            except StoreUnavailable:
+                return await self._fetch(d, tokens, origin, store=True)
+            entry = decode_entry(raw)
+            if current == list(tokens) and policy.judge(entry, current, d.rule, self.clock()).usable == "fresh":
+                self.metrics.coalesced.labels(d.rule.name).inc()
+                return Fetched(entry.status, CIMultiDict(entry.headers), entry.body, entry.etag, "collapsed",
+                               collapsed=True)
 
     async def _fetch(self, d: Lookup, tokens: list[str], origin: Origin, store: bool) -> Fetched:
         rule = d.rule
@@ -295,6 +338,43 @@ class Proxy:
                 self.refreshing.discard(d.key)
 
         self._spawn(refresh())
+
+    def _note_demand(self, d: Lookup, origin: Origin) -> None:
+        count = self.demand.get(d.key, (0, d, origin.path_qs))[0]
+        if count == 0 and len(self.demand) >= 10_000:
+            return  # bounded: a flood of distinct keys cannot grow this table
+        self.demand[d.key] = (count + 1, d, origin.path_qs)
+
+    async def warm_once(self, budget: int = 16, horizon: float = 30.0) -> int:
+        """Refresh the most requested entries of ``warm`` rules that expire within ``horizon`` seconds.
+
+        Bounded work: at most ``budget`` refreshes per call. Only rules whose key needs no identity can
+        be warmed (the proxy keeps no users' tokens); the request carries ``WARM_AUTHORIZATION`` if set.
+        """
+        ranked = sorted(self.demand.values(), key=lambda item: item[0], reverse=True)[:budget]
+        self.demand.clear()
+        refreshed = 0
+        for _, d, path_qs in ranked:
+            rule = self.rules.by_name(d.rule.name)
+            if rule is None or not rule.warm or rule.fingerprint != d.rule.fingerprint:
+                continue
+            try:
+                raw, tokens = await self.store.lookup(d.key, d.gen_keys)
+            except StoreUnavailable:
+                return refreshed
+            verdict = policy.judge(decode_entry(raw), tokens, rule, self.clock())
+            if verdict.usable != "fresh" or verdict.age < rule.ttl - max(horizon, rule.ttl * 0.1):
+                continue
+            headers = CIMultiDict({"Accept": "application/json"})
+            if self.config.warm_authorization:
+                headers["Authorization"] = self.config.warm_authorization
+            origin = Origin(path_qs, headers, None, "http", uuid.uuid4().hex)
+            fetched = await self._fill(d, tokens, origin)
+            if fetched.stream is not None:
+                fetched.stream[1].release()
+            self.metrics.refreshes.labels(rule.name, "warm").inc()
+            refreshed += 1
+        return refreshed
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -597,6 +677,23 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[b
         raise UpstreamError(502, "upstream failed mid-body") from None
 
 
+def _is_failure(fetched: Fetched, rule) -> bool:
+    """A backend failure for stale-if-error: no answer, a 5xx, or what the rule's error_when names."""
+    if fetched.error is not None or fetched.status >= 500:
+        return True
+    when = rule.error_when
+    if when is None or fetched.stream is not None:
+        return False
+    if fetched.status in when.statuses and when.json is None:
+        return True
+    if when.json is not None:
+        try:
+            return when.json.holds(orjson.loads(fetched.body))
+        except orjson.JSONDecodeError:
+            return False
+    return False
+
+
 def _content_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
@@ -636,9 +733,17 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     return app
 
 
-async def _sweep(proxy: Proxy, interval: float = 30.0) -> None:
+async def _sweep(proxy: Proxy, interval: float = 5.0) -> None:
+    """Housekeeping off the request path: warm hot entries, drop expired memory-store items."""
     inner = proxy.store.inner
+    rounds = 0
     while True:
         await asyncio.sleep(interval)
-        if hasattr(inner, "sweep"):
+        rounds += 1
+        if any(r.warm for r in proxy.rules.rules):
+            try:
+                await proxy.warm_once(horizon=interval * 3)
+            except Exception:  # noqa: BLE001 - warming is best effort and must never stop
+                log.exception("warming failed", extra={"event": "warm_error"})
+        if rounds % 6 == 0 and hasattr(inner, "sweep"):
             inner.sweep()
