@@ -11,6 +11,7 @@ Invariants named where they are enforced:
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -168,9 +169,35 @@ def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, to
     rendered = rule.key.render(_values(identity, params, query, None))
     if rendered is None:
         return Bypass(Reason.MISSING_VALUE, rule)
+    if rule.rollout < 100 and not in_rollout(identity.user_id if identity else rendered, rule.rollout):
+        return Bypass(Reason.ROLLOUT, rule)
     key = f"{rules.prefix}:{rendered}{render_query_suffix(rule.vary_query, query)}"
     key += render_origin_suffix(headers.get("origin") or headers.get("Origin"))
     return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards), _client_wants_origin(rule, headers))
+
+
+def in_rollout(subject: str, percent: float) -> bool:
+    """A stable arm per user (or per key for public rules): the same answer on every instance."""
+    digest = hashlib.blake2b(subject.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 < percent * 100
+
+
+def same_content(cached: bytes, fresh: bytes, volatile: tuple[str, ...]) -> bool:
+    """Equal bodies once the rule's volatile JSON fields (``header.requestRefId``...) are removed."""
+    if cached == fresh:
+        return True
+    try:
+        a, b = orjson.loads(cached), orjson.loads(fresh)
+    except orjson.JSONDecodeError:
+        return False
+    for path in volatile:
+        parts = path.split(".")
+        for doc in (a, b):
+            for part in parts[:-1]:
+                doc = doc.get(part) if isinstance(doc, dict) else None
+            if isinstance(doc, dict):
+                doc.pop(parts[-1], None)
+    return a == b
 
 
 def guard_keys(prefix: str, rendered: str, guards: tuple[int, ...]) -> tuple[str, ...]:

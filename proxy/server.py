@@ -144,11 +144,12 @@ class Proxy:
         decision = policy.classify(view, self.rules, identity, token_error)
         origin = Origin(request.raw_path, request.headers, request.remote, request.scheme, rid)
         if isinstance(decision, Lookup):
-            if self.mode != "on":
-                decision = Bypass(Reason.MODE_OFF, decision.rule)
-            else:
+            if self.mode == "on":
                 response, result = await self._read(request, decision, origin)
                 return response, result, decision.rule.name
+            if self.mode == "shadow":
+                return await self._shadow(request, decision, origin), "bypass", decision.rule.name
+            decision = Bypass(Reason.MODE_OFF, decision.rule)
         if isinstance(decision, Write):
             response = await self._write(request, decision, origin, identity)
             return response, "bypass", decision.rule.name if decision.rule else "none"
@@ -204,6 +205,39 @@ class Proxy:
         fwd = "request" if d.revalidate else {"absent": "uri-miss", "expired": "stale"}.get(verdict.reason, "miss")
         status = CacheStatus.miss(fwd, fetched.status, fetched.outcome, fetched.collapsed)
         return await self._from_fetched(request, fetched, status), "miss"
+
+    async def _shadow(self, request: web.Request, d: Lookup, origin: Origin) -> web.StreamResponse:
+        """Shadow mode: the backend answers every request; the cache is filled and consulted only to
+        count what it would have done (would-be hits and stale answers, and whether they matched)."""
+        rule = d.rule
+        status = CacheStatus.bypass("shadow")
+        try:
+            raw, tokens = await self.store.lookup(d.key, d.gen_keys)
+            if None in tokens:
+                tokens = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
+        except StoreUnavailable:
+            self.metrics.shadow.labels(rule.name, "store-unavailable").inc()
+            return await self._pass_through(request, origin, status)
+        entry = decode_entry(raw)
+        verdict = policy.judge(entry, tokens, rule, self.clock())
+        fetched = await self._fetch(d, tokens, origin, store=verdict.usable != "fresh")
+        if verdict.usable in ("fresh", "stale") and fetched.error is None and fetched.stream is None:
+            same = policy.same_content(entry.body, fetched.body, rule.volatile)
+            outcome = f"would-{'hit' if verdict.usable == 'fresh' else 'stale'}-{'match' if same else 'mismatch'}"
+        else:
+            outcome = "would-miss"
+        self.metrics.shadow.labels(rule.name, outcome).inc()
+        if fetched.error is not None:
+            return error_response(fetched.error.status, fetched.error.detail, "BYPASS", status)
+        headers = CIMultiDict(fetched.headers)
+        headers.popall("Content-Length", None)
+        headers["X-Cache"] = "BYPASS"
+        headers["Cache-Status"] = status
+        headers["X-Request-ID"] = origin.request_id
+        if fetched.stream is not None:
+            prefix, upstream_response = fetched.stream
+            return await self._stream(request, upstream_response, headers, prefix)
+        return web.Response(status=fetched.status, body=fetched.body, headers=headers)
 
     async def _fill(self, d: Lookup, tokens: list[str], origin: Origin) -> Fetched:
         flight = (d.key, tuple(tokens))

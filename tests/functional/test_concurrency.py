@@ -195,3 +195,20 @@ def _profile_key(proxy, user: str) -> str:
     from proxy.keys import escape_value
 
     return f"{proxy.proxy.rules.prefix}:user:{{{escape_value(user)}}}:profile"
+
+
+async def test_warming_refreshes_hot_public_entries_before_they_expire(make_proxy, backend):
+    proxy = await make_proxy()
+    clock = proxy.proxy.clock = Clock(1_000_000.0)
+    types = f"{API}/achievements/types"
+    assert (await proxy.get(types)).x_cache == "MISS"
+    assert (await proxy.get(types)).x_cache == "HIT"
+    assert await proxy.proxy.warm_once(horizon=30) == 0  # far from expiry: nothing to do
+    clock.now += 86400 - 10  # ten seconds before the 24 h TTL ends
+    assert (await proxy.get(types)).headers["Age"] == str(86400 - 10)
+    assert await proxy.proxy.warm_once(horizon=30) == 1
+    assert await backend.route_count("GET", types) == 2
+    clock.now += 20  # the original entry would have expired by now
+    again = await proxy.get(types)
+    assert again.x_cache == "HIT" and int(again.headers["Age"]) == 20
+    assert 'katiba_cache_background_refreshes_total{kind="warm",rule="achievement_types"} 1.0' in await proxy.metrics()
