@@ -18,6 +18,7 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple, tuple] = {}
         r = self.registry
         self.requests = Counter("katiba_cache_requests_total", "Requests by rule and cache result",
                                 ["rule", "result"], registry=r)
@@ -64,6 +65,17 @@ class Metrics:
         self.refreshes = Counter("katiba_cache_background_refreshes_total",
                                  "Background refreshes (stale-while-revalidate and warming)", ["rule", "kind"],
                                  registry=r)
+
+    def count_request(self, rule: str, result: str, status: int, seconds: float) -> None:
+        """The three per-request metrics, through cached label children (``labels()`` is not free)."""
+        children = self._children.get((rule, result, status))
+        if children is None:
+            children = self._children[(rule, result, status)] = (
+                self.requests.labels(rule, result), self.responses.labels(f"{status // 100}xx"),
+                self.request_duration.labels(result))
+        children[0].inc()
+        children[1].inc()
+        children[2].observe(seconds)
 
     def render(self) -> bytes:
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

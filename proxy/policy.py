@@ -142,6 +142,29 @@ def classify(req: RequestView, rules: Rules, identity: Identity | None, token_er
 
 
 def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, token_error: str | None) -> Decision:
+    headers = req.headers
+    origin = headers.get("origin")
+    memo_key = (req.raw_path, req.query, identity.user_id if identity else token_error, origin)
+    decision = rules.memo.get(memo_key)
+    if decision is None:
+        decision = _classify_path(req, rules, identity, token_error, origin)
+        if len(rules.memo) >= 50_000:
+            rules.memo.clear()
+        rules.memo[memo_key] = decision
+    if isinstance(decision, Lookup):
+        # Per-request headers are not part of the memo: check them every time.
+        if "range" in headers:
+            return Bypass(Reason.RANGE, decision.rule)
+        if any(h in headers for h in OVERRIDE_HEADERS):
+            return Bypass(Reason.OVERRIDE_HEADER, decision.rule)
+        if decision.rule.client_cache_control == "revalidate" and _client_wants_origin(decision.rule, headers):
+            return Lookup(decision.rule, decision.key, decision.gen_keys, True)
+    return decision
+
+
+def _classify_path(req: RequestView, rules: Rules, identity: Identity | None, token_error: str | None,
+                   origin: str | None) -> Decision:
+    """The part of a read's decision that depends only on path, query, identity and Origin."""
     canonical, _ = split_path(req.raw_path)
     if canonical is None:
         return Bypass(Reason.NON_CANONICAL)
@@ -151,11 +174,6 @@ def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, to
     rule, params = found
     if not rule.enabled:
         return Bypass(Reason.DISABLED, rule)
-    headers = req.headers
-    if "range" in headers or "Range" in headers:
-        return Bypass(Reason.RANGE, rule)
-    if any(h in headers for h in OVERRIDE_HEADERS):
-        return Bypass(Reason.OVERRIDE_HEADER, rule)
     if rule.auth == "required" and identity is None:
         return Bypass(Reason.INVALID_TOKEN if token_error else Reason.NO_IDENTITY, rule)
     parsed = parse_query(req.query)
@@ -172,8 +190,8 @@ def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, to
     if rule.rollout < 100 and not in_rollout(identity.user_id if identity else rendered, rule.rollout):
         return Bypass(Reason.ROLLOUT, rule)
     key = f"{rules.prefix}:{rendered}{render_query_suffix(rule.vary_query, query)}"
-    key += render_origin_suffix(headers.get("origin") or headers.get("Origin"))
-    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards), _client_wants_origin(rule, headers))
+    key += render_origin_suffix(origin)
+    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards))
 
 
 def in_rollout(subject: str, percent: float) -> bool:
@@ -219,8 +237,8 @@ _NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-cache|max-age\s*=\s*0+)\s*(?:,|$)", re.
 def _client_wants_origin(rule: Rule, headers: Mapping[str, str]) -> bool:
     if rule.client_cache_control != "revalidate":
         return False
-    cc = headers.get("cache-control") or headers.get("Cache-Control") or ""
-    pragma = headers.get("pragma") or headers.get("Pragma") or ""
+    cc = headers.get("cache-control") or ""
+    pragma = headers.get("pragma") or ""
     return bool(_NO_CACHE.search(cc)) or "no-cache" in pragma.lower()
 
 

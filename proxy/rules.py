@@ -167,6 +167,9 @@ class Rules:
     namespaces: tuple[Template, ...]
     http_cache: HttpCacheConfig = HttpCacheConfig()
     _index: dict = field(default_factory=dict, compare=False, repr=False)
+    # Read decisions that depend only on (path, query, identity, Origin), for this rules object only:
+    # a reload builds a new Rules, so nothing decided under old rules survives it.
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for rule in self.rules:

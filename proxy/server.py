@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import logging
 import re
 import time
@@ -96,6 +97,7 @@ class Proxy:
         self.mode = config.cache_mode
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.instance_id = uuid.uuid4().hex
+        self._request_ids = itertools.count(1)
         self.shared_store = store.name != "memory"  # leases matter only where other instances share it
         self.refreshing: set[str] = set()
         self.pending: dict[str, str] = {}  # gen key -> rule name, purges the store has not accepted yet
@@ -116,7 +118,7 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rid = request.headers.get("X-Request-ID", "")
         if not is_valid_request_id(rid):
-            rid = uuid.uuid4().hex
+            rid = f"{self.instance_id[:12]}-{next(self._request_ids):x}"
         token = request_id_var.set(rid)
         start = time.perf_counter()
         result, rule_name, status = "bypass", "none", 500
@@ -125,9 +127,7 @@ class Proxy:
             status = response.status
             return response
         finally:
-            self.metrics.requests.labels(rule_name, result).inc()
-            self.metrics.responses.labels(f"{status // 100}xx").inc()
-            self.metrics.request_duration.labels(result).observe(time.perf_counter() - start)
+            self.metrics.count_request(rule_name, result, status, time.perf_counter() - start)
             if self.config.access_log:
                 log.info("request", extra={"event": "access", "method": request.method, "status": status,
                                            "rule": rule_name, "result": result,
@@ -585,6 +585,11 @@ class Proxy:
             return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}[raw_path]
         if raw_path in (USER_INVALIDATE, ACHIEVEMENTS_INVALIDATE, GLOBAL_INVALIDATE):
             return self._invalidate
+        if raw_path.startswith("/_cache/"):  # explain, stats, purge (admin only): see proxy/explain.py
+            from .explain import ENDPOINTS
+            handler = ENDPOINTS.get(raw_path)
+            if handler is not None:
+                return lambda request: handler(self, request)
         return None
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -744,7 +749,8 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     rules = rules or load_rules(config.rules_path)
     metrics = metrics or Metrics()
     app = web.Application(client_max_size=config.max_write_body, handler_args={"max_field_size": 16384})
-    guarded = GuardedStore(store or open_store(config.redis_url, memory_max_bytes=config.memory_max_bytes),
+    guarded = GuardedStore(store or open_store(config.redis_url, memory_max_bytes=config.memory_max_bytes,
+                                            timeout=config.store_timeout),
                            metrics, timeout=config.store_timeout)
     proxy = Proxy(config, rules, guarded, Upstream(config.upstream), metrics, unsafe=unsafe)
     app[PROXY_KEY] = proxy

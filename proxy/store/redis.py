@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
 from .base import new_token
+from .pipeline import AutoPipeline
 
 __all__ = ["RedisStore"]
 
@@ -136,9 +137,11 @@ class RedisStore:
         return 1
     """
 
-    def __init__(self, client: aioredis.Redis):
-        """Take ownership of ``client`` (created with ``decode_responses=False``); ``close`` closes it."""
+    def __init__(self, client: aioredis.Redis, pipeline: AutoPipeline | None = None):
+        """Take ownership of ``client`` (created with ``decode_responses=False``); ``close`` closes it.
+        ``pipeline``, when given, carries the hit path's ``MGET`` (see ``pipeline.py``)."""
         self.client = client
+        self.pipeline = pipeline
         self._ensure_generations = client.register_script(self.LUA_ENSURE_GENERATIONS)
         self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
         self._bump = client.register_script(self.LUA_BUMP)
@@ -166,12 +169,15 @@ class RedisStore:
             # restart); timeouts are not retried, so a hung server costs one ``timeout``, not several.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        return cls(aioredis.Redis.from_pool(pool))
+        return cls(aioredis.Redis.from_pool(pool), AutoPipeline(url, connect_timeout=timeout, reply_timeout=timeout))
 
     # -- the contract ------------------------------------------------------------------------------
     @_unavailable
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
-        values = await self.client.mget(key, *gen_keys)
+        if self.pipeline is not None:
+            values = await self.pipeline.execute("MGET", key, *gen_keys)
+        else:
+            values = await self.client.mget(key, *gen_keys)
         return values[0], [_text(v) for v in values[1:]]
 
     @_unavailable
@@ -223,4 +229,6 @@ class RedisStore:
 
     @_unavailable
     async def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
         await self.client.aclose(close_connection_pool=True)
