@@ -96,6 +96,8 @@ class Verifier:
             sub = claims.get("sub")
             if not isinstance(sub, str) or not sub:
                 raise IdentityError("missing_claim")
+            if float(claims["exp"]) <= now - self.config.leeway:  # PyJWT checked the wall clock; the cache
+                raise IdentityError("expired")  # uses self.clock: so must the first verification
             return Identity(sub, float(claims["exp"]))
         if isinstance(last, IdentityError):
             raise last

@@ -144,7 +144,8 @@ def classify(req: RequestView, rules: Rules, identity: Identity | None, token_er
 def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, token_error: str | None) -> Decision:
     headers = req.headers
     origin = headers.get("origin")
-    memo_key = (req.raw_path, req.query, identity.user_id if identity else token_error, origin)
+    # (token_error,) is a tuple: a user whose id is "expired" must never share a bad token's entry
+    memo_key = (req.raw_path, req.query, identity.user_id if identity else (token_error,), origin)
     decision = rules.memo.get(memo_key)
     if decision is None:
         decision = _classify_path(req, rules, identity, token_error, origin)

@@ -301,7 +301,7 @@ def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str]
         raise RulesError([RuleProblem(filename, 1, "file", "expected a mapping with version, prefix, rules")])
     _report_duplicates(check, doc, "")
     for unknown in sorted(set(doc) - TOP_FIELDS, key=str):
-        check.fail(_line_of(doc, unknown), str(unknown), "unknown field")
+        check.fail(_line_of(doc, unknown), str(unknown) or repr(unknown), "unknown field")  # "": 1 -> ''
     if doc.get("version") != 1:
         check.fail(_line_of(doc, "version"), "version", f"must be 1, got {doc.get('version')!r}")
     prefix = check.substitute(doc.get("prefix", "katiba360:proxy"), _line_of(doc, "prefix"), "prefix")
