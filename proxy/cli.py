@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--listen", help="HOST:PORT (env LISTEN, default 0.0.0.0:8080)")
     serve.add_argument("--redis", help="redis:// URL (env REDIS_URL); none: in-memory store")
     serve.add_argument("--log-format", choices=("json", "text"), help="env LOG_FORMAT, default json")
+    serve.add_argument("--no-watch-rules", action="store_true",
+                       help="reload the rules on SIGHUP only, not when the file changes (env WATCH_RULES=0)")
 
     check = sub.add_parser("check", help="validate a rules file")
     check.add_argument("file", nargs="?", help="default: rules.yaml")
@@ -60,8 +62,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     purge = sub.add_parser("purge", help="purge a namespace (user:{user_id}:*) or exact key in a store")
     purge.add_argument("pattern", nargs="?", help="e.g. 'user:{0f1e...}:*' or 'achievements:global:*'")
     purge.add_argument("--all", action="store_true", help="bump the global epoch: every entry goes")
-    purge.add_argument("--redis", help="the store (env REDIS_URL)")
-    purge.add_argument("--rules", help="rules file (env RULES_PATH)")
+    where = purge.add_mutually_exclusive_group()
+    where.add_argument("--redis", help="the store (env REDIS_URL)")
+    where.add_argument("--url", help="a running proxy, e.g. http://proxy:8080 (POST /_cache/purge)")
+    purge.add_argument("--rules", help="rules file (env RULES_PATH); with --redis")
+    purge.add_argument("--admin-token", help="with --url (env CACHE_ADMIN_TOKEN)")
+
+    explain = sub.add_parser("explain", help="why METHOD URL would be HIT, MISS, STALE or BYPASS")
+    explain.add_argument("method", help="GET, PUT, ...")
+    explain.add_argument("url", help="path with query, e.g. '/api/v1/achievements/leaderboard?limit=10'")
+    explain.add_argument("--token", help="the caller's JWT (verified with JWT_SECRET_KEY if set)")
+    origin = explain.add_mutually_exclusive_group()
+    origin.add_argument("--rules", help="rules file, offline (env RULES_PATH, default rules.yaml)")
+    origin.add_argument("--url", dest="instance", metavar="URL",
+                        help="ask a running proxy (GET /_cache/explain): adds the entry's state")
+    explain.add_argument("--admin-token", help="with --url (env CACHE_ADMIN_TOKEN)")
+    explain.add_argument("--json", action="store_true", help="print JSON")
+
+    stats = sub.add_parser("stats", help="hit rate per rule, entries, memory")
+    where = stats.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a running proxy (GET /_cache/stats): per-rule counters and the store")
+    where.add_argument("--redis", help="a Redis store (env REDIS_URL): entries and memory only")
+    stats.add_argument("--admin-token", help="with --url (env CACHE_ADMIN_TOKEN)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
     return parser.parse_args(argv)
 
 
@@ -74,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return cmd_demo(args)
     if args.command == "purge":
+        if args.url:
+            return cmd_purge_url(args)
         return asyncio.run(cmd_purge(args))
+    if args.command == "explain":
+        return cmd_explain(args)
+    if args.command == "stats":
+        return cmd_stats(args)
     return 2
 
 
@@ -117,6 +146,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"cache-proxy: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "no_watch_rules", False) or os.environ.get("WATCH_RULES", "").lower() in ("0", "false", "no", "off"):
+        from dataclasses import replace
+
+        config = replace(config, watch_rules=False)
     setup_logging(config.log_format)
     if not config.upstream.url:
         log.error("no upstream", extra={"event": "config_error", "detail": "give --upstream or UPSTREAM_URL"})
@@ -165,13 +198,59 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, proxy.reload_rules)
+    watcher = loop.create_task(watch_rules(proxy, config.rules_path, stop)) if config.watch_rules else None
     if started is not None:
         started.set()
     await stop.wait()
     proxy.ready = False  # /readyz says no before the listener closes, so balancers stop sending
-    log.info("draining", extra={"event": "shutdown", "grace_s": config.shutdown_grace})
+    log.info("draining", extra={"event": "shutdown", "grace_s": config.shutdown_grace,
+                                "delay_s": config.shutdown_delay})
+    if config.shutdown_delay > 0:  # still accepting (and answering) while balancers notice the 503
+        await asyncio.sleep(config.shutdown_delay)
+    if watcher is not None:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
     await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
+
+
+def _digest(path: str) -> bytes | None:
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.blake2b(fh.read(), digest_size=16).digest()
+    except OSError:
+        return None
+
+
+async def watch_rules(proxy, path: str, stop: asyncio.Event | None = None, debounce_ms: int = 300) -> None:
+    """Reload the rules whenever the content of ``path`` changes (SIGHUP keeps working besides).
+
+    The file's directory is watched, not the file: editors and Kubernetes ConfigMaps replace a file
+    (rename, symlink swap) rather than write into it. A change that leaves the content as it was, or a
+    moment where the file is missing mid-replace, reloads nothing. An invalid file is refused by
+    ``Proxy.reload_rules`` (file:line errors in the log, ``katiba_cache_reloads_total{result="failure"}``)
+    and the rules in force stay.
+    """
+    from watchfiles import awatch
+
+    directory = os.path.dirname(os.path.abspath(path))
+    last = _digest(path)
+    try:
+        async for _changes in awatch(directory, watch_filter=None, debounce=debounce_ms, step=50,
+                                     stop_event=stop, recursive=False):
+            current = _digest(path)
+            if current is None or current == last:
+                continue
+            last = current
+            log.info("rules file changed", extra={"event": "rules_changed", "rules_path": path})
+            proxy.reload_rules()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no watcher (inotify limits, odd filesystems): SIGHUP still works
+        log.warning("cannot watch the rules file; reload it with SIGHUP",
+                    extra={"event": "watch_failed", "rules_path": path, "error": str(exc) or type(exc).__name__})
 
 
 def _free_port() -> int:
@@ -276,24 +355,208 @@ async def cmd_purge(args: argparse.Namespace) -> int:
 
 def _render_pattern(pattern: str, rules) -> str | None:
     """A concrete pattern (``user:{42}:*``, ``achievements:global:*``) rendered like stored keys."""
-    from .keys import escape_value
+    from .explain import render_pattern
 
-    body = pattern[:-2] if pattern.endswith(":*") else pattern
-    segments = body.split(":")
-    shape, rendered = [], []
-    for seg in segments:
-        if seg.startswith("{") and seg.endswith("}") and len(seg) > 2:
-            shape.append(None)
-            rendered.append("{" + escape_value(seg[1:-1]) + "}")
-        elif seg and "{" not in seg and "}" not in seg and "*" not in seg:
-            shape.append(seg)
-            rendered.append(seg)
-        else:
-            return None
-    pool = rules.namespaces if pattern.endswith(":*") else tuple(r.key for r in rules.rules if r.key)
-    if not any(t.shape == tuple(shape) for t in pool):
-        return None
-    return ":".join(rendered)
+    return render_pattern(pattern, rules)
+
+
+# ------------------------------------------------------------------------ against a running proxy
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    from .config import admin_token_from_env
+
+    return getattr(args, "admin_token", None) or admin_token_from_env(dict(os.environ))
+
+
+def _call(base: str, method: str, path: str, admin_token: str | None, body: dict | None = None,
+          headers: dict | None = None) -> tuple[int, object]:
+    """(status, decoded JSON body) of one request to a running proxy; status 0 when it cannot be reached."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
+    if admin_token:
+        request.add_header("Authorization", f"Bearer {admin_token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, {"detail": f"cannot reach {base}: {getattr(exc, 'reason', exc)}"}
+    try:
+        return status, json.loads(raw) if raw else {}
+    except ValueError:
+        return status, {"detail": raw[:200].decode("utf-8", "replace")}
+
+
+def _detail(document: object) -> str:
+    return document.get("detail", str(document)) if isinstance(document, dict) else str(document)
+
+
+def cmd_purge_url(args: argparse.Namespace) -> int:
+    if args.all:
+        body = {"all": True}
+    elif args.pattern:
+        body = {"pattern": args.pattern}
+    else:
+        print("cache-proxy purge: give a PATTERN or --all", file=sys.stderr)
+        return 2
+    status, document = _call(args.url, "POST", "/_cache/purge", _admin_token(args), body)
+    if status != 200:
+        print(f"cache-proxy purge: {_detail(document)}", file=sys.stderr)
+        if isinstance(document, dict) and document.get("namespaces"):
+            print("declared namespaces: " + ", ".join(document["namespaces"]), file=sys.stderr)
+        return 1
+    if not document.get("applied", True):
+        print(f"purge of {document.get('purged')} is pending: the proxy's store did not accept it yet "
+              "(it retries; reads of the namespace bypass the cache meanwhile)", file=sys.stderr)
+    print(f"purged {document.get('purged')}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- explain
+
+
+def _identity_from_token(token: str | None):
+    """(identity or error reason or None, unverified) for ``--token``: verified when a key is configured,
+    else decoded without trusting it."""
+    import jwt
+
+    from .errors import IdentityError
+    from .identity import Identity, Verifier, config_from_env
+
+    if not token:
+        return None, False
+    identity_config = config_from_env(dict(os.environ))
+    if identity_config.secrets or identity_config.public_keys:
+        try:
+            return Verifier(identity_config).verify(token), False
+        except IdentityError as exc:
+            return exc.reason, False
+        except ValueError as exc:
+            print(f"cache-proxy explain: {exc}", file=sys.stderr)
+            return "not-configured", False
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.InvalidTokenError:
+        return "malformed", False
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        return "missing_claim", False
+    return Identity(sub, float(claims.get("exp") or 0)), True
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from .explain import explain, format_text
+    from .rules import load_rules
+
+    if args.instance:
+        from urllib.parse import urlencode
+
+        headers = {"X-Explain-Token": args.token} if args.token else {}
+        query = urlencode({"method": args.method.upper(), "url": args.url})
+        status, result = _call(args.instance, "GET", f"/_cache/explain?{query}", _admin_token(args), headers=headers)
+        if status != 200:
+            print(f"cache-proxy explain: {_detail(result)} (HTTP {status})" if status else
+                  f"cache-proxy explain: {_detail(result)}", file=sys.stderr)
+            return 1
+    else:
+        path = args.rules or os.environ.get("RULES_PATH") or default_rules_path()
+        try:
+            rules = load_rules(path)
+        except RulesError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        identity, unverified = _identity_from_token(args.token)
+        result = explain(rules, args.method, args.url, identity, is_admin=False, unverified=unverified,
+                         mode=(os.environ.get("CACHE_MODE") or "on").lower())
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_text(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- stats
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_stats(stats: dict) -> str:
+    lines = []
+    rules = stats.get("rules")
+    if rules is not None:
+        width = max([len("rule")] + [len(name) for name in rules])
+        lines.append(f"{'rule':<{width}}  {'requests':>8}  {'hit':>7}  {'stale':>7}  {'miss':>7}  {'bypass':>7}  hit rate")
+        for name, row in sorted(rules.items(), key=lambda item: (-item[1]["requests"], item[0])):
+            rate = "-" if row["hit_rate"] is None else f"{row['hit_rate'] * 100:.1f}%"
+            lines.append(f"{name:<{width}}  {row['requests']:>8}  {row['hit']:>7}  {row['stale']:>7}  "
+                         f"{row['miss']:>7}  {row['bypass']:>7}  {rate}")
+        purges = stats.get("purges") or {}
+        lines.append("purges: " + (", ".join(f"{k} {v}" for k, v in sorted(purges.items())) or "none")
+                     + f"; pending {stats.get('pending_purges', 0)}; mode {stats.get('mode', '?')}")
+    store = stats.get("store", {})
+    if "error" in store:
+        lines.append(f"store: {store.get('name')}: unavailable ({store['error']})")
+    else:
+        text = (f"store: {store.get('name')}  entries {store.get('entries', '?')}  memory {_size(store.get('bytes'))}"
+                f"  evictions {store.get('evictions', '?')}")
+        if store.get("maxmemory"):
+            text += f"  maxmemory {_size(store['maxmemory'])} ({store.get('maxmemory_policy')})"
+        lines.append(text)
+    if rules is None:
+        lines.append("hit rate per rule: ask a running proxy (stats --url); the counters live in the proxies")
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    if args.url:
+        status, stats = _call(args.url, "GET", "/_cache/stats", _admin_token(args))
+        if status != 200:
+            print(f"cache-proxy stats: {_detail(stats)}", file=sys.stderr)
+            return 1
+    else:
+        url = args.redis or os.environ.get("REDIS_URL")
+        if not url:
+            print("cache-proxy stats: needs --url (a running proxy) or --redis / REDIS_URL", file=sys.stderr)
+            return 2
+        stats = asyncio.run(_redis_stats(url))
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0 if "error" not in stats.get("store", {}) else 1
+
+
+async def _redis_stats(url: str) -> dict:
+    from .errors import StoreUnavailable
+    from .store import open_store
+
+    store = open_store(url)
+    try:
+        return {"store": {"name": store.name, **(await store.stats())}}
+    except StoreUnavailable as exc:
+        return {"store": {"name": store.name, "error": str(exc)}}
+    finally:
+        try:
+            await store.close()
+        except StoreUnavailable:
+            pass
 
 
 if __name__ == "__main__":

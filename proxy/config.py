@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 from .identity import IdentityConfig, config_from_env
@@ -31,6 +32,14 @@ class Config:
     shutdown_grace: float = 10.0
     watch_rules: bool = True
     warm_authorization: str | None = None  # Authorization header for warming requests (a service token)
+    # Resilience (README "Guarantees"): after the store was unreachable, reads stay off the cache for
+    # ``store_recovery_hold`` seconds once it answers again, so other instances' retried purges land first.
+    store_recovery_hold: float = 1.0
+    store_check_interval: float = 5.0  # how often a healthy store's identity (restart, failover) is checked
+    breaker_failures: int = 5  # consecutive store failures that open the circuit breaker
+    breaker_reset: float = 2.0  # seconds before an open breaker lets one request probe the store
+    pending_file: str | None = None  # marker left while purges are pending; found at start -> epoch bump
+    shutdown_delay: float = 0.0  # after SIGTERM: seconds /readyz says 503 before the listener closes
 
 
 def env_float(environ: dict[str, str], name: str, default: float) -> float:
@@ -73,4 +82,25 @@ def config_from(args, environ: dict[str, str] | None = None) -> Config:
         access_log=env.get("ACCESS_LOG", "").lower() in ("1", "true", "yes"),
         log_format=getattr(args, "log_format", None) or env.get("LOG_FORMAT") or "json",
         warm_authorization=env.get("WARM_AUTHORIZATION") or None,
+        store_recovery_hold=env_float(env, "STORE_RECOVERY_HOLD", 1.0),
+        store_check_interval=env_float(env, "STORE_CHECK_INTERVAL", 5.0),
+        breaker_failures=int(env.get("STORE_BREAKER_FAILURES") or 5),
+        breaker_reset=env_float(env, "STORE_BREAKER_RESET", 2.0),
+        pending_file=pending_file_from(env, args.listen or env.get("LISTEN") or "0.0.0.0:8080"),
+        shutdown_grace=env_float(env, "SHUTDOWN_GRACE", 10.0),
+        shutdown_delay=env_float(env, "SHUTDOWN_DELAY", 0.0),
     )
+
+
+def pending_file_from(environ: dict[str, str], listen: str) -> str | None:
+    """``PENDING_PURGES_FILE`` (``off`` disables); by default a file in the temp dir named after the
+    listening port, so the next process on that port finds it. None for port 0 (nobody succeeds it)."""
+    value = environ.get("PENDING_PURGES_FILE", "").strip()
+    if value.lower() in ("off", "none", "0"):
+        return None
+    if value:
+        return value
+    port = listen.rpartition(":")[2]
+    if not port.isdigit() or int(port) == 0:
+        return None
+    return os.path.join(tempfile.gettempdir(), f"katiba-cache-{port}.pending")

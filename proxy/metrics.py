@@ -51,6 +51,9 @@ class Metrics:
         self.circuit_state = Gauge("katiba_cache_circuit_state",
                                    "Store circuit breaker: 0 closed, 1 half-open, 2 open", registry=r,
                                    multiprocess_mode="max")
+        self.store_usable = Gauge("katiba_cache_store_usable",
+                                  "1 while reads use the store; 0 while it is unreachable or being re-verified "
+                                  "(requests go to the backend)", registry=r, multiprocess_mode="min")
         self.evictions = Gauge("katiba_cache_evictions", "Entries evicted by the memory store's byte budget",
                                registry=r, multiprocess_mode="livesum")
         self.store_entries = Gauge("katiba_cache_store_entries", "Entries in the store", registry=r,

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import os
 import re
 import time
 import uuid
@@ -43,7 +44,7 @@ from .metrics import Metrics
 from .policy import Bypass, Lookup, Reason, RequestView, Write
 from .rules import Rules, load_rules
 from .store import open_store
-from .store.guard import GuardedStore
+from .store.guard import CircuitBreaker, GuardedStore
 from .upstream import Upstream, response_headers, strip_hop_by_hop
 from .wire import (CacheStatus, error_response, etag_matches, is_valid_request_id, mask_gen_key,
                    RateLimiter)
@@ -52,11 +53,17 @@ log = logging.getLogger("proxy")
 
 PROXY_KEY = web.AppKey("proxy", "Proxy")
 CONDITIONAL_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")
+# Never sent with a fill (a bodyless GET whose answer every client with the key gets): body framing (a
+# Content-Length without its body would desynchronise the pooled upstream connection), cookies, and the
+# host/prefix forwarding headers a client could choose (X-Forwarded-Host would carry its Host header).
+FILL_DROPPED = ("Content-Length", "Content-Type", "Expect", "Cookie", "Forwarded", "X-Forwarded-Host",
+                "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Server", "X-Host", "X-Original-Host")
 NOT_SHAREABLE = frozenset({"set-cookie", "private", "vary", "content-encoding", "too-large"})
 INTERNAL_HEADERS = frozenset({"x-cache", "cache-status", "age", "x-request-id", "content-length", "set-cookie"})
 USER_INVALIDATE = "/api/v1/users/cache/invalidate"
 ACHIEVEMENTS_INVALIDATE = "/api/v1/achievements/cache/invalidate"
 GLOBAL_INVALIDATE = "/api/v1/achievements/cache/invalidate/global"
+MAX_PENDING = 10_000  # pending purges kept one by one; beyond that, one global epoch bump covers them
 
 
 @dataclass
@@ -101,6 +108,14 @@ class Proxy:
         self.shared_store = store.name != "memory"  # leases matter only where other instances share it
         self.refreshing: set[str] = set()
         self.pending: dict[str, str] = {}  # gen key -> rule name, purges the store has not accepted yet
+        # Store watch (see ``check_store``): while False, reads go to the backend without asking the store.
+        self.cache_usable = True
+        self._store_outage = False  # a probe failed since the store was last usable: hold on recovery
+        self._usable_at: float | None = None  # when the hold ends
+        self._store_wake = asyncio.Event()
+        self._journaled = False  # the pending-purges marker file exists
+        store.on_unreachable = self._store_unreachable
+        metrics.store_usable.set(1)
         self.background: set[asyncio.Task] = set()
         self.demand: dict[str, tuple[int, Lookup, str]] = {}  # warm rules: key -> (requests, lookup, path)
         self.ready = False
@@ -136,6 +151,9 @@ class Proxy:
 
     async def _dispatch(self, request: web.Request, rid: str) -> tuple[web.StreamResponse, str, str]:
         raw_path, _, query = request.raw_path.partition("?")
+        if not raw_path.startswith("/"):  # absolute-form (http://host/path): not a forward proxy
+            return error_response(400, "request target must be a path (origin-form)", "BYPASS",
+                                  CacheStatus.bypass("request-target")), "bypass", "none"
         internal = self._internal(request.method, raw_path)
         if internal is not None:
             return await internal(request), "internal", "internal"
@@ -175,6 +193,8 @@ class Proxy:
         rule = d.rule
         if self.pending and any(g in self.pending for g in d.gen_keys):
             return await self._bypass(request, origin, rule, Reason.PENDING_PURGE), "bypass"
+        if not self.cache_usable:  # unreachable, or back but not yet verified: don't wait on it each time
+            return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
         try:
             raw, tokens = await self.store.lookup(d.key, d.gen_keys)
         except StoreUnavailable:
@@ -307,6 +327,10 @@ class Proxy:
         headers = self.upstream.forward_headers(origin.headers, origin.client_ip, origin.scheme, origin.request_id)
         for name in CONDITIONAL_HEADERS:  # a fill needs the full representation
             headers.popall(name, None)
+        for name in FILL_DROPPED:
+            headers.popall(name, None)
+        if rule.auth == "none":  # a public entry must not depend on whose credentials filled it
+            headers.popall("Authorization", None)
         headers["Accept-Encoding"] = "identity"  # one representation that suits every client
         self.metrics.upstream_requests.labels(rule.name).inc()
         start = time.perf_counter()
@@ -371,7 +395,7 @@ class Proxy:
             finally:
                 self.refreshing.discard(d.key)
 
-        self._spawn(refresh())
+        self._spawn(refresh()).fill = True  # type: ignore[attr-defined]  # shutdown lets fills finish
 
     def _note_demand(self, d: Lookup, origin: Origin) -> None:
         count = self.demand.get(d.key, (0, d, origin.path_qs))[0]
@@ -385,6 +409,8 @@ class Proxy:
         Bounded work: at most ``budget`` refreshes per call. Only rules whose key needs no identity can
         be warmed (the proxy keeps no users' tokens); the request carries ``WARM_AUTHORIZATION`` if set.
         """
+        if not self.cache_usable:
+            return 0
         ranked = sorted(self.demand.values(), key=lambda item: item[0], reverse=True)[:budget]
         self.demand.clear()
         refreshed = 0
@@ -496,8 +522,14 @@ class Proxy:
         except StoreUnavailable as exc:
             for g in gen_keys:
                 self.pending[g] = rule_name
+            if len(self.pending) > MAX_PENDING:  # bounded: one epoch bump covers them all
+                self.pending.clear()
+                self.pending[policy.epoch_key(self.rules.prefix)] = "overflow"
+                log.error("too many pending purges; every read bypasses until the global epoch is bumped",
+                          extra={"event": "pending_overflow", "limit": MAX_PENDING})
             self.metrics.purge_failures.inc()
             self.metrics.pending_purges.set(len(self.pending))
+            self._journal_pending()
             log.error("purge failed; namespaces bypass the cache until it lands",
                       extra={"event": "purge_failed", "rule": rule_name, "patterns": masked, "error": str(exc)})
             self._ensure_retry_task()
@@ -523,11 +555,147 @@ class Proxy:
                 await self.store.bump(keys, self.gen_ttl)
             except StoreUnavailable:
                 continue
-            for g in keys:
-                rule = self.pending.pop(g, "pending")
+            self._applied(keys)
+
+    def _applied(self, keys: list[str]) -> None:
+        """Pending purges the store accepted: stop bypassing them; an epoch among them is counted."""
+        epoch = policy.epoch_key(self.rules.prefix)
+        for g in keys:
+            rule = self.pending.pop(g, "pending")
+            if g == epoch:
+                self.metrics.epoch_bumps.inc()
+                log.warning("global epoch bumped: purges may have been lost", extra={"event": "epoch_bump",
+                                                                                    "reason": rule})
+            else:
                 self.metrics.purges.labels(rule).inc()
-            self.metrics.pending_purges.set(len(self.pending))
-            log.info("pending purges applied", extra={"event": "purge_recovered", "count": len(keys)})
+        self.metrics.pending_purges.set(len(self.pending))
+        self._journal_pending()
+        log.info("pending purges applied", extra={"event": "purge_recovered", "count": len(keys)})
+
+    def _journal_pending(self) -> None:
+        """Keep ``config.pending_file`` in step with ``pending``: it exists while purges are pending.
+
+        Written only when the first purge fails and removed when the last one lands (never on the hit
+        path). A process that finds it at start-up knows its predecessor left purges unapplied (it
+        crashed, or exited while the store was unreachable) and bumps the global epoch.
+        """
+        path = self.config.pending_file
+        if not path:
+            return
+        try:
+            if self.pending and not self._journaled:
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "wb") as fh:
+                    fh.write(orjson.dumps({"pid": os.getpid(), "since": time.time(), "prefix": self.rules.prefix}))
+                os.replace(tmp, path)
+                self._journaled = True
+            elif not self.pending and self._journaled:
+                os.unlink(path)
+                self._journaled = False
+        except FileNotFoundError:
+            self._journaled = False
+        except OSError as exc:
+            log.error("cannot update the pending-purges file", extra={"event": "pending_file_error",
+                                                                      "path": path, "error": str(exc)})
+
+    def recover_pending_file(self) -> bool:
+        """At start-up: a pending-purges file left by the previous process -> bump the global epoch (as a
+        pending purge: every read bypasses until it lands). True if one was found."""
+        path = self.config.pending_file
+        if not path or not os.path.exists(path):
+            return False
+        self._journaled = True  # removed once the epoch bump lands
+        self.pending[policy.epoch_key(self.rules.prefix)] = "previous-process"
+        self.metrics.pending_purges.set(len(self.pending))
+        log.warning("the previous process left purges unapplied; the global epoch will be bumped",
+                    extra={"event": "pending_recovered", "path": path})
+        self._ensure_retry_task()
+        return True
+
+    # ---------------------------------------------------------------------------- store watch
+
+    def _store_unreachable(self) -> None:
+        """A store call failed to reach the store: stop reading from it until ``check_store`` says yes."""
+        if self.cache_usable:
+            self.cache_usable = False
+            self.metrics.store_usable.set(0)
+            log.warning("store unreachable; reads go to the backend until it is verified again",
+                        extra={"event": "store_down"})
+        self._usable_at = None
+        self._store_wake.set()
+
+    async def check_store(self) -> bool:
+        """Probe the store (``GuardedStore.verify``): which server answers, and did it lose data?
+
+        A Redis that restarted from a snapshot or a promoted replica may lack recent purges (and other
+        instances' pending ones): the store bumps the global epoch once, counted here. While the cache is
+        off after an outage, a successful probe starts the recovery hold (``store_recovery_hold``), during
+        which other instances' retried purges land; then reads use the store again.
+        """
+        try:
+            bumped = await self.store.verify(self.server_marker, policy.epoch_key(self.rules.prefix), self.gen_ttl)
+        except StoreUnavailable as exc:
+            if not self.cache_usable:
+                self._store_outage = True
+                self._usable_at = None
+            else:
+                log.warning("store probe failed", extra={"event": "store_probe_failed", "error": str(exc)})
+            return False
+        if bumped:
+            self.metrics.epoch_bumps.inc()
+            log.warning("the store's server changed and may have lost purges; global epoch bumped",
+                        extra={"event": "epoch_bump", "reason": "store-replaced"})
+        if not self.cache_usable:
+            now = time.monotonic()
+            if self._usable_at is None:
+                self._usable_at = now + (self.config.store_recovery_hold if self._store_outage else 0.0)
+                if self._store_outage:
+                    log.info("store answers again; cache back after the recovery hold",
+                             extra={"event": "store_recovering", "hold_s": self.config.store_recovery_hold})
+            if now >= self._usable_at:
+                self.cache_usable, self._store_outage, self._usable_at = True, False, None
+                self.metrics.store_usable.set(1)
+                log.info("store verified; reads use the cache again", extra={"event": "store_up"})
+        return True
+
+    @property
+    def server_marker(self) -> str:
+        return f"{self.rules.prefix}:server"
+
+    async def watch_store(self) -> None:
+        """Background: probe every ``store_check_interval`` s while healthy, every 0.1 s while the cache is off."""
+        while True:
+            wait = 0.1 if not self.cache_usable else self.config.store_check_interval
+            try:
+                await asyncio.wait_for(self._store_wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            self._store_wake.clear()
+            try:
+                await self.check_store()
+            except Exception:  # noqa: BLE001 - the watcher must never stop
+                log.exception("store check failed", extra={"event": "store_check_error"})
+
+    async def shutdown(self, grace: float) -> None:
+        """After the listener closed and in-flight requests ended: let background fills finish (bounded),
+        try pending purges once more, then stop every background task."""
+        fills = [t for t in self.background if getattr(t, "fill", False)]
+        if fills:
+            await asyncio.wait(fills, timeout=max(0.0, grace))
+        for task in list(self.background):
+            if getattr(task, "retry_purges", False):
+                task.cancel()
+        if self.pending:
+            keys = list(self.pending)
+            try:
+                await self.store.bump(keys, self.gen_ttl)
+            except StoreUnavailable:
+                log.error("purges still pending at exit" + ("; the next start bumps the global epoch"
+                                                            if self.config.pending_file else ""),
+                          extra={"event": "pending_at_exit", "count": len(keys),
+                                 "pending_file": self.config.pending_file})
+            else:
+                self._applied(keys)
 
     async def _repurge(self, gen_keys: tuple[str, ...], rule_name: str, after: int) -> None:
         await asyncio.sleep(after)
@@ -611,22 +779,23 @@ class Proxy:
     async def _readyz(self, request: web.Request) -> web.Response:
         from .store.guard import STATE_NAMES
         body = {"ready": self.ready, "store": self.store.name, "circuit": STATE_NAMES[self.store.breaker.state],
-                "pending_purges": len(self.pending), "mode": self.mode}
+                "store_usable": self.cache_usable, "pending_purges": len(self.pending), "mode": self.mode}
         return web.json_response(body, status=200 if self.ready else 503)
 
     async def _invalidate(self, request: web.Request) -> web.Response:
         path = request.raw_path.partition("?")[0]
         if request.method != "POST":
             return web.json_response({"detail": "Method Not Allowed"}, status=405, headers={"Allow": "POST"})
-        client = request.remote or "unknown"
-        retry_after = self.admin_limiter.take(client)
-        if retry_after:
-            return web.json_response({"detail": "Too many invalidation requests"}, status=429,
-                                     headers={"Retry-After": str(retry_after)})
         authorization = request.headers.get("Authorization", "")
         token = bearer_token(authorization)
         is_admin = bool(self.config.admin_token and token and hmac.compare_digest(
             token.encode(), self.config.admin_token.encode()))
+        # Limited per client address, the admin credential excepted (as on /_cache/*): behind a load
+        # balancer every client shares one address, and a flood must not lock the operator out.
+        retry_after = 0 if is_admin else self.admin_limiter.take(request.remote or "unknown")
+        if retry_after:
+            return web.json_response({"detail": "Too many invalidation requests"}, status=429,
+                                     headers={"Retry-After": str(retry_after)})
         identity = None
         if not is_admin:
             identity, error = self._identify(authorization)
@@ -751,20 +920,28 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     app = web.Application(client_max_size=config.max_write_body, handler_args={"max_field_size": 16384})
     guarded = GuardedStore(store or open_store(config.redis_url, memory_max_bytes=config.memory_max_bytes,
                                             timeout=config.store_timeout),
-                           metrics, timeout=config.store_timeout)
+                           metrics, timeout=config.store_timeout,
+                           breaker=CircuitBreaker(config.breaker_failures, config.breaker_reset))
     proxy = Proxy(config, rules, guarded, Upstream(config.upstream), metrics, unsafe=unsafe)
     app[PROXY_KEY] = proxy
 
     async def lifecycle(app: web.Application):
         await proxy.upstream.start()
-        sweeper = asyncio.get_running_loop().create_task(_sweep(proxy))
+        proxy.recover_pending_file()
+        if not await proxy.check_store():  # who answers, and did it lose data? (bounded by the store timeout)
+            proxy._store_unreachable()
+            proxy._store_outage = True
+        loop = asyncio.get_running_loop()
+        sweeper, watcher = loop.create_task(_sweep(proxy)), loop.create_task(proxy.watch_store())
         proxy.ready = True
         yield
         proxy.ready = False
+        watcher.cancel()
+        await proxy.shutdown(grace=min(config.shutdown_grace, 5.0))
         sweeper.cancel()
         for task in list(proxy.background):
             task.cancel()
-        await asyncio.gather(*proxy.background, sweeper, return_exceptions=True)
+        await asyncio.gather(*proxy.background, sweeper, watcher, return_exceptions=True)
         await proxy.upstream.close()
         await guarded.close()
 

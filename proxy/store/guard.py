@@ -5,7 +5,14 @@ store never waits), so no per-call ``asyncio.timeout`` is paid on the hit path h
 
 While the breaker is open, calls raise ``StoreUnavailable`` at once, so requests go straight to the
 backend instead of each waiting out a timeout; after ``reset_after`` seconds one probe is let through
-(half-open) and its outcome closes or re-opens the breaker.
+(half-open) and its outcome closes or re-opens the breaker. The proxy's store watcher also probes with
+``verify`` (off the request path, whatever the breaker's state): its success closes the breaker. Opening
+and closing are each logged once (``store_circuit_open`` / ``store_circuit_closed``) and shown by the
+``katiba_cache_circuit_state`` gauge and ``/readyz``.
+
+``on_unreachable``, if set, is called on every failure that says the store could not be reached
+(timeouts, refused or lost connections, a read-only replica), not on errors the server answered (e.g.
+OOM under ``noeviction``): the proxy then stops reading from the store until ``verify`` succeeds.
 """
 from __future__ import annotations
 
@@ -44,13 +51,15 @@ class CircuitBreaker:
         return False
 
     def succeeded(self) -> None:
+        if self.state != CLOSED:
+            log.info("store circuit closed", extra={"event": "store_circuit_closed"})
         self.state, self.failures, self._probing = CLOSED, 0, False
 
     def failed(self) -> None:
         self.failures += 1
         self._probing = False
         if self.state == HALF_OPEN or self.failures >= self.failures_to_open:
-            if self.state != OPEN:
+            if self.state == CLOSED:  # a failed half-open probe re-opens quietly: one line per outage
                 log.warning("store circuit opened", extra={"event": "store_circuit_open", "failures": self.failures})
             self.state, self.opened_at = OPEN, self.clock()
 
@@ -64,6 +73,7 @@ class GuardedStore:
         self.metrics = metrics
         self.timeout = timeout
         self.breaker = breaker or CircuitBreaker()
+        self.on_unreachable: Callable[[], None] | None = None
         self._observe = {op: metrics.store_duration.labels(op).observe for op in
                          ("lookup", "ensure", "store", "bump", "lease", "release", "stats", "ping")}
 
@@ -79,6 +89,7 @@ class GuardedStore:
             self.metrics.circuit_state.set(breaker.state)
             self.metrics.store_errors.labels(op).inc()
             log.warning("store error", extra={"event": "store_error", "op": op, "error": str(exc) or type(exc).__name__})
+            self._unreachable(exc)
             raise StoreUnavailable(f"{op}: {exc or type(exc).__name__}") from None
         self._observe[op](time.perf_counter() - start)
         if breaker.state != CLOSED or breaker.failures:
@@ -109,6 +120,31 @@ class GuardedStore:
 
     def ping(self):
         return self._call("ping", self.inner.ping)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if self.on_unreachable is not None and not getattr(exc, "answered", False):
+            self.on_unreachable()
+
+    async def verify(self, marker_key: str, epoch_key: str, epoch_ttl: int) -> bool:
+        """The store watcher's probe (``RedisStore.verify``; ``ping`` for stores without one), whatever the
+        breaker's state. Success closes the breaker; failure counts against it. True if the epoch was bumped."""
+        breaker = self.breaker
+        fn = getattr(self.inner, "verify", None)
+        try:
+            if fn is None:
+                await self.inner.ping()
+                bumped = False
+            else:
+                bumped = await fn(marker_key, epoch_key, epoch_ttl)
+        except (StoreUnavailable, TimeoutError, OSError) as exc:
+            breaker.failed()
+            self.metrics.circuit_state.set(breaker.state)
+            self.metrics.store_errors.labels("verify").inc()
+            raise StoreUnavailable(f"verify: {exc or type(exc).__name__}") from None
+        if breaker.state != CLOSED or breaker.failures:
+            breaker.succeeded()
+            self.metrics.circuit_state.set(CLOSED)
+        return bumped
 
     async def close(self) -> None:
         await self.inner.close()

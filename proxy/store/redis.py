@@ -14,6 +14,8 @@ Round trips per operation (each is one command on the server):
 * ``release_lease``      1  ``EVALSHA`` (compare-and-delete)
 * ``stats``              1  pipeline of ``DBSIZE``, ``INFO memory``, ``INFO stats`` (never on the request path)
 * ``ping``               1  ``PING``
+* ``verify``             1  ``INFO server`` (on a separate probe connection, off the request path); plus
+                            one ``EVAL`` when the server's ``run_id`` is new (start-up, restart, failover)
 
 The first time a server sees a script, ``EVALSHA`` answers ``NOSCRIPT`` and redis-py loads it
 (``SCRIPT LOAD`` + ``EVALSHA``): two extra round trips, once per script per server start. Tokens are
@@ -31,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from ..errors import StoreUnavailable
 from .base import new_token
@@ -55,9 +57,24 @@ def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
         try:
             return await method(*args, **kwargs)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+            error = StoreUnavailable(str(exc) or type(exc).__name__)
+            # The server answered (e.g. OOM under ``noeviction``): not a sign that it is down or replaced.
+            # READONLY is: we are talking to a replica, i.e. a failover happened.
+            error.answered = isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError)
+            raise error from exc
 
     return wrapper
+
+
+def _run_id(info: bytes | str | dict) -> str:
+    """The ``run_id`` of an ``INFO server`` reply (raw or parsed); "" if it has none."""
+    if isinstance(info, dict):
+        return _text(info.get("run_id")) or ""
+    text = info.decode() if isinstance(info, bytes) else info
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[7:].strip()
+    return ""
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -137,11 +154,43 @@ class RedisStore:
         return 1
     """
 
-    def __init__(self, client: aioredis.Redis, pipeline: AutoPipeline | None = None):
+    # KEYS[1] - the server marker (a hash, no TTL: it lives and dies with the dataset)
+    # KEYS[2] - the global epoch
+    # ARGV[1] - the server's run_id; ARGV[2] - a fresh epoch token; ARGV[3] - epoch ttl in seconds
+    # return 1 if the epoch was bumped: the marker names another server (a restart that reloaded a
+    # snapshot, or a promoted replica: purges may be missing), or it is gone while entries exist
+    LUA_MARK_SERVER = """
+        local seen = redis.call('hget', KEYS[1], 'run_id')
+        if seen == ARGV[1] then
+            return 0
+        end
+        local bumped = 0
+        if seen or redis.call('exists', KEYS[2]) == 1 then
+            redis.call('set', KEYS[2], ARGV[2], 'ex', ARGV[3])
+            bumped = 1
+        end
+        redis.call('hset', KEYS[1], 'run_id', ARGV[1])
+        return bumped
+    """
+
+    def __init__(self, client: aioredis.Redis, pipeline: AutoPipeline | None = None,
+                 probe: aioredis.Redis | None = None):
         """Take ownership of ``client`` (created with ``decode_responses=False``); ``close`` closes it.
-        ``pipeline``, when given, carries the hit path's ``MGET`` (see ``pipeline.py``)."""
+        ``pipeline``, when given, carries the hit path's ``MGET`` (see ``pipeline.py``); ``probe``, a
+        small separate client for ``verify`` (default: ``client``).
+
+        Server identity (see ``verify``): once ``verify`` has been called, the store serves only from
+        the server it verified. A new pooled connection to another server (``run_id``) is refused, and
+        a lost hit-path connection makes ``lookup`` fail fast until ``verify`` runs again; so after a
+        restart or failover nothing is read before the proxy has had the chance to bump the epoch.
+        """
         self.client = client
         self.pipeline = pipeline
+        self.probe = probe or client
+        self._armed = False  # verify() was called: check the server on every new connection
+        self._verified: str | None = None  # run_id of the server verify() accepted
+        self._suspect = False  # the hit path lost its connection: verify before the next lookup
+        self._pipeline_was_up = False
         self._ensure_generations = client.register_script(self.LUA_ENSURE_GENERATIONS)
         self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
         self._bump = client.register_script(self.LUA_BUMP)
@@ -169,13 +218,67 @@ class RedisStore:
             # restart); timeouts are not retried, so a hung server costs one ``timeout``, not several.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        return cls(aioredis.Redis.from_pool(pool), AutoPipeline(url, connect_timeout=timeout, reply_timeout=timeout))
+        probe = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                        decode_responses=False, max_connections=2,
+                                        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        store = cls(aioredis.Redis.from_pool(pool), AutoPipeline(url, connect_timeout=timeout, reply_timeout=timeout),
+                    probe=probe)
+        pool.connection_kwargs["redis_connect_func"] = store._on_connect  # every new pooled connection
+        return store
+
+    async def _on_connect(self, connection) -> None:
+        """A new pooled connection: the usual handshake, then refuse it if the server is not the verified one."""
+        await connection.on_connect()
+        if not self._armed:
+            return
+        try:
+            await connection.send_command("INFO", "server")
+            run_id = _run_id(await connection.read_response())
+        except ResponseError:  # INFO not allowed (ACL) or not supported: restarts cannot be told apart
+            run_id = ""
+        if run_id != self._verified:
+            self._suspect = True
+            raise RedisConnectionError("the Redis server changed (restart or failover); not used until verified")
+
+    async def verify(self, marker_key: str, epoch_key: str, epoch_ttl: int) -> bool:
+        """Check which server answers (``INFO server`` ``run_id``) on the probe connection; for a server
+        not seen before, compare it with the marker stored in the dataset and bump ``epoch_key`` if the
+        dataset may have lost purges (``LUA_MARK_SERVER``). Returns True if this call bumped the epoch.
+
+        Cost: one ``INFO`` while the server stays the same; plus one ``EVAL`` when it changes (and at
+        start-up). Several proxies racing on one change bump once: the marker is compared atomically.
+        """
+        self._armed = True
+        try:
+            run_id = await self._server_run_id()
+            bumped = False
+            if run_id != self._verified:
+                bumped = bool(await self.probe.eval(self.LUA_MARK_SERVER, 2, marker_key, epoch_key, run_id,
+                                                    new_token(), int(epoch_ttl)))
+                self._verified = run_id
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"verify: {exc or type(exc).__name__}") from exc
+        self._suspect = False
+        self._pipeline_was_up = False  # the next hit-path connection goes to the server just verified
+        return bumped
+
+    async def _server_run_id(self) -> str:
+        try:
+            return _run_id(await self.probe.info("server"))
+        except ResponseError:
+            return ""
 
     # -- the contract ------------------------------------------------------------------------------
     @_unavailable
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
         if self.pipeline is not None:
+            if self._armed:
+                if self._pipeline_was_up and self.pipeline.protocol is None:
+                    self._suspect = True  # lost since the last lookup: the server may have been replaced
+                if self._suspect:
+                    raise StoreUnavailable("connection to Redis lost; not used until the server is verified")
             values = await self.pipeline.execute("MGET", key, *gen_keys)
+            self._pipeline_was_up = True
         else:
             values = await self.client.mget(key, *gen_keys)
         return values[0], [_text(v) for v in values[1:]]
@@ -231,4 +334,6 @@ class RedisStore:
     async def close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.close()
+        if self.probe is not self.client:
+            await self.probe.aclose(close_connection_pool=True)
         await self.client.aclose(close_connection_pool=True)
