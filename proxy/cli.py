@@ -47,7 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--upstream", help="backend base URL (env UPSTREAM_URL)")
     serve.add_argument("--rules", help="rules file (env RULES_PATH, default rules.yaml)")
     serve.add_argument("--listen", help="HOST:PORT (env LISTEN, default 0.0.0.0:8080)")
-    serve.add_argument("--redis", help="redis:// URL (env REDIS_URL); none: in-memory store")
+    serve.add_argument("--redis", help="redis://, rediss:// or redis+cluster://host:port[,host:port] URL "
+                                        "(env REDIS_URL); none: in-memory store")
+    serve.add_argument("--workers", help="processes sharing the port (SO_REUSEPORT): N or 'auto' (one per "
+                                         "CPU); N > 1 needs Redis (env WORKERS, default 1)")
     serve.add_argument("--log-format", choices=("json", "text"), help="env LOG_FORMAT, default json")
     serve.add_argument("--no-watch-rules", action="store_true",
                        help="reload the rules on SIGHUP only, not when the file changes (env WATCH_RULES=0)")
@@ -159,6 +162,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except RulesError as exc:
         log.error("invalid rules file", extra={"event": "rules_invalid", "errors": [str(p) for p in exc.problems]})
         return 1
+    from .workers import adopt_pending_files, parse_workers, supervise
+
+    try:
+        workers = parse_workers(getattr(args, "workers", None) or os.environ.get("WORKERS"))
+    except ValueError as exc:
+        log.error("invalid worker count", extra={"event": "config_error", "detail": str(exc)})
+        return 2
+    if workers > 1:
+        if not config.redis_url:
+            log.error("--workers > 1 needs a shared store", extra={
+                "event": "config_error", "detail": "the memory store lives inside one process: a purge in one "
+                "worker would not reach another; give --redis or REDIS_URL, or run one worker"})
+            return 2
+        return supervise(workers, config, rules, serve)
+    adopt_pending_files(config.pending_file, 1)
     _install_uvloop()
     try:
         asyncio.run(serve(config, rules))

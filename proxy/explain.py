@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 from . import policy
 from .entry import Entry, decode_entry
 from .identity import Identity, bearer_token
-from .keys import escape_value
+from .keys import assemble, escape_value
 from .policy import Bypass, Lookup, Reason, RequestView, Write
 from .rules import Rules
 
@@ -325,7 +325,7 @@ def render_pattern(pattern: str, rules: Rules) -> str | None:
     pool = rules.namespaces if pattern.endswith(":*") else tuple(r.key for r in rules.rules if r.key)
     if not any(t.shape == tuple(shape) for t in pool):
         return None
-    return ":".join(rendered)
+    return assemble(rendered, tuple(shape))  # literal first segments become the hash tag, as in stored keys
 
 
 def declared_patterns(rules: Rules) -> list[str]:

@@ -8,7 +8,12 @@ placeholder (``{user_id}``, ``{achievement_id}``, ``{body.user_id|user_id}``). R
   longer than ``MAX_VALUE_CHARS`` after escaping become ``%H`` + a hash, which escaping cannot produce;
 * the escaped value is wrapped in braces, so ``achievements:{global}`` (a user whose id is "global")
   never equals the literal ``achievements:global``. The first brace group is also the Redis Cluster
-  hash tag, which puts every key of one user (``user:`` and ``achievements:``) in one slot.
+  hash tag, which puts every key of one user (``user:`` and ``achievements:``) in one slot;
+* when a template's first two segments (or its only one) are literals, they are rendered wrapped in
+  one pair of braces: ``{achievements:global}:leaderboard``, namespace ``{achievements:global}``. Every
+  namespace has at least two segments, so an entry, every generation guarding it and its fill lease
+  share one hash tag, hence one Redis Cluster slot (see ``assemble``). Values never contain ``:``, so
+  ``{achievements:global}`` cannot be a rendered value and rendering stays injective.
 
 A namespace is a purge pattern without its ``:*``; it covers a key template when its segments are a
 prefix of the key's, placeholders lining up with placeholders. Purging bumps the namespace's
@@ -96,7 +101,21 @@ class Template:
             if value is None or value == "":
                 return None
             parts.append("{" + escape_value(value) + "}")
-        return ":".join(parts)
+        return assemble(parts, self.segments)
+
+
+def assemble(parts: list[str], segments: tuple[Segment, ...] | tuple[str | None, ...]) -> str:
+    """Join rendered ``parts`` (placeholders already braced); ``segments`` (or a shape) tells which are
+    literals. Literal first two segments (or a literal only segment) become the hash tag:
+    ``{achievements:global}:types``. Splitting the result on ``:`` keeps one part per segment, so a
+    prefix of ``n >= 2`` parts (``guard_keys``) is rendered exactly like the ``n``-segment namespace."""
+    first_literal = isinstance(segments[0], str)
+    if first_literal and (len(segments) == 1 or isinstance(segments[1], str)):
+        parts = list(parts)
+        parts[0] = "{" + parts[0]
+        last = min(1, len(parts) - 1)
+        parts[last] = parts[last] + "}"
+    return ":".join(parts)
 
 
 

@@ -220,8 +220,20 @@ def same_content(cached: bytes, fresh: bytes, volatile: tuple[str, ...]) -> bool
 
 
 def guard_keys(prefix: str, rendered: str, guards: tuple[int, ...]) -> tuple[str, ...]:
-    segments = rendered.split(":")  # safe: escaped values contain no ':'
-    return tuple(f"{prefix}:gen:{':'.join(segments[:n])}" for n in guards) + (epoch_key(prefix),)
+    """The generation keys of the ``guards`` namespaces (key-segment prefix lengths), epoch last.
+
+    Splitting on ``:`` is safe: escaped values contain none. A key whose first two segments are
+    literals renders them as one hash tag (``{achievements:global}:types``, see ``keys.assemble``); its
+    first part alone (``{achievements``) is closed again, as a one-segment namespace renders.
+    """
+    segments = rendered.split(":")
+    keys = []
+    for n in guards:
+        ns = ":".join(segments[:n])
+        if n == 1 and ns.startswith("{") and not ns.endswith("}"):
+            ns += "}"
+        keys.append(f"{prefix}:gen:{ns}")
+    return tuple(keys) + (epoch_key(prefix),)
 
 
 def epoch_key(prefix: str) -> str:

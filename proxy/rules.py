@@ -208,6 +208,7 @@ class Rules:
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+MAX_SECONDS = 365 * 86400  # longer would overflow store expiries (Redis refuses them: every fill would fail)
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -258,6 +259,9 @@ class _Checker:
             return None
         if seconds < 0 or (seconds == 0 and not allow_zero):
             self.fail(line, fieldname, f"must be {'>= 0' if allow_zero else '> 0'}, got {seconds}")
+            return None
+        if seconds > MAX_SECONDS:
+            self.fail(line, fieldname, f"must be at most {MAX_SECONDS} (365 days), got {seconds}")
             return None
         return seconds
 
@@ -315,6 +319,8 @@ def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str]
     _report_duplicates(check, defaults, "defaults.")
     for unknown in sorted(set(defaults) - DEFAULTABLE, key=str):
         check.fail(_line_of(defaults, unknown), f"defaults.{unknown}", "unknown field (or not allowed in defaults)")
+    for empty in sorted((k for k, v in defaults.items() if v is None and k in DEFAULTABLE), key=str):
+        check.fail(_line_of(defaults, empty), f"defaults.{empty}", "has no value (remove the field)")
     raw_rules = doc.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
         check.fail(_line_of(doc, "rules"), "rules", "must be a non-empty list of rules")
@@ -364,6 +370,8 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
     for key, parse in _FIELD_PARSERS.items():
         value, fline, fname = where(key)
         if value is None:
+            if key in raw:  # `ttl:` with nothing after it is a mistake, not a request for the default
+                check.fail(fline, fname, "has no value (remove the field to use the default)")
             continue
         parsed = parse(check, value, fline, fname)
         if parsed is not None:
@@ -379,6 +387,12 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
         except TemplateError as exc:
             check.fail(_line_of(raw, "key"), f"{name}.key", str(exc))
             return None
+        unkeyed = [s.name for s in draft["key"].sources if s.kind == "query" and s.name not in draft.get("vary_query", ())]
+        if unkeyed:
+            check.fail(_line_of(raw, "key"), f"{name}.key",
+                       f"placeholder {{query.{unkeyed[0]}}} is not provided by the route: add it to vary_query")
+        if draft["key"].segments[0] == "gen" or draft["key"].text == "epoch":
+            check.fail(_line_of(raw, "key"), f"{name}.key", "keys 'gen:...' and 'epoch' are the store's own")
         if draft["key"].needs_identity and draft.get("auth", "required") != "required":
             check.fail(_line_of(raw, "key"), f"{name}.key", "uses {user_id}, so the rule needs auth: required")
     else:

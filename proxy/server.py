@@ -13,6 +13,13 @@ Theory of operation, per request:
 
 Concurrent misses for one (key, generations) share one fetch (``_fill``); a waiter never receives a
 body fetched under other generations. If the store fails, requests go to the backend.
+
+Store watch (``check_store``, ``watch_store``): the first call that cannot reach the store turns the cache
+off for reads (no request waits on the store again); a background probe (``GuardedStore.verify``) turns
+it back on once the store answers, after ``store_recovery_hold`` if it was down. The probe also notices a
+Redis that came back as another server (restart from a snapshot, failover) and bumps the global epoch
+before the cache is read again. Purges pending at exit leave ``pending_file`` behind; the next process
+bumps the epoch (``recover_pending_file``).
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from .config import Config
 from .entry import Entry, decode_entry
 from .errors import IdentityError, StoreUnavailable, UpstreamError
 from .identity import Identity, Verifier, bearer_token
-from .keys import escape_value
+from .keys import assemble, escape_value
 from .logs import request_id as request_id_var
 from .metrics import Metrics
 from .policy import Bypass, Lookup, Reason, RequestView, Write
@@ -813,6 +820,7 @@ class Proxy:
             if not is_admin:
                 return web.json_response({"detail": "admin credential required"}, status=403)
             namespaces = ["achievements:global"]
+            stored = [assemble(["achievements", "global"], ("achievements", "global"))]  # {achievements:global}
         else:
             target = document.get("user_id")
             if is_admin and not target:
@@ -825,7 +833,8 @@ class Proxy:
                 return web.json_response({"detail": "user_id must be a string"}, status=422)
             kind = "user" if path == USER_INVALIDATE else "achievements"
             namespaces = [f"{kind}:{{{escape_value(target)}}}"]
-        gen_keys = tuple(policy.namespace_gen_key(self.rules.prefix, ns) for ns in namespaces)
+            stored = namespaces
+        gen_keys = tuple(policy.namespace_gen_key(self.rules.prefix, ns) for ns in stored)
         caller = "admin" if is_admin else f"user:…{identity.user_id[-4:]}"
         ok = await self.purge(gen_keys, "manual", caller=caller)
         log.info("manual invalidation", extra={"event": "audit_invalidate", "caller": caller,

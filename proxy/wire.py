@@ -64,6 +64,8 @@ def mask_gen_key(gen_key: str, prefix: str) -> str:
     ns = gen_key.removeprefix(f"{prefix}:gen:")
     if gen_key == f"{prefix}:epoch":
         return "*"
+    if ns.startswith("{") and ":" in ns[: ns.find("}")]:  # literal hash tag ({achievements:global}): no value
+        ns = ns[1:].replace("}", "", 1)
     return _BRACED.sub(lambda m: "{…" + m.group(1)[-4:] + "}" if len(m.group(1)) > 4 else "{…}", ns) + ":*"
 
 

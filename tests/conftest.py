@@ -190,3 +190,8 @@ def start_redis(tmp_path_factory):
     yield start
     for server in servers:
         server.stop()
+
+
+# The local Redis Cluster (six redis-server processes, tests/cluster/harness.py), here so the store
+# contract runs on it too: ``redis_cluster`` (session), ``cluster_url``, ``start_cluster``.
+from tests.cluster.harness import cluster_url, redis_cluster, start_cluster  # noqa: E402,F401

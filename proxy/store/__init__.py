@@ -6,9 +6,14 @@ __all__ = ["Store", "MemoryStore", "new_token", "open_store"]
 
 
 def open_store(url: str | None, **options) -> Store:
-    """``None`` → the embedded MemoryStore; ``redis://``, ``rediss://``, ``redis+cluster://`` → RedisStore."""
+    """``None`` → the embedded MemoryStore; ``redis://``, ``rediss://`` → RedisStore;
+    ``redis+cluster://host:port[,host:port]``, ``rediss+cluster://`` → RedisClusterStore."""
     if not url:
         return MemoryStore(max_bytes=options.get("memory_max_bytes", 256 << 20))
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        from .cluster import RedisClusterStore
+
+        return RedisClusterStore.from_url(url, **options)
     from .redis import RedisStore  # imported lazily: the memory default needs no redis client
 
     return RedisStore.from_url(url, **options)

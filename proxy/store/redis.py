@@ -201,7 +201,7 @@ class RedisStore:
         """Connect lazily to ``url``. Options: ``timeout`` (seconds, for connect, reads and waiting for a
         pooled connection; default 0.25) and ``max_connections`` (default 64); others are ignored."""
         if url.startswith(_CLUSTER_SCHEMES):
-            raise ValueError("Redis Cluster support is not available yet")
+            raise ValueError("a Redis Cluster URL: use proxy.store.open_store (RedisClusterStore)")
         if not url.startswith(_SCHEMES):
             raise ValueError(f"unsupported Redis URL scheme (expected redis:// or rediss://): {url.split('://')[0]}://")
         timeout = options.get("timeout")

@@ -60,7 +60,7 @@ def test_unknown_query_parameter_is_bypass_and_named(offline):
     code, out, _ = offline("GET", "/api/v1/achievements/leaderboard?offset=20&limit=10", "--token", mint(USER), "--json")
     result = json.loads(out)
     assert result["x_cache"] == "HIT or MISS"
-    assert result["key"] == "katiba360:proxy:achievements:global:leaderboard|q:limit=10&offset=20"
+    assert result["key"] == "katiba360:proxy:{achievements:global}:leaderboard|q:limit=10&offset=20"
 
 
 def test_unknown_route_and_non_canonical_path_are_bypass(offline):

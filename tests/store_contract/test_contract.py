@@ -1,7 +1,8 @@
 """The store contract (``proxy.store.base.Store``), run against every backend.
 
-Each test runs once per backend: ``memory`` (with a fake clock) and ``redis`` (a private redis-server
-from ``tests/conftest.py``, flushed per test). Costs are asserted as command counts, never durations.
+Each test runs once per backend: ``memory`` (with a fake clock), ``redis`` (a private redis-server
+from ``tests/conftest.py``, flushed per test) and ``cluster`` (a local six-node Redis Cluster,
+``tests/cluster/harness.py``). Costs are asserted as command counts, never durations.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from proxy.entry import Entry, decode_entry
 from proxy.errors import StoreUnavailable
 from proxy.store import MemoryStore, open_store
+from proxy.store.cluster import RedisClusterStore
 from proxy.store.redis import RedisStore
 
 PREFIX = "katiba360:proxy:test"
@@ -51,10 +53,13 @@ def recorded(raw: bytes | None) -> tuple[str, ...]:
     return entry.generations
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request):
     if request.param == "memory":
         s = MemoryStore(clock=FakeClock())
+    elif request.param == "cluster":
+        # untagged keys (gen("global")) are global keys there; no background refresh between counts
+        s = RedisClusterStore.from_url(request.getfixturevalue("cluster_url"), global_refresh=3600)
     else:
         s = RedisStore.from_url(request.getfixturevalue("redis_url"))
     try:
@@ -68,13 +73,24 @@ def commands(store, request):
     """``commands()`` → a Counter of store commands executed so far (subtract two to get a cost)."""
     if store.name == "memory":
         return lambda: Counter({"commands": store.commands})
-    server = request.getfixturevalue("redis_server")
+    server = request.getfixturevalue("redis_cluster" if store.name == "redis-cluster" else "redis_server")
 
     def snapshot() -> Counter:
-        # our own INFO calls (made by the snapshot itself) are not store commands
-        return Counter({k: v for k, v in server.command_counts().items() if k != "info"})
+        # our own INFO calls (made by the snapshot itself) and the harness' topology reads are not store commands
+        return Counter({k: v for k, v in server.command_counts().items() if k not in ("info", "cluster|nodes")})
 
     return snapshot
+
+
+@pytest.fixture
+def admin(store, request):
+    """A sync client of the store's Redis (str responses), for TTL checks."""
+    if store.name == "redis-cluster":
+        client = request.getfixturevalue("redis_cluster").admin()
+        yield client
+        client.close()
+    else:
+        yield request.getfixturevalue("redis_server").admin if store.name == "redis" else None
 
 
 def delta(before: Counter, after: Counter) -> dict:
@@ -189,7 +205,7 @@ async def test_bump_of_missing_namespace_creates_it(store):
 
 # -- TTLs ------------------------------------------------------------------------------------------
 
-async def test_generations_live_for_their_ttl(store, request):
+async def test_generations_live_for_their_ttl(store, admin):
     gens = [gen("user:{11}")]
     key = entry_key("user:{11}", "profile")
     if store.name == "memory":
@@ -202,7 +218,6 @@ async def test_generations_live_for_their_ttl(store, request):
         store.clock.advance(GEN_TTL)
         assert (await store.lookup(key, gens))[1] == [None]
     else:
-        admin = request.getfixturevalue("redis_server").admin
         tokens = await store.ensure_generations(gens, 100)
         assert 90 <= admin.ttl(gens[0]) <= 100
         await fill(store, gens, [key])
@@ -212,7 +227,7 @@ async def test_generations_live_for_their_ttl(store, request):
         assert (await store.lookup(key, gens))[1] != tokens
 
 
-async def test_entries_expire_by_ttl(store, request):
+async def test_entries_expire_by_ttl(store, admin):
     gens = [gen("user:{12}")]
     key = entry_key("user:{12}", "profile")
     tokens = await store.ensure_generations(gens, GEN_TTL)
@@ -225,7 +240,6 @@ async def test_entries_expire_by_ttl(store, request):
         raw, now = await store.lookup(key, gens)
         assert raw is None and now == tokens  # the generation outlives the entry
     else:
-        admin = request.getfixturevalue("redis_server").admin
         assert await store.store_if_current(key, value, 1, gens, tokens, GEN_TTL)
         assert 0 < admin.pttl(key) <= 1000
         assert admin.ttl(gens[0]) > 1000
@@ -238,7 +252,7 @@ async def test_entries_expire_by_ttl(store, request):
 
 # -- leases ----------------------------------------------------------------------------------------
 
-async def test_leases(store, request):
+async def test_leases(store, admin):
     lease = f"{PREFIX}:lease:user:{{13}}:profile"
     assert await store.acquire_lease(lease, "owner-a", 5_000) is True
     assert await store.acquire_lease(lease, "owner-b", 5_000) is False
@@ -251,8 +265,8 @@ async def test_leases(store, request):
     await store.release_lease(lease, "owner-a")  # released by someone who no longer holds it
     assert await store.acquire_lease(lease, "owner-c", 5_000) is False
 
-    if store.name == "redis":
-        assert 0 < request.getfixturevalue("redis_server").admin.pttl(lease) <= 5_000
+    if admin is not None:
+        assert 0 < admin.pttl(lease) <= 5_000
 
 
 async def test_lease_expires(store):
@@ -317,29 +331,34 @@ async def test_fill_and_purge_costs(store, commands):
     await store.bump([gen("warm-up")], GEN_TTL)
     memory = store.name == "memory"
 
-    def cost(**inside_script: int) -> dict:
-        """One round trip; on Redis, commandstats also counts the commands the script ran."""
-        return {"commands": 1} if memory else {"evalsha": 1, **inside_script}
+    # Cluster: gen("global") is untagged, a global key in its own slot (the epoch's role), cached in
+    # process; it costs a script of its own when created or bumped, and nothing when read.
+    cluster = store.name == "redis-cluster"
+
+    def cost(scripts: int = 1, **inside_script: int) -> dict:
+        """One round trip per script; on Redis, commandstats also counts the commands a script ran."""
+        return {"commands": 1} if memory else {"evalsha": scripts, **inside_script} if scripts else {}
 
     before = commands()
     tokens = await store.ensure_generations(gens, GEN_TTL)
-    assert delta(before, commands()) == cost(get=2, set=2)  # both created
+    assert delta(before, commands()) == cost(2 if cluster else 1, get=2, set=2)  # both created
 
     before = commands()
     assert await store.ensure_generations(gens, GEN_TTL) == tokens
-    assert delta(before, commands()) == cost(get=2)
+    assert delta(before, commands()) == (cost(get=1) if cluster else cost(get=2))
 
     before = commands()
     assert await store.store_if_current(key, encode(b"{}", tokens), ENTRY_TTL, gens, tokens, GEN_TTL)
-    assert delta(before, commands()) == cost(get=2, set=1, expire=2)
+    assert delta(before, commands()) == (cost(get=1, set=1, expire=1) if cluster else cost(get=2, set=1, expire=2))
 
     before = commands()
-    await store.bump(gens, GEN_TTL)  # two namespaces, still one round trip
-    assert delta(before, commands()) == cost(set=2)
+    await store.bump(gens, GEN_TTL)  # two namespaces, still one round trip (one per slot on a cluster)
+    assert delta(before, commands()) == cost(2 if cluster else 1, set=2)
 
     before = commands()
     assert not await store.store_if_current(key, encode(b"{}", tokens), ENTRY_TTL, gens, tokens, GEN_TTL)
-    assert delta(before, commands()) == cost(get=1)  # refused at the first moved generation
+    # refused at the first moved generation (on a cluster: the cached global token, no round trip)
+    assert delta(before, commands()) == (cost(0) if cluster else cost(get=1))
 
 
 # -- stats, ping -----------------------------------------------------------------------------------
@@ -363,8 +382,9 @@ def test_open_store_urls(redis_url):
     assert isinstance(open_store(redis_url, timeout=0.5, memory_max_bytes=1 << 20), RedisStore)
     assert isinstance(RedisStore.from_url("rediss://127.0.0.1:1/0"), RedisStore)  # lazy: no connection
     for url in ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "rediss+cluster://127.0.0.1:7000"):
-        with pytest.raises(ValueError, match="Redis Cluster support is not available yet"):
-            open_store(url)
+        assert isinstance(open_store(url), RedisClusterStore)  # lazy: no connection
+        with pytest.raises(ValueError, match="open_store"):
+            RedisStore.from_url(url)
     with pytest.raises(ValueError):
         RedisStore.from_url("http://127.0.0.1:1")
 

@@ -105,14 +105,34 @@ def test_a_user_called_global_is_not_the_global_namespace():
     rendered = parse_template("achievements:{user_id}:leaderboard").render(values("global"))
     literal = parse_template("achievements:global:leaderboard").render(values(None))
     assert rendered == "achievements:{global}:leaderboard"
-    assert literal == "achievements:global:leaderboard"
+    # literal first two segments are the Redis Cluster hash tag: entry and guards share one slot
+    assert literal == "{achievements:global}:leaderboard"
     assert rendered != literal
-    assert ACH_NS.render(values("global")) == "achievements:{global}" != GLOBAL_NS.render(values(None))
+    assert ACH_NS.render(values("global")) == "achievements:{global}"
+    assert GLOBAL_NS.render(values(None)) == "{achievements:global}"
     user_guards = guard_keys("p", rendered, (2, 3))
     global_guards = guard_keys("p", literal, (2, 3))
     assert user_guards[:2] == ("p:gen:achievements:{global}", "p:gen:achievements:{global}:leaderboard")
-    assert global_guards[:2] == ("p:gen:achievements:global", "p:gen:achievements:global:leaderboard")
+    assert global_guards[:2] == ("p:gen:{achievements:global}", "p:gen:{achievements:global}:leaderboard")
+    assert global_guards[0] == "p:gen:" + GLOBAL_NS.render(values(None))  # the purge bumps what guards it
     assert user_guards[-1] == global_guards[-1] == "p:epoch"
+
+
+@pytest.mark.parametrize("text, rendered, tag", [
+    ("user:{user_id}:profile", "user:{u1}:profile", "u1"),
+    ("achievements:{user_id}:achievement:{achievement_id}", "achievements:{u1}:achievement:{a9}", "u1"),
+    ("achievements:global:types", "{achievements:global}:types", "achievements:global"),
+    ("achievements:global", "{achievements:global}", "achievements:global"),
+    ("leaderboard", "{leaderboard}", "leaderboard"),
+    ("{user_id}:profile", "{u1}:profile", "u1"),
+])
+def test_every_key_and_its_guards_share_one_hash_tag(text, rendered, tag):
+    template = parse_template(text, frozenset({"achievement_id"}))
+    key = template.render(values("u1", achievement_id="a9"))
+    assert key == rendered
+    lengths = tuple(range(min(2, len(template.segments)), len(template.segments) + 1))
+    for gen in guard_keys("p", key, lengths)[:-1]:  # the global epoch lives in no slot
+        assert re.search(r"\{([^}]*)\}", gen).group(1) == tag, gen
 
 
 # --------------------------------------------------------------------------- properties

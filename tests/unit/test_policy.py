@@ -49,11 +49,12 @@ def lookup(target: str, identity: Identity | None = ALICE, **headers) -> Lookup:
      ("achievements:{alice}", "achievements:{alice}:achievement:{a%3Ab}")),
     ("/api/v1/achievements/summary", ALICE, "achievements_summary", "achievements:{alice}:summary",
      ("achievements:{alice}", "achievements:{alice}:summary")),
-    ("/api/v1/achievements/types", None, "achievement_types", "achievements:global:types",
-     ("achievements:global", "achievements:global:types")),
+    # literal first segments are braced: the Redis Cluster hash tag of the entry and its guards
+    ("/api/v1/achievements/types", None, "achievement_types", "{achievements:global}:types",
+     ("{achievements:global}", "{achievements:global}:types")),
     ("/api/v1/achievements/leaderboard?limit=10&offset=0", ALICE, "leaderboard",
-     "achievements:global:leaderboard|q:limit=10&offset=0",
-     ("achievements:global", "achievements:global:leaderboard")),
+     "{achievements:global}:leaderboard|q:limit=10&offset=0",
+     ("{achievements:global}", "{achievements:global}:leaderboard")),
 ])
 def test_canonical_reads_look_up_their_key(target, identity, rule, key, gens):
     for method in ("GET", "HEAD"):
@@ -171,7 +172,7 @@ def gens(*namespaces: str) -> tuple[str, ...]:
     ("DELETE", "/api/v1/users/languages/7", ALICE, "delete_language",
      gens("user:{alice}:languages", "user:{alice}:full_profile")),
     ("POST", "/api/v1/achievements", ALICE, "create_achievement",
-     gens("achievements:{alice}", "user:{alice}:stats", "user:{alice}:full_profile", "achievements:global")),
+     gens("achievements:{alice}", "user:{alice}:stats", "user:{alice}:full_profile", "{achievements:global}")),
     ("PUT", "/api/v1/users/profile", None, "update_profile", ()),  # unauthenticated: the backend refuses
     ("POST", "/api/v1/achievements", None, "create_achievement", ()),
     ("POST", "/api/v1/achievements/award", None, "award_achievement", ()),
@@ -200,14 +201,14 @@ def test_award_resolves_the_body_user_and_falls_back_to_the_caller(body, user):
     assert isinstance(pending, Write) and pending.needs_body and pending.gen_keys == ()
     resolved = resolve_write(pending, body)
     assert resolved == Write(RULES.by_name("award_achievement"),
-                             gens(*(k % user for k in AWARD_KEYS), "achievements:global"))
+                             gens(*(k % user for k in AWARD_KEYS), "{achievements:global}"))
 
 
 @pytest.mark.parametrize("method, target, identity, keys", [
-    ("DELETE", "/api/v1/achievements/types", None, gens("achievements:global:types")),
+    ("DELETE", "/api/v1/achievements/types", None, gens("{achievements:global}:types")),
     ("DELETE", "/api/v1/users/profile", ALICE, gens("user:{alice}:profile")),
     ("PATCH", "/api/v1/users/profile/full", BOB, gens("user:{bob}:full_profile")),
-    ("POST", "/api/v1/achievements/leaderboard?limit=10", ALICE, gens("achievements:global:leaderboard")),
+    ("POST", "/api/v1/achievements/leaderboard?limit=10", ALICE, gens("{achievements:global}:leaderboard")),
     ("DELETE", "/api/v1/achievements/x1", ALICE, gens("achievements:{alice}:achievement:{x1}")),
     ("DELETE", "/api/v1/users/profile", None, ()),  # no identity: the key cannot be named
     ("PATCH", "/api/v1/nothing", ALICE, ()),

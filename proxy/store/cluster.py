@@ -1,0 +1,488 @@
+"""The Redis Cluster store (``redis+cluster://host:port[,host:port...]``, ``rediss+cluster://`` for TLS).
+
+Same contract, Lua scripts and error mapping as ``RedisStore``, on redis-py's asyncio ``RedisCluster``
+(it follows ``MOVED`` and ``ASK`` redirections itself). A script's KEYS must live in one slot: stored keys
+carry a hash tag (``keys.py``: ``user:{42}:profile``, ``{achievements:global}:types``), so an entry, every
+generation guarding it and its fill lease share one slot, and a hit stays one ``MGET`` on one node.
+
+*Global keys* (no hash tag: the epoch ``prefix:epoch``, which every entry records) live in no entry's
+slot. Their tokens are cached in this process and refreshed in the background every ``global_refresh``
+seconds (default 1), and at once after this process bumps or creates them:
+
+* ``lookup`` puts the cached token in the global key's position without asking Redis;
+* ``store_if_current`` compares the expected global tokens with the cached ones and sends only the
+  same-slot keys to its script; ``ensure_generations`` reads a cached token instead of creating it;
+* ``bump`` writes the global key (in its own slot) and updates the cache.
+
+So a ``purge --all`` (an epoch bump) done elsewhere reaches this process within ``global_refresh``
+seconds (plus one round trip); purges of namespaces are as immediate as on one Redis. A cached token
+older than three refresh periods (the background refresh failed) is read again before it is used.
+Guards in another tagged slot than their entry (never produced by ``keys.py``) still work: they are
+read with one ``MGET`` per slot and compared before the entry's script runs, and every lookup compares
+them again, so such an entry can never answer after a purge; it only costs more round trips.
+
+Never read from replicas: replication is asynchronous, so a replica may still hold a generation token
+a purge has already replaced on its primary, and answering from it would serve purged entries.
+
+Failover and restarts (``verify``): the store remembers the primaries it verified (node id and
+``run_id``) and refuses a new connection to any other server (a promoted replica, a restarted
+primary that came back empty), as ``RedisStore`` does for one server. A refused connection fails the
+call (``StoreUnavailable``: the proxy answers from the backend and re-verifies). ``verify`` reads
+``CLUSTER NODES`` and each primary's ``INFO server``; when the set of primaries changed it bumps the
+epoch once for all proxies (``LUA_MARK_CLUSTER``: a marker in the epoch's slot names the topology
+that was last checked), since a promoted replica may lack the last purges of its old primary.
+Resharding moves slots between verified primaries without loss and bumps nothing.
+
+``require_full_coverage`` is off: while a failed primary's slots have no owner, calls for those slots
+fail fast while the other primaries keep serving; no call is retried (the proxy fails open instead).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterError, ReadOnlyError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, TryAgainError
+
+from ..errors import StoreUnavailable
+from .base import new_token
+from .redis import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text
+
+__all__ = ["RedisClusterStore", "CLUSTER_SCHEMES", "parse_cluster_url"]
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+GLOBAL_REFRESH = 1.0
+
+T = TypeVar("T")
+
+
+def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Any Redis, cluster, socket or timeout failure of ``method`` -> ``StoreUnavailable``."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
+            error = StoreUnavailable(str(exc) or type(exc).__name__)
+            # Answered by a healthy server (e.g. OOM): not a sign of a topology change. Cluster states
+            # (CLUSTERDOWN, TRYAGAIN, redirections left over) and READONLY are.
+            error.answered = isinstance(exc, ResponseError) and not isinstance(
+                exc, (ReadOnlyError, ClusterError, AskError, TryAgainError))
+            raise error from exc
+
+    return wrapper
+
+
+def parse_cluster_url(url: str) -> dict[str, Any]:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/0]`` -> seeds, credentials, ssl."""
+    if not url.startswith(CLUSTER_SCHEMES):
+        raise ValueError("expected redis+cluster:// or rediss+cluster://")
+    ssl = url.startswith("rediss+")
+    rest = url.split("://", 1)[1]
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    seeds = []
+    for part in hosts.split(","):
+        parts = urlsplit(f"//{part.strip()}")
+        if not parts.hostname:
+            raise ValueError(f"invalid Redis Cluster node {part!r} in the URL")
+        seeds.append((parts.hostname, parts.port or 6379))
+    db = path.split("?", 1)[0].strip("/")
+    if db not in ("", "0"):
+        raise ValueError("Redis Cluster has only database 0")
+    username = password = None
+    if userinfo:
+        user, sep, secret = userinfo.partition(":")
+        username, password = (unquote(user) or None, unquote(secret)) if sep else (None, unquote(user))
+    return {"seeds": seeds, "ssl": ssl, "username": username, "password": password}
+
+
+def _tagged(key: str) -> bool:
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
+
+
+def _slot(key: str) -> int:
+    return key_slot(key.encode("utf-8", "surrogatepass"))
+
+
+class RedisClusterStore:
+    name = "redis-cluster"
+
+    LUA_ENSURE_GENERATIONS = RedisStore.LUA_ENSURE_GENERATIONS
+    LUA_STORE_IF_CURRENT = RedisStore.LUA_STORE_IF_CURRENT
+    LUA_BUMP = RedisStore.LUA_BUMP
+    LUA_RELEASE_LEASE = RedisStore.LUA_RELEASE_LEASE
+
+    # KEYS[1] - the topology marker (a hash in the epoch's slot, no TTL)
+    # KEYS[2] - the global epoch
+    # ARGV[1] - a digest of the primaries (node id and run_id of each); ARGV[2] - a fresh epoch token;
+    # ARGV[3] - epoch ttl in seconds
+    # return {1 if the epoch was bumped, the epoch token in force (or false)}: bumped when the marker
+    # names other primaries (a failover or a restart: purges may be missing), or is gone while the
+    # epoch exists
+    LUA_MARK_CLUSTER = """
+        local seen = redis.call('hget', KEYS[1], 'primaries')
+        if seen == ARGV[1] then
+            return {0, redis.call('get', KEYS[2])}
+        end
+        local bumped = 0
+        if seen or redis.call('exists', KEYS[2]) == 1 then
+            redis.call('set', KEYS[2], ARGV[2], 'ex', ARGV[3])
+            bumped = 1
+        end
+        redis.call('hset', KEYS[1], 'primaries', ARGV[1])
+        return {bumped, redis.call('get', KEYS[2])}
+    """
+
+    def __init__(self, client: RedisCluster, seeds: Sequence[tuple[str, int]] = (),
+                 probe_options: dict[str, Any] | None = None, global_refresh: float = GLOBAL_REFRESH):
+        """Take ownership of ``client`` (``decode_responses=False``, no replica reads). ``seeds`` and
+        ``probe_options`` (connection options) serve ``verify``'s own small per-node clients."""
+        self.client = client
+        self.seeds = list(seeds)
+        self.probe_options = dict(probe_options or {})
+        self.global_refresh = float(global_refresh)
+        self._probes: dict[str, Redis] = {}
+        # global key -> [token or None, monotonic time read, version]; a bump raises the version so a
+        # refresh read before it cannot overwrite the newer token
+        self._globals: dict[str, list] = {}
+        self._refresher: asyncio.Task | None = None
+        self._armed = False
+        self._verified_run_ids: frozenset[str] = frozenset()
+        self._verified_digest: str | None = None
+        self._ensure_generations = client.register_script(self.LUA_ENSURE_GENERATIONS)
+        self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
+        self._bump = client.register_script(self.LUA_BUMP)
+        self._release_lease = client.register_script(self.LUA_RELEASE_LEASE)
+        self._mark = client.register_script(self.LUA_MARK_CLUSTER)
+        # every connection the client opens, to any node, goes through _on_connect
+        manager = client.nodes_manager
+        manager.connection_kwargs["redis_connect_func"] = self._on_connect
+        for node in list(manager.startup_nodes.values()) + list(manager.nodes_cache.values()):
+            node.connection_kwargs["redis_connect_func"] = self._on_connect
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "RedisClusterStore":
+        """Connect lazily. Options: ``timeout`` (seconds, default 0.25), ``max_connections`` (per node,
+        default 64), ``global_refresh`` (seconds, default 1); others are ignored."""
+        parsed = parse_cluster_url(url)
+        timeout = options.get("timeout")
+        timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        common = {"username": parsed["username"], "password": parsed["password"], "ssl": parsed["ssl"],
+                  "socket_timeout": timeout, "socket_connect_timeout": timeout}
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in parsed["seeds"]],
+            require_full_coverage=False,  # a failover window fails only the orphaned slots, fast
+            # no read_from_replicas / load_balancing_strategy: never read a replica, it may lag behind a purge
+            retry=Retry(NoBackoff(), 0),  # no retries: the proxy fails open to the backend instead
+            max_connections=int(options.get("max_connections") or DEFAULT_MAX_CONNECTIONS),
+            decode_responses=False,
+            **common,
+        )
+        refresh = options.get("global_refresh")
+        return cls(client, parsed["seeds"], probe_options=common,
+                   global_refresh=GLOBAL_REFRESH if refresh is None else float(refresh))
+
+    # -- server identity -------------------------------------------------------------------------------
+    async def _on_connect(self, connection) -> None:
+        """A new connection: the usual handshake, then refuse it unless it reaches a verified primary."""
+        await connection.on_connect()
+        if not self._armed:
+            return
+        try:
+            await connection.send_command("INFO", "server")
+            run_id = _run_id(await connection.read_response())
+        except ResponseError:
+            run_id = ""
+        if run_id not in self._verified_run_ids:
+            raise RedisConnectionError("not a verified primary (failover, restart or new node); "
+                                       "not used until verified")
+
+    def _probe(self, host: str, port: int) -> Redis:
+        name = f"{host}:{port}"
+        probe = self._probes.get(name)
+        if probe is None:
+            probe = self._probes[name] = Redis(host=host, port=port, max_connections=2, decode_responses=False,
+                                               **self.probe_options)
+        return probe
+
+    async def _primaries(self) -> list[tuple[str, str, int]]:
+        """(node id, host, port) of every primary that owns slots, as the first answering node sees it."""
+        known = list(self.seeds)
+        for node in self.client.nodes_manager.nodes_cache.values():
+            if (node.host, node.port) not in known:
+                known.append((node.host, node.port))
+        error: Exception | None = None
+        for host, port in known:
+            try:
+                nodes = await self._probe(host, port).execute_command("CLUSTER NODES")
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                error = exc
+                continue
+            primaries = []
+            for address, info in nodes.items():
+                flags = info.get("flags", "")
+                if "master" in flags and "fail" not in flags.replace("fail?", "") and info.get("slots"):
+                    h, _, p = address.rpartition(":")
+                    primaries.append((info["node_id"], h or host, int(p.split("@")[0])))
+            if primaries:
+                return sorted(primaries)
+        raise RedisConnectionError(f"no cluster node answered CLUSTER NODES: {error}")
+
+    async def verify(self, marker_key: str, epoch_key: str, epoch_ttl: int) -> bool:
+        """Check the primaries (``CLUSTER NODES``, then ``INFO server`` on each); when they changed since
+        the last check by any proxy (the marker), bump ``epoch_key`` once. True if this call bumped it.
+
+        The marker is stored under ``{<epoch_key>}:server`` (the epoch's slot, so one script sees both);
+        ``marker_key`` names the single-server marker and is not used here. Cost: 1 + primaries commands
+        while nothing changes, plus one ``EVALSHA`` when it does (and at start-up).
+        """
+        self._armed = True
+        try:
+            primaries = await self._primaries()
+            run_ids = await asyncio.gather(*(self._server_run_id(host, port) for _, host, port in primaries))
+            digest = hashlib.blake2b(repr([(p[0], r) for p, r in zip(primaries, run_ids)]).encode(),
+                                     digest_size=12).hexdigest()
+            bumped = False
+            if digest != self._verified_digest:
+                # accept them first: the marker script itself may need a new connection to one of them
+                self._verified_run_ids = frozenset(run_ids)
+                marker = "{" + epoch_key + "}:server"
+                version = self._global_version(epoch_key)
+                result = await self._mark(keys=[marker, epoch_key], args=[digest, new_token(), int(epoch_ttl)])
+                bumped = bool(result[0])
+                self._set_global(epoch_key, _text(result[1]) if result[1] is not None else None, version)
+                self._verified_digest = digest
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"verify: {exc or type(exc).__name__}") from exc
+        return bumped
+
+    async def _server_run_id(self, host: str, port: int) -> str:
+        try:
+            return _run_id(await self._probe(host, port).info("server"))
+        except ResponseError:
+            return ""
+
+    # -- global keys -------------------------------------------------------------------------------------
+    def _global_version(self, key: str) -> int:
+        state = self._globals.get(key)
+        return state[2] if state else 0
+
+    def _set_global(self, key: str, token: str | None, version: int | None = None, bump: bool = False) -> None:
+        """Cache ``token``; a read that started before a newer write (``version`` is old) is dropped."""
+        state = self._globals.get(key)
+        if state is None:
+            self._globals[key] = [token, time.monotonic(), 1 if bump else 0]
+            return
+        if version is not None and version != state[2]:
+            return
+        state[0], state[1] = token, time.monotonic()
+        if bump:
+            state[2] += 1
+
+    def _cached(self, keys: Iterable[str]) -> list[str] | None:
+        """Cached tokens of ``keys`` if every one is cached, present and fresh enough, else None. A
+        missing key is read again each time: another instance may create it at any moment."""
+        limit = time.monotonic() - 3 * self.global_refresh
+        out = []
+        for key in keys:
+            state = self._globals.get(key)
+            if state is None or state[0] is None or state[1] < limit:
+                return None
+            out.append(state[0])
+        return out
+
+    async def _read_globals(self, keys: Sequence[str]) -> list[str | None]:
+        versions = [self._global_version(k) for k in keys]
+        values = await asyncio.gather(*(self.client.execute_command("GET", k) for k in keys))
+        tokens = [_text(v) for v in values]
+        for key, token, version in zip(keys, tokens, versions):
+            self._set_global(key, token, version)
+        return tokens
+
+    async def _global_tokens(self, keys: Sequence[str]) -> list[str | None]:
+        self._start_refresher()
+        cached = self._cached(keys)
+        return cached if cached is not None else await self._read_globals(keys)
+
+    def _start_refresher(self) -> None:
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.global_refresh)
+            if self._globals:
+                try:
+                    await self._read_globals(list(self._globals))
+                except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError):
+                    pass  # the cache ages; past three periods, callers read the keys themselves
+
+    # -- the contract ------------------------------------------------------------------------------------
+    def _split(self, key_slot_: int, gen_keys: Sequence[str]) -> tuple[list[int], list[int], dict[int, list[int]]]:
+        """Positions of ``gen_keys``: in the entry's slot, global (untagged), in other tagged slots."""
+        local, glob, other = [], [], {}
+        for i, g in enumerate(gen_keys):
+            if not _tagged(g):
+                glob.append(i)
+                continue
+            slot = _slot(g)
+            if slot == key_slot_:
+                local.append(i)
+            else:
+                other.setdefault(slot, []).append(i)
+        return local, glob, other
+
+    @_unavailable
+    async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
+        local, glob, other = self._split(_slot(key), gen_keys)
+        tokens: list[str | None] = [None] * len(gen_keys)
+        calls = [self.client.execute_command("MGET", key, *(gen_keys[i] for i in local))]
+        read_globals = False
+        if glob:
+            gkeys = [gen_keys[i] for i in glob]
+            self._start_refresher()
+            cached = self._cached(gkeys)
+            if cached is None:  # first use, or the background refresh has been failing
+                read_globals = True
+                calls.append(self._read_globals(gkeys))
+            else:
+                for i, token in zip(glob, cached):
+                    tokens[i] = token
+        for positions in other.values():
+            calls.append(self.client.execute_command("MGET", *(gen_keys[i] for i in positions)))
+        results = await asyncio.gather(*calls) if len(calls) > 1 else [await calls[0]]
+        values = results[0]
+        for i, value in zip(local, values[1:]):
+            tokens[i] = _text(value)
+        rest = iter(results[1:])
+        if read_globals:
+            for i, token in zip(glob, next(rest)):
+                tokens[i] = token
+        for positions, values_ in zip(other.values(), rest):
+            for i, value in zip(positions, values_):
+                tokens[i] = _text(value)
+        return values[0], tokens
+
+    @_unavailable
+    async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:
+        if not gen_keys:
+            return []
+        tokens: list[str | None] = [None] * len(gen_keys)
+        groups: dict[int, list[int]] = {}
+        globals_ = set()
+        for i, g in enumerate(gen_keys):
+            if not _tagged(g):
+                globals_.add(i)
+                self._start_refresher()
+                cached = self._cached([g])
+                if cached is not None:
+                    tokens[i] = cached[0]
+                    continue
+            groups.setdefault(_slot(g), []).append(i)
+
+        async def ensure(positions: list[int]) -> None:
+            keys = [gen_keys[i] for i in positions]
+            versions = [self._global_version(k) for k in keys]
+            fresh = [new_token() for _ in keys]
+            result = await self._ensure_generations(keys=keys, args=[int(ttl), *fresh])
+            for i, k, token, version in zip(positions, keys, result, versions):
+                tokens[i] = _text(token)
+                if i in globals_:
+                    self._set_global(k, tokens[i], version)
+
+        await asyncio.gather(*(ensure(p) for p in groups.values()))
+        return tokens  # type: ignore[return-value]
+
+    @_unavailable
+    async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
+                               expected: Sequence[str], gen_ttl: int) -> bool:
+        if len(expected) != len(gen_keys):
+            return False
+        local, glob, other = self._split(_slot(key), gen_keys)
+        if glob:
+            current = await self._global_tokens([gen_keys[i] for i in glob])
+            if any(current[n] is None or current[n] != expected[i] for n, i in enumerate(glob)):
+                return False
+        for positions in other.values():
+            values = await self.client.execute_command("MGET", *(gen_keys[i] for i in positions))
+            if any(_text(v) != expected[i] for i, v in zip(positions, values)):
+                return False
+        written = await self._store_if_current(
+            keys=[key, *(gen_keys[i] for i in local)],
+            args=[value, int(ttl), int(gen_ttl), *(expected[i] for i in local)])
+        return bool(written)
+
+    @_unavailable
+    async def bump(self, gen_keys: Sequence[str], ttl: int) -> None:
+        if not gen_keys:
+            return
+        groups: dict[int, list[str]] = {}
+        for g in dict.fromkeys(gen_keys):
+            groups.setdefault(_slot(g), []).append(g)
+
+        async def bump(keys: list[str]) -> None:
+            fresh = [new_token() for _ in keys]
+            await self._bump(keys=keys, args=[int(ttl), *fresh])
+            for k, token in zip(keys, fresh):
+                if not _tagged(k):
+                    self._set_global(k, token, bump=True)
+
+        await asyncio.gather(*(bump(keys) for keys in groups.values()))
+
+    @_unavailable
+    async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return bool(await self.client.set(key, owner, nx=True, px=max(1, int(ttl_ms))))
+
+    @_unavailable
+    async def release_lease(self, key: str, owner: str) -> None:
+        await self._release_lease(keys=[key], args=[owner])
+
+    @_unavailable
+    async def stats(self) -> dict:
+        primaries = self.client.get_primaries()
+        if not primaries:
+            await self.client.initialize()
+            primaries = self.client.get_primaries()
+        sizes = await self.client.execute_command("DBSIZE", target_nodes=primaries)
+        memory = await self.client.info("memory", target_nodes=primaries)
+        stats = await self.client.info("stats", target_nodes=primaries)
+        memory = memory if isinstance(memory, dict) and all(isinstance(v, dict) for v in memory.values()) \
+            else {"node": memory}
+        stats = stats if isinstance(stats, dict) and all(isinstance(v, dict) for v in stats.values()) \
+            else {"node": stats}
+        first = next(iter(memory.values()), {})
+        return {"entries": int(sizes if isinstance(sizes, int) else sum(sizes.values())),
+                "bytes": sum(int(m.get("used_memory", 0)) for m in memory.values()),
+                "evictions": sum(int(s.get("evicted_keys", 0)) for s in stats.values()),
+                "maxmemory": int(first.get("maxmemory", 0)),
+                "maxmemory_policy": _text(first.get("maxmemory_policy")),
+                "primaries": len(primaries)}
+
+    @_unavailable
+    async def ping(self) -> None:
+        await self.client.execute_command("PING", target_nodes=RedisCluster.PRIMARIES)
+
+    @_unavailable
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            try:
+                await self._refresher
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a closed loop or a last failure
+                pass
+        for probe in self._probes.values():
+            await probe.aclose(close_connection_pool=True)
+        await self.client.aclose()

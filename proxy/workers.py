@@ -1,0 +1,187 @@
+"""``cache-proxy serve --workers N``: N proxy processes on one port, one small supervisor.
+
+Each worker is a whole proxy (its own event loop, store client, upstream pool and fill coalescing) bound
+to the same address with ``SO_REUSEPORT``, so the kernel spreads connections across them. Workers share
+nothing in memory, only the store: that is why N > 1 needs Redis (the memory store lives inside one
+process: a purge in one worker would not reach the entries of another). Every guarantee then holds
+across workers exactly as across hosts.
+
+The supervisor (this process) forks the workers and then only waits:
+
+* metrics: ``PROMETHEUS_MULTIPROC_DIR`` is set to a fresh temporary directory before the workers start
+  (prometheus-client's multiprocess mode), so ``/metrics`` on any worker shows the sum over all of
+  them; the directory is removed at exit;
+* signals: SIGTERM and SIGINT are passed to every worker, which drain as a single process does; the
+  supervisor exits 0 once all of them exited 0. SIGHUP is passed on too (rules reload);
+* a worker that dies on its own is started again, unless it died within ``CRASH_WINDOW`` seconds of its
+  start (a start-up failure such as a port in use): then all workers are stopped and the exit code is 1;
+* pending-purges files: each worker keeps its own (``<file>.w<i>``); files left by a previous run with
+  another worker count are handed to worker 0, so an unapplied purge still bumps the global epoch.
+"""
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+log = logging.getLogger("proxy")
+
+CRASH_WINDOW = 2.0
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def parse_workers(value: str | None) -> int:
+    """``--workers`` / ``WORKERS``: a positive integer or ``auto`` (one per CPU); ValueError otherwise."""
+    if value is None or value == "":
+        return 1
+    if str(value).strip().lower() == "auto":
+        return max(1, os.cpu_count() or 1)
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"--workers must be a positive integer or 'auto', got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--workers must be a positive integer or 'auto', got {value!r}")
+    return n
+
+
+def worker_pending_file(base: str | None, index: int, workers: int) -> str | None:
+    return base if not base or workers == 1 else f"{base}.w{index}"
+
+
+def adopt_pending_files(base: str | None, workers: int) -> None:
+    """Rename pending-purges files nobody would look at (another worker count last time) to one this
+    run's first worker (or single process) reads at start-up. Two such files make one epoch bump."""
+    if not base:
+        return
+    own = re.compile(re.escape(base) + r"(?:\.w(\d+))?")
+    target = worker_pending_file(base, 0, workers)
+    for path in sorted(glob.glob(glob.escape(base) + "*")):
+        m = own.fullmatch(path)
+        if m is None or path == target:
+            continue
+        index = m.group(1)
+        if workers > 1 and index is not None and int(index) < workers:
+            continue  # worker <index> of this run finds it itself
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            log.error("cannot adopt a pending-purges file", extra={"event": "pending_file_error", "path": path,
+                                                                   "error": str(exc)})
+
+
+def supervise(workers: int, config, rules, serve) -> int:
+    """Fork ``workers`` processes running ``serve(config, rules, started, stop)``; wait; return the exit code."""
+    metrics_dir = tempfile.mkdtemp(prefix="katiba-cache-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from prometheus_client import multiprocess
+
+    adopt_pending_files(config.pending_file, workers)
+    children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+    state = {"stopping": False, "failed": False}
+
+    def forward(signum, _frame) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            state["stopping"] = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def spawn(index: int) -> None:
+        worker_config = replace(config, pending_file=worker_pending_file(config.pending_file, index, workers))
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _worker(index, worker_config, rules, serve)
+            except BaseException:  # noqa: BLE001 - a child must never return into the supervisor's code
+                log.exception("worker failed", extra={"event": "worker_failed", "worker": index})
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = (index, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    log.info("starting workers", extra={"event": "workers", "workers": workers, "listen": config.listen,
+                                       "metrics_dir": metrics_dir})
+    try:
+        for index in range(workers):
+            spawn(index)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid not in children:
+                continue
+            index, started = children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            multiprocess.mark_process_dead(pid, metrics_dir)
+            if state["stopping"]:
+                state["failed"] |= code != 0
+                continue
+            log.error("worker exited", extra={"event": "worker_exited", "worker": index, "code": code})
+            if time.monotonic() - started < CRASH_WINDOW:
+                log.error("a worker failed at start-up; stopping every worker", extra={"event": "workers_failed"})
+                state["failed"] = True
+                forward(signal.SIGTERM, None)
+                continue
+            spawn(index)
+    finally:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    log.info("workers stopped", extra={"event": "stopped", "workers": workers})
+    return 1 if state["failed"] else 0
+
+
+def _worker(index: int, config, rules, serve) -> int:
+    """In the forked child: default signal handling until the event loop takes over, then serve."""
+    early = {"stop": False}
+
+    def remember(_signum, _frame) -> None:
+        early["stop"] = True  # a SIGTERM before the loop's own handlers are installed
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, remember)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:  # imported before the directory was set: switch to per-process files
+        values.ValueClass = values.get_value_class()
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+    async def main() -> None:
+        started, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.get_running_loop().create_task(serve(config, rules, started, stop))
+        waiter = asyncio.get_running_loop().create_task(started.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if early["stop"]:
+            stop.set()
+        await task
+
+    try:
+        asyncio.run(main())
+    except (ValueError, OSError) as exc:
+        log.error("cannot start", extra={"event": "start_failed", "error": str(exc), "worker": index})
+        return 1
+    return 0
