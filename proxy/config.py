@@ -24,7 +24,7 @@ class Config:
     memory_max_bytes: int = 256 << 20
     coalesce_wait: float = 5.0  # longest a waiter waits for another request's fill
     purge_timeout: float = 0.5  # longest a write's answer waits for its purge
-    lease_ms: int = 3000  # cross-instance fill lease
+    lease_ms: int = 1000  # cross-instance fill lease: short, so a lease orphaned by a store stall costs little
     max_write_body: int = 1 << 20  # write bodies read for purge placeholders
     admin_rate: float = 5.0  # manual invalidation requests per second per client
     access_log: bool = False

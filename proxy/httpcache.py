@@ -35,7 +35,7 @@ NOT_STORED = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
                         "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "age",
                         "x-cache", "cache-status", "x-request-id", "set-cookie"})
 # §3.2: fields a 304 does not update (Content-Length is the body's; Age is folded into the birth time)
-NOT_UPDATED = NOT_STORED | frozenset({"content-encoding"})
+NOT_UPDATED = NOT_STORED
 
 
 # ------------------------------------------------------------------------------- parsing
@@ -52,7 +52,8 @@ def _values(headers: Mapping[str, str], name: str) -> list[str]:
 def parse_directives(values: Iterable[str]) -> dict[str, str | None]:
     """Cache-Control (§5.2) lines -> {directive: argument or None}. Names are case-insensitive; quoted
     arguments are unquoted (a comma inside quotes does not split); the first occurrence of a directive
-    wins (§4.2.1); unknown directives are kept and ignored by the callers (§5.2.3)."""
+    wins (§4.2.1); unknown directives are kept and ignored by the callers (§5.2.3); a directive with
+    whitespace around its "=" does not follow the grammar and is dropped (``max-age =60``)."""
     out: dict[str, str | None] = {}
     for value in values:
         i, n = 0, len(value)
@@ -63,13 +64,14 @@ def parse_directives(values: Iterable[str]) -> dict[str, str | None]:
             while i < n and value[i] not in "=, \t":
                 i += 1
             name = value[start:i].lower()
+            spaced = i < n and value[i] in " \t"
             while i < n and value[i] in " \t":
                 i += 1
             arg: str | None = None
             if i < n and value[i] == "=":
                 i += 1
-                while i < n and value[i] in " \t":
-                    i += 1
+                if spaced or (i < n and value[i] in " \t"):
+                    name = ""  # token "=" value has no whitespace around "=" (§5.2): not a directive
                 if i < n and value[i] == '"':
                     i += 1
                     chars = []
@@ -103,13 +105,18 @@ def delta_seconds(arg: str | None) -> int | None:
     return min(int(arg), DELTA_MAX)
 
 
-_IMF = re.compile(r"^\s*(?:[A-Za-z]{3,9},\s*)?\d{1,2}[\s-][A-Za-z]{3}[\s-]\d{2,4}\s+\d{1,2}:\d{2}:\d{2}\s*(?:GMT|UTC|UT|[+-]0000|Z)?\s*$")
-_ASCTIME = re.compile(r"^\s*[A-Za-z]{3}\s+[A-Za-z]{3}\s+\d{1,2}\s+\d{1,2}:\d{2}:\d{2}\s+\d{4}\s*$")
+_DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"\d{2}:\d{2}:\d{2}"
+_HTTP_DATE = re.compile(  # RFC 9110 §5.6.7: IMF-fixdate | rfc850-date | asctime-date (case-sensitive)
+    rf"^(?:{_DAY}, \d{{2}} {_MONTH} \d{{4}} {_TIME} GMT"
+    rf"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d{{2}}-{_MONTH}-\d{{2}} {_TIME} GMT"
+    rf"|{_DAY} {_MONTH} (?: \d|\d{{2}}) {_TIME} \d{{4}})$")
 
 
 def parse_http_date(value: str | None) -> float | None:
     """RFC 9110 §5.6.7: IMF-fixdate, RFC 850 or asctime, always UTC; None when invalid."""
-    if not value or not (_IMF.match(value) or _ASCTIME.match(value)):
+    if not value or not _HTTP_DATE.match(value.strip()):
         return None
     parsed = parsedate_tz(value)
     if parsed is None:
@@ -300,6 +307,7 @@ class Reuse:
     lifetime: float
     reason: str = ""  # for "validate": "no-cache" (the response's), "request" (the client's), "stale"
     stale_if_error: bool = False  # if validation fails with an error, the stored response may answer
+    no_stale: bool = False  # must-revalidate & co.: once stale, never served without validation
 
     @property
     def ttl(self) -> int:
@@ -319,12 +327,13 @@ def evaluate(status: int, headers: Mapping[str, str], stored_at: float, now: flo
     sie = max(delta_seconds(cc.get("stale-if-error")) or 0, req.stale_if_error or 0)
     on_error = not no_stale and staleness <= sie
     if "no-cache" in cc and not field_names(cc["no-cache"]):
-        return Reuse("validate", age, lifetime, "no-cache", on_error)  # §5.2.2.4: always validate
+        return Reuse("validate", age, lifetime, "no-cache", on_error, no_stale)  # §5.2.2.4: always validate
+    # The client asked for validation: what the cache holds answers it only once validated, never on error.
     if req.no_cache or req.max_age == 0 or (req.max_age is not None and age > req.max_age):
-        return Reuse("validate", age, lifetime, "request", on_error)  # §5.2.1.4, §5.2.1.1
+        return Reuse("validate", age, lifetime, "request", False, no_stale)  # §5.2.1.4, §5.2.1.1
     if staleness < 0:
         if req.min_fresh is not None and lifetime - age < req.min_fresh:
-            return Reuse("validate", age, lifetime, "request", on_error)  # §5.2.1.3
+            return Reuse("validate", age, lifetime, "request", False, no_stale)  # §5.2.1.3
         return Reuse("fresh", age, lifetime)
     if not no_stale:
         if req.max_stale is not None and staleness <= req.max_stale:
@@ -332,7 +341,7 @@ def evaluate(status: int, headers: Mapping[str, str], stored_at: float, now: flo
         swr = delta_seconds(cc.get("stale-while-revalidate"))
         if swr is not None and staleness <= swr:
             return Reuse("swr", age, lifetime)  # RFC 5861 §3
-    return Reuse("validate", age, lifetime, "stale", on_error)
+    return Reuse("validate", age, lifetime, "stale", on_error, no_stale)
 
 
 # --------------------------------------------------------------------------- validation

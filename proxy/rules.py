@@ -154,9 +154,13 @@ class Rule:
 
 @dataclass(frozen=True)
 class HttpCacheConfig:
+    """``http_cache:``: the RFC 9111 shared cache for routes no rule matches (proxy/httpserve.py)."""
+
     enabled: bool = False
-    max_bytes: int = 64 << 20
-    heuristic: bool = False
+    max_bytes: int = 64 << 20  # memory store: bytes of HTTP entries (their own LRU within the total)
+    heuristic: bool = False  # §4.2.2 heuristic freshness (10% of Date - Last-Modified); off: not stored
+    max_body_bytes: int = 1 << 20  # larger responses are streamed, not stored
+    max_ttl: int = 86400  # longest an HTTP entry is kept in the store, stale windows included
 
 
 @dataclass(frozen=True)
@@ -579,13 +583,17 @@ def _http_cache(check: _Checker, raw: Any, line: int) -> HttpCacheConfig:
     if not isinstance(raw, dict):
         check.fail(line, "http_cache", "must be a mapping, e.g. {enabled: false}")
         return HttpCacheConfig()
-    for unknown in set(raw) - {"enabled", "max_bytes", "heuristic"}:
+    for unknown in set(raw) - {"enabled", "max_bytes", "heuristic", "max_body_bytes", "max_ttl"}:
         check.fail(_line_of(raw, unknown), f"http_cache.{unknown}", "unknown field")
     enabled = check.boolean(raw.get("enabled", False), _line_of(raw, "enabled"), "http_cache.enabled")
     heuristic = check.boolean(raw.get("heuristic", False), _line_of(raw, "heuristic"), "http_cache.heuristic")
     max_bytes = _parse_positive_int(check, raw.get("max_bytes", 64 << 20), _line_of(raw, "max_bytes"),
                                     "http_cache.max_bytes")
-    return HttpCacheConfig(bool(enabled), max_bytes or (64 << 20), bool(heuristic))
+    max_body = _parse_positive_int(check, raw.get("max_body_bytes", 1 << 20), _line_of(raw, "max_body_bytes"),
+                                   "http_cache.max_body_bytes")
+    max_ttl = check.seconds(raw.get("max_ttl", 86400), _line_of(raw, "max_ttl"), "http_cache.max_ttl", False)
+    return HttpCacheConfig(bool(enabled), max_bytes or (64 << 20), bool(heuristic), max_body or (1 << 20),
+                           max_ttl or 86400)
 
 
 def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule, ...], tuple[Template, ...]]:

@@ -40,7 +40,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import policy
+from . import httpserve, policy
 from .config import Config
 from .entry import Entry, decode_entry
 from .errors import IdentityError, StoreUnavailable, UpstreamError
@@ -133,6 +133,10 @@ class Proxy:
     def set_rules(self, rules: Rules) -> None:
         self.rules = rules
         longest = max((policy.store_ttl(r) for r in rules.rules if r.key is not None), default=3600)
+        if rules.http_cache.enabled:
+            longest = max(longest, rules.http_cache.max_ttl)
+            if hasattr(getattr(self, "store", None), "inner") and hasattr(self.store.inner, "limit"):
+                self.store.inner.limit(f"{rules.prefix}:http:", rules.http_cache.max_bytes)  # memory store
         self.gen_ttl = longest + 3600  # generations outlive every entry they guard
 
     # ------------------------------------------------------------------------------ dispatch
@@ -175,6 +179,10 @@ class Proxy:
             if self.mode == "shadow":
                 return await self._shadow(request, decision, origin), "bypass", decision.rule.name
             decision = Bypass(Reason.MODE_OFF, decision.rule)
+        if isinstance(decision, Bypass) and self.rules.http_cache.enabled:  # RFC 9111 for unruled routes
+            handled = await httpserve.handle(self, request, decision, origin)
+            if handled is not None:
+                return handled
         if isinstance(decision, Write):
             response = await self._write(request, decision, origin, identity)
             return response, "bypass", decision.rule.name if decision.rule else "none"
@@ -509,6 +517,9 @@ class Proxy:
             return error_response(exc.status, exc.detail, "BYPASS", status)
         if d.rule is None and response.status >= 400:
             d = replace(d, gen_keys=())  # §4.4 invalidates on non-error answers only
+        if self.rules.http_cache.enabled:  # §4.4 for the HTTP cache's entries, whether or not a rule matched
+            d = replace(d, gen_keys=d.gen_keys + httpserve.invalidation_keys(self, request, response.status,
+                                                                           response.headers))
         if "release-before-purge" in self.unsafe:  # test-only: the ordering bug the checker must catch
             answer = await self._stream(request, response, self._pass_headers(response, status))
             await self.purge(d.gen_keys, rule_name)

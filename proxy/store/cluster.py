@@ -43,7 +43,7 @@ import functools
 import hashlib
 import time
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio import Redis
@@ -56,6 +56,7 @@ from redis.exceptions import ResponseError, TryAgainError
 
 from ..errors import StoreUnavailable
 from .base import new_token
+from .pipeline import AutoPipeline
 from .redis import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text
 
 __all__ = ["RedisClusterStore", "CLUSTER_SCHEMES", "parse_cluster_url"]
@@ -117,6 +118,55 @@ def _slot(key: str) -> int:
     return key_slot(key.encode("utf-8", "surrogatepass"))
 
 
+def _owns(ranges: list, slot: int) -> bool:
+    """``ranges`` as parsed from ``CLUSTER NODES`` (``[["0", "5460"], ["9000"]]``) include ``slot``."""
+    return any(int(r[0]) <= slot <= int(r[-1]) for r in ranges)
+
+
+class _NodePipeline(AutoPipeline):
+    """The hit path's auto-pipelined connection to one primary (see ``pipeline.py``). Once the store is
+    armed (``verify``), a new connection is used only after ``INFO server`` shows a verified primary."""
+
+    def __init__(self, store: "RedisClusterStore", url: str, timeout: float):
+        super().__init__(url, connect_timeout=timeout, reply_timeout=timeout)
+        self.store = store
+        self.checked = False
+        self._check_lock: asyncio.Lock | None = None
+
+    async def execute(self, *args: Any) -> Any:
+        if not self.checked or self.protocol is None:
+            await self._connect_checked()
+        return await self._enqueue(args)
+
+    async def _connect_checked(self) -> None:
+        if self._check_lock is None:
+            self._check_lock = asyncio.Lock()
+        async with self._check_lock:  # callers wait here: nothing is sent before the check passed
+            if self.checked and self.protocol is not None:
+                return
+            if self.protocol is None:
+                await self._connect()
+            if self.store._armed:
+                try:
+                    async with asyncio.timeout(self.connect_timeout):
+                        run_id = _run_id(await self._enqueue(("INFO", "server")))
+                except ResponseError:
+                    run_id = ""
+                except BaseException:
+                    self.close()
+                    raise
+                if run_id not in self.store._verified_run_ids:
+                    self.close()
+                    raise RedisConnectionError("not a verified primary (failover, restart or new node); "
+                                               "not used until verified")
+            self.checked = True
+
+    def lost(self, protocol, exc) -> None:
+        if protocol is None or protocol is self.protocol:
+            self.checked = False
+        super().lost(protocol, exc)
+
+
 class RedisClusterStore:
     name = "redis-cluster"
 
@@ -147,7 +197,8 @@ class RedisClusterStore:
     """
 
     def __init__(self, client: RedisCluster, seeds: Sequence[tuple[str, int]] = (),
-                 probe_options: dict[str, Any] | None = None, global_refresh: float = GLOBAL_REFRESH):
+                 probe_options: dict[str, Any] | None = None, global_refresh: float = GLOBAL_REFRESH,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
         """Take ownership of ``client`` (``decode_responses=False``, no replica reads). ``seeds`` and
         ``probe_options`` (connection options) serve ``verify``'s own small per-node clients."""
         self.client = client
@@ -155,6 +206,13 @@ class RedisClusterStore:
         self.probe_options = dict(probe_options or {})
         self.global_refresh = float(global_refresh)
         self._probes: dict[str, Redis] = {}
+        self._pipelines: dict[str, _NodePipeline] = {}
+        self._pipeline_url: Callable[[str, int], str] | None = None  # set by from_url: enables the hit path's pipelines
+        self.timeout = float(self.probe_options.get("socket_timeout") or DEFAULT_TIMEOUT)
+        self._routed = False  # the client knows the slots (``initialize``), and no node failed since
+        # redis-py's cluster client refuses a command (MaxConnectionsError) rather than wait for one of a
+        # node's connections: every call but the pipelined lookups takes a slot here first
+        self._limit = asyncio.Semaphore(max_connections)
         # global key -> [token or None, monotonic time read, version]; a bump raises the version so a
         # refresh read before it cannot overwrite the newer token
         self._globals: dict[str, list] = {}
@@ -166,7 +224,6 @@ class RedisClusterStore:
         self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
         self._bump = client.register_script(self.LUA_BUMP)
         self._release_lease = client.register_script(self.LUA_RELEASE_LEASE)
-        self._mark = client.register_script(self.LUA_MARK_CLUSTER)
         # every connection the client opens, to any node, goes through _on_connect
         manager = client.nodes_manager
         manager.connection_kwargs["redis_connect_func"] = self._on_connect
@@ -192,8 +249,15 @@ class RedisClusterStore:
             **common,
         )
         refresh = options.get("global_refresh")
-        return cls(client, parsed["seeds"], probe_options=common,
-                   global_refresh=GLOBAL_REFRESH if refresh is None else float(refresh))
+        store = cls(client, parsed["seeds"], probe_options=common,
+                    global_refresh=GLOBAL_REFRESH if refresh is None else float(refresh),
+                    max_connections=int(options.get("max_connections") or DEFAULT_MAX_CONNECTIONS))
+        credentials = ""
+        if parsed["password"] is not None:
+            credentials = f"{quote(parsed['username'] or '', safe='')}:{quote(parsed['password'], safe='')}@"
+        scheme = "rediss" if parsed["ssl"] else "redis"
+        store._pipeline_url = lambda host, port: f"{scheme}://{credentials}{host}:{port}/0"
+        return store
 
     # -- server identity -------------------------------------------------------------------------------
     async def _on_connect(self, connection) -> None:
@@ -218,8 +282,9 @@ class RedisClusterStore:
                                                **self.probe_options)
         return probe
 
-    async def _primaries(self) -> list[tuple[str, str, int]]:
-        """(node id, host, port) of every primary that owns slots, as the first answering node sees it."""
+    async def _primaries(self) -> list[tuple[str, str, int, list]]:
+        """(node id, host, port, slot ranges) of every primary that owns slots, as the first answering
+        node sees it. A primary suspected down (``fail?``) is listed: probing it fails the check."""
         known = list(self.seeds)
         for node in self.client.nodes_manager.nodes_cache.values():
             if (node.host, node.port) not in known:
@@ -236,7 +301,7 @@ class RedisClusterStore:
                 flags = info.get("flags", "")
                 if "master" in flags and "fail" not in flags.replace("fail?", "") and info.get("slots"):
                     h, _, p = address.rpartition(":")
-                    primaries.append((info["node_id"], h or host, int(p.split("@")[0])))
+                    primaries.append((info["node_id"], h or host, int(p.split("@")[0]), info["slots"]))
             if primaries:
                 return sorted(primaries)
         raise RedisConnectionError(f"no cluster node answered CLUSTER NODES: {error}")
@@ -252,19 +317,24 @@ class RedisClusterStore:
         self._armed = True
         try:
             primaries = await self._primaries()
-            run_ids = await asyncio.gather(*(self._server_run_id(host, port) for _, host, port in primaries))
+            run_ids = await asyncio.gather(*(self._server_run_id(p[1], p[2]) for p in primaries))
             digest = hashlib.blake2b(repr([(p[0], r) for p, r in zip(primaries, run_ids)]).encode(),
                                      digest_size=12).hexdigest()
             bumped = False
             if digest != self._verified_digest:
-                # accept them first: the marker script itself may need a new connection to one of them
-                self._verified_run_ids = frozenset(run_ids)
-                marker = "{" + epoch_key + "}:server"
+                # On the epoch's primary through a probe (new primaries stay refused by the client until
+                # the epoch is settled); only then are the new primaries accepted.
+                slot = _slot(epoch_key)
+                owner = next((p for p in primaries if _owns(p[3], slot)), None)
+                if owner is None:
+                    raise RedisConnectionError("the epoch's slot has no primary")
                 version = self._global_version(epoch_key)
-                result = await self._mark(keys=[marker, epoch_key], args=[digest, new_token(), int(epoch_ttl)])
+                result = await self._probe(owner[1], owner[2]).eval(
+                    self.LUA_MARK_CLUSTER, 2, "{" + epoch_key + "}:server", epoch_key, digest, new_token(),
+                    int(epoch_ttl))
                 bumped = bool(result[0])
                 self._set_global(epoch_key, _text(result[1]) if result[1] is not None else None, version)
-                self._verified_digest = digest
+                self._verified_run_ids, self._verified_digest = frozenset(run_ids), digest
         except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"verify: {exc or type(exc).__name__}") from exc
         return bumped
@@ -274,6 +344,40 @@ class RedisClusterStore:
             return _run_id(await self._probe(host, port).info("server"))
         except ResponseError:
             return ""
+
+    async def _limited(self, call: Awaitable[T]) -> T:
+        """Await ``call`` (a redis-py coroutine, not started yet) within the store's connection budget."""
+        limit = self._limit
+        if limit.locked():
+            async with asyncio.timeout(self.timeout):  # waiting for a connection counts as a slow store
+                await limit.acquire()
+        else:
+            await limit.acquire()
+        try:
+            return await call
+        finally:
+            limit.release()
+
+    async def _mget(self, slot: int, keys: Sequence[str]) -> list:
+        """``MGET`` of same-slot ``keys``: pipelined on the slot's primary; through redis-py (which follows
+        ``MOVED`` / ``ASK`` and retries ``TRYAGAIN``) when the node answers with a redirection."""
+        if self._pipeline_url is None:
+            return await self._limited(self.client.execute_command("MGET", *keys))
+        if not self._routed:
+            await self._limited(self.client.nodes_manager.initialize())
+            self._routed = True
+        node = self.client.nodes_manager.get_node_from_slot(slot)
+        pipeline = self._pipelines.get(node.name)
+        if pipeline is None:
+            pipeline = self._pipelines[node.name] = _NodePipeline(self, self._pipeline_url(node.host, node.port),
+                                                                 self.timeout)
+        try:
+            return await pipeline.execute("MGET", *keys)
+        except ResponseError:  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN: let redis-py handle it (and learn the slot)
+            return await self._limited(self.client.execute_command("MGET", *keys))
+        except (ConnectionError, OSError, asyncio.TimeoutError, RedisConnectionError):
+            self._routed = False  # the node may be gone: ask the cluster again on the next call
+            raise
 
     # -- global keys -------------------------------------------------------------------------------------
     def _global_version(self, key: str) -> int:
@@ -306,7 +410,7 @@ class RedisClusterStore:
 
     async def _read_globals(self, keys: Sequence[str]) -> list[str | None]:
         versions = [self._global_version(k) for k in keys]
-        values = await asyncio.gather(*(self.client.execute_command("GET", k) for k in keys))
+        values = await asyncio.gather(*(self._limited(self.client.execute_command("GET", k)) for k in keys))
         tokens = [_text(v) for v in values]
         for key, token, version in zip(keys, tokens, versions):
             self._set_global(key, token, version)
@@ -347,9 +451,10 @@ class RedisClusterStore:
 
     @_unavailable
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
-        local, glob, other = self._split(_slot(key), gen_keys)
+        slot = _slot(key)
+        local, glob, other = self._split(slot, gen_keys)
         tokens: list[str | None] = [None] * len(gen_keys)
-        calls = [self.client.execute_command("MGET", key, *(gen_keys[i] for i in local))]
+        calls = [self._mget(slot, [key, *(gen_keys[i] for i in local)])]
         read_globals = False
         if glob:
             gkeys = [gen_keys[i] for i in glob]
@@ -361,8 +466,8 @@ class RedisClusterStore:
             else:
                 for i, token in zip(glob, cached):
                     tokens[i] = token
-        for positions in other.values():
-            calls.append(self.client.execute_command("MGET", *(gen_keys[i] for i in positions)))
+        for other_slot, positions in other.items():
+            calls.append(self._mget(other_slot, [gen_keys[i] for i in positions]))
         results = await asyncio.gather(*calls) if len(calls) > 1 else [await calls[0]]
         values = results[0]
         for i, value in zip(local, values[1:]):
@@ -397,7 +502,7 @@ class RedisClusterStore:
             keys = [gen_keys[i] for i in positions]
             versions = [self._global_version(k) for k in keys]
             fresh = [new_token() for _ in keys]
-            result = await self._ensure_generations(keys=keys, args=[int(ttl), *fresh])
+            result = await self._limited(self._ensure_generations(keys=keys, args=[int(ttl), *fresh]))
             for i, k, token, version in zip(positions, keys, result, versions):
                 tokens[i] = _text(token)
                 if i in globals_:
@@ -416,13 +521,13 @@ class RedisClusterStore:
             current = await self._global_tokens([gen_keys[i] for i in glob])
             if any(current[n] is None or current[n] != expected[i] for n, i in enumerate(glob)):
                 return False
-        for positions in other.values():
-            values = await self.client.execute_command("MGET", *(gen_keys[i] for i in positions))
+        for other_slot, positions in other.items():
+            values = await self._mget(other_slot, [gen_keys[i] for i in positions])
             if any(_text(v) != expected[i] for i, v in zip(positions, values)):
                 return False
-        written = await self._store_if_current(
+        written = await self._limited(self._store_if_current(
             keys=[key, *(gen_keys[i] for i in local)],
-            args=[value, int(ttl), int(gen_ttl), *(expected[i] for i in local)])
+            args=[value, int(ttl), int(gen_ttl), *(expected[i] for i in local)]))
         return bool(written)
 
     @_unavailable
@@ -435,7 +540,7 @@ class RedisClusterStore:
 
         async def bump(keys: list[str]) -> None:
             fresh = [new_token() for _ in keys]
-            await self._bump(keys=keys, args=[int(ttl), *fresh])
+            await self._limited(self._bump(keys=keys, args=[int(ttl), *fresh]))
             for k, token in zip(keys, fresh):
                 if not _tagged(k):
                     self._set_global(k, token, bump=True)
@@ -444,11 +549,11 @@ class RedisClusterStore:
 
     @_unavailable
     async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
-        return bool(await self.client.set(key, owner, nx=True, px=max(1, int(ttl_ms))))
+        return bool(await self._limited(self.client.set(key, owner, nx=True, px=max(1, int(ttl_ms)))))
 
     @_unavailable
     async def release_lease(self, key: str, owner: str) -> None:
-        await self._release_lease(keys=[key], args=[owner])
+        await self._limited(self._release_lease(keys=[key], args=[owner]))
 
     @_unavailable
     async def stats(self) -> dict:
@@ -483,6 +588,8 @@ class RedisClusterStore:
                 await self._refresher
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a closed loop or a last failure
                 pass
+        for pipeline in self._pipelines.values():
+            pipeline.close()
         for probe in self._probes.values():
             await probe.aclose(close_connection_pool=True)
         await self.client.aclose()

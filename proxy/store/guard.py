@@ -80,6 +80,8 @@ class GuardedStore:
     async def _call(self, op: str, fn, *args):
         breaker = self.breaker
         if not breaker.allow():
+            if self.on_unreachable is not None:
+                self.on_unreachable()  # e.g. opened by the watcher's failing probes while no request came
             raise StoreUnavailable("circuit open")
         start = time.perf_counter()
         try:

@@ -25,6 +25,24 @@ class MemoryStore:
         self.bytes = 0
         self.evictions = 0
         self.commands = 0  # counted like Redis commands, so tests can assert store work per request
+        # ``limit``: key prefix -> [budget, bytes, keys in LRU order] (the HTTP cache's own share)
+        self._limits: dict[str, list] = {}
+
+    def limit(self, key_prefix: str, max_bytes: int) -> None:
+        """Entries whose key starts with ``key_prefix`` get their own byte budget, evicted least recently
+        used among themselves first (within the store's total ``max_bytes``)."""
+        if key_prefix in self._limits:
+            self._limits[key_prefix][0] = max_bytes
+            return
+        keys = OrderedDict((k, None) for k in self._entries if k.startswith(key_prefix))
+        used = sum(len(k) + len(self._entries[k][0]) for k in keys)
+        self._limits[key_prefix] = [max_bytes, used, keys]
+
+    def _part(self, key: str) -> list | None:
+        for prefix, part in self._limits.items():
+            if key.startswith(prefix):
+                return part
+        return None
 
     # -- entries ---------------------------------------------------------------------------------
     def _entry(self, key: str) -> bytes | None:
@@ -35,11 +53,16 @@ class MemoryStore:
             self._drop(key)
             return None
         self._entries.move_to_end(key)
+        if self._limits and (part := self._part(key)) is not None:
+            part[2].move_to_end(key)
         return item[0]
 
     def _drop(self, key: str) -> None:
         value, _ = self._entries.pop(key)
         self.bytes -= len(key) + len(value)
+        if self._limits and (part := self._part(key)) is not None:
+            part[1] -= len(key) + len(value)
+            part[2].pop(key, None)
 
     def _put(self, key: str, value: bytes, ttl: int) -> None:
         size = len(key) + len(value)
@@ -47,11 +70,21 @@ class MemoryStore:
             return
         if key in self._entries:
             self._drop(key)
+        part = self._part(key) if self._limits else None
+        if part is not None:
+            if size > part[0]:
+                return
+            while part[1] + size > part[0] and part[2]:
+                self._drop(next(iter(part[2])))
+                self.evictions += 1
         while self.bytes + size > self.max_bytes and self._entries:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
         self._entries[key] = (value, self.clock() + ttl)
         self.bytes += size
+        if part is not None:
+            part[1] += size
+            part[2][key] = None
 
     def _token(self, gen_key: str) -> str | None:
         item = self._gens.get(gen_key)
@@ -131,3 +164,6 @@ class MemoryStore:
         self._entries.clear()
         self._gens.clear()
         self.bytes = 0
+        for part in self._limits.values():
+            part[1] = 0
+            part[2].clear()
