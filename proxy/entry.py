@@ -35,8 +35,33 @@ class Entry:
         return _HEAD.pack(_MAGIC, version, len(meta)) + meta + self.body
 
 
+# Decoded entries by their stored bytes: a hot key is parsed once, not on every hit (entries are
+# immutable, so sharing one is safe). Bounded by bytes; small entries only.
+_DECODED: dict[bytes, Entry] = {}
+_DECODED_BYTES = 0
+_DECODED_MAX_BYTES = 32 << 20
+_DECODED_MAX_ENTRY = 64 << 10
+
+
 def decode_entry(raw: bytes | None, version: int = FORMAT_VERSION) -> Entry | None:
-    if raw is None or len(raw) < _HEAD.size:
+    global _DECODED_BYTES
+    if raw is None:
+        return None
+    cached = _DECODED.get(raw) if version == FORMAT_VERSION else None
+    if cached is not None:
+        return cached
+    entry = _decode(raw, version)
+    if entry is not None and version == FORMAT_VERSION and len(raw) <= _DECODED_MAX_ENTRY:
+        if _DECODED_BYTES + len(raw) > _DECODED_MAX_BYTES:
+            _DECODED.clear()
+            _DECODED_BYTES = 0
+        _DECODED[raw] = entry
+        _DECODED_BYTES += len(raw)
+    return entry
+
+
+def _decode(raw: bytes, version: int) -> Entry | None:
+    if len(raw) < _HEAD.size:
         return None
     magic, found, meta_len = _HEAD.unpack_from(raw)
     if magic != _MAGIC or found != version or _HEAD.size + meta_len > len(raw):

@@ -1,0 +1,199 @@
+"""Results: the final line, the targets, the PNG plots and BENCHMARKS.md, all from the run's JSON.
+
+Nothing here measures; every number it writes is read from the scenario results of the same run
+(``bench/results/*.json``), so BENCHMARKS.md can always be regenerated from them:
+``python -m bench --report-only``.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .procs import log
+
+
+def _get(d: dict | None, *path, default=None):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def hit_row(hits: dict | None, target: str, key: str = "per_user") -> dict | None:
+    for row in (hits or {}).get("rows", []):
+        if row["target"] == target and row["key"] == key:
+            return row
+    return None
+
+
+def headline(results: dict) -> dict:
+    hits, miss, kat = results.get("hits"), results.get("misses"), results.get("katiba")
+    return {"hit_rps_ratio_vs_nginx": _get(hit_row(hits, "redis"), "ratio_vs_nginx"),
+            "l1_hit_rps_ratio_vs_nginx": _get(hit_row(hits, "memory"), "ratio_vs_nginx"),
+            "miss_overhead_ms": _get(miss, "miss_overhead_ms", "redis"),
+            "katiba_hit_rate": _get(kat, "comparison", "hit_rate")}
+
+
+def final_line(h: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else f"{x:.2f}"
+    return (f"hit_rps_ratio_vs_nginx={f(h['hit_rps_ratio_vs_nginx'])} "
+            f"l1_hit_rps_ratio_vs_nginx={f(h['l1_hit_rps_ratio_vs_nginx'])} "
+            f"miss_overhead_ms={f(h['miss_overhead_ms'])} katiba_hit_rate={f(h['katiba_hit_rate'])}")
+
+
+def targets(results: dict) -> list[dict]:
+    """Each target of the issue with the measured figure and whether it is met (None: not measured)."""
+    hits, miss, kat, purge = (results.get(k) for k in ("hits", "misses", "katiba", "purge"))
+    out = []
+
+    def add(name, value, goal, met):
+        out.append({"target": name, "measured": value, "goal": goal, "met": None if value is None else met})
+
+    redis_ratio = _get(hit_row(hits, "redis"), "ratio_vs_nginx")
+    add("hit path, Redis store, 1 worker, per-user key: req/s vs nginx", redis_ratio, ">= 0.5x (conventions: 0.4x, stretch 0.5x)",
+        redis_ratio is not None and redis_ratio >= 0.5)
+    g = _get(hit_row(hits, "redis", "global"), "ratio_vs_nginx")
+    add("hit path, Redis store, 1 worker, global key: req/s vs nginx", g, ">= 0.5x", g is not None and g >= 0.5)
+    l1 = _get(hit_row(hits, "memory"), "ratio_vs_nginx")
+    add("hit path, memory store (L1), per-user key: req/s vs nginx", l1, ">= 0.6x (conventions)", l1 is not None and l1 >= 0.6)
+    half = next((r for r in (hits or {}).get("half_load", []) if r["target"] == "redis" and r["key"] == "per_user"), None)
+    p99 = _get(half, "latency_ms", "99")
+    add("hit p99 at half of max throughput, Redis store, per-user key (ms)", p99, "<= 5 ms", p99 is not None and p99 <= 5)
+    ov = _get(miss, "miss_overhead_ms", "redis")
+    add("miss overhead, p50, Redis store (ms)", ov, "<= 1 ms", ov is not None and ov <= 1)
+    hr = _get(kat, "comparison", "hit_rate")
+    add("katiba workload hit rate (cached reads)", hr, ">= 0.90", hr is not None and hr >= 0.9)
+    cut = _get(kat, "comparison", "backend_queries_cut")
+    add("katiba: backend queries cut (all requests, writes included)", cut, ">= 0.90", cut is not None and cut >= 0.9)
+    rcut = _get(kat, "comparison", "backend_read_queries_cut")
+    add("katiba: backend queries cut (reads only)", rcut, ">= 0.90 (same goal, reads alone)", rcut is not None and rcut >= 0.9)
+    routes = _get(kat, "comparison", "routes") or {}
+    read_cuts = {n: r.get("p50_cut") for n, r in routes.items() if "hit_rate" in r}
+    if read_cuts and all(v is not None for v in read_cuts.values()):
+        worst = min(read_cuts, key=lambda n: read_cuts[n])
+        add(f"katiba: p50 cut per cached route (worst: {worst})", read_cuts[worst], ">= 0.95 on every route",
+            read_cuts[worst] >= 0.95)
+    else:
+        add("katiba: p50 cut per cached route", None, ">= 0.95 on every route", False)
+    ratio = _get(purge, "ratio_largest_vs_smallest", "bump_p50")
+    add("purge time, largest vs smallest key count (RedisStore.bump p50)", ratio, "<= 2x", ratio is not None and ratio <= 2)
+    ratio_e = _get(purge, "ratio_largest_vs_smallest", "endpoint_p50")
+    add("purge time, largest vs smallest key count (manual endpoint p50)", ratio_e, "<= 2x", ratio_e is not None and ratio_e <= 2)
+    return out
+
+
+# ------------------------------------------------------------------------------------- plots
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        log("matplotlib missing: pip install matplotlib")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "matplotlib"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            import matplotlib
+        except ImportError:
+            return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _plain(axis) -> None:
+    """Plain numbers (0.2, 1, 5) on a log axis instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+
+def plots(results: dict, out: Path) -> list[str]:
+    plt = _pyplot()
+    if plt is None:
+        return []
+    made = []
+    hits = results.get("hits")
+    if hits and hits.get("sweep"):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for target in sorted({r["target"] for r in hits["sweep"]}):
+            rows = sorted((r for r in hits["sweep"] if r["target"] == target), key=lambda r: r["connections"])
+            xs = [r["connections"] for r in rows]
+            ax1.plot(xs, [r["rps"] for r in rows], marker="o", label=target)
+            ax2.plot(xs, [r["p99_ms"] for r in rows], marker="o", label=target)
+        for ax, title, ylabel in ((ax1, "Hot hit, per-user key: throughput", "requests/s"),
+                                  (ax2, "Hot hit, per-user key: p99 latency", "ms")):
+            ax.set_xscale("log")
+            ax.set_xlabel("connections")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        ax2.set_yscale("log")
+        _plain(ax2.yaxis)
+        fig.tight_layout()
+        fig.savefig(out / "hits_throughput_vs_concurrency.png", dpi=110)
+        plt.close(fig)
+        made.append("hits_throughput_vs_concurrency.png")
+    if hits and hits.get("latency_cdf_ms"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, pct in sorted(hits["latency_cdf_ms"].items()):
+            pts = sorted((float(p), ms) for p, ms in pct.items())
+            ax.plot([ms for _, ms in pts], [p for p, _ in pts], marker=".", label=name)
+        ax.set_xscale("log")
+        _plain(ax.xaxis)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("percentile")
+        ax.set_title(f"Hot hits, {hits['connections']} connections, unpaced: latency CDF")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "hits_latency_cdf.png", dpi=110)
+        plt.close(fig)
+        made.append("hits_latency_cdf.png")
+    kat = results.get("katiba")
+    if kat and kat.get("direct") and kat.get("proxy"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, row in (("direct to backend", kat["direct"]), ("through the proxy (Redis)", kat["proxy"])):
+            pts = sorted((float(p), ms) for p, ms in row["latency_ms"].items())
+            ax.plot([ms for _, ms in pts], [p for p, _ in pts], marker=".", label=name)
+        ax.set_xscale("log")
+        _plain(ax.xaxis)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("percentile")
+        ax.set_title(f"Katiba workload, paced at {kat['paced_rps']:.0f} req/s: latency CDF")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "katiba_latency_cdf.png", dpi=110)
+        plt.close(fig)
+        made.append("katiba_latency_cdf.png")
+    purge = results.get("purge")
+    if purge and purge.get("levels"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        xs = [lv["entries"] for lv in purge["levels"]]
+        ax.plot(xs, [lv["bump"]["p50_ms"] for lv in purge["levels"]], marker="o", label="RedisStore.bump p50")
+        ax.plot(xs, [lv["bump"]["p99_ms"] for lv in purge["levels"]], marker="x", ls="--", label="RedisStore.bump p99")
+        if all(lv.get("endpoint") for lv in purge["levels"]):
+            ax.plot(xs, [lv["endpoint"]["p50_ms"] for lv in purge["levels"]], marker="s",
+                    label="manual endpoint p50 (HTTP)")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("entries stored under the purged namespace")
+        ax.set_ylabel("time per purge (ms)")
+        ax.set_title("Purge cost vs entries stored")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "purge_cost.png", dpi=110)
+        plt.close(fig)
+        made.append("purge_cost.png")
+    return made
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
