@@ -37,7 +37,7 @@ from . import server as _server  # circular on purpose: names are looked up at c
 from .entry import Entry, decode_entry
 from .errors import StoreUnavailable, UpstreamError
 from .logs import request_id as request_id_var
-from .policy import OVERRIDE_HEADERS, Bypass, Reason, split_path
+from .policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
 from .upstream import strip_hop_by_hop
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
 
@@ -111,12 +111,7 @@ def target_of(proxy, request: web.Request) -> Target:
     authority = request.headers.get("Host") or proxy.upstream.host_header
     uri = hc.canonical_uri(request.scheme, authority, request.raw_path)
     prefix = proxy.rules.prefix
-    return Target(uri, hc.entry_key(prefix, uri), (hc.generation_key(prefix, uri), _epoch(prefix)))
-
-
-def _epoch(prefix: str) -> str:
-    from .policy import epoch_key
-    return epoch_key(prefix)
+    return Target(uri, hc.entry_key(prefix, uri), (hc.generation_key(prefix, uri), epoch_key(prefix)))
 
 
 def invalidation_keys(proxy, request: web.Request, status: int, headers) -> tuple[str, ...]:
@@ -339,7 +334,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
         kept = hc.stored_headers(upstream_headers, response_time)
         ttl = hc.store_seconds(CIMultiDict(kept), response.status, age, config.heuristic, config.max_ttl)
         if ttl <= 0:
-            outcome = "stale"  # already stale and nothing to revalidate it with
+            outcome = "not-reusable"  # stale on arrival (or no lifetime) and nothing to revalidate it with
         else:
             etag = etag or _server._content_etag(body)
             entry = Entry(response.status, kept, body, response_time - age, tuple(tokens), FINGERPRINT, etag)
@@ -359,7 +354,7 @@ async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: 
         ttl = hc.store_seconds(headers, entry.status, max(0.0, proxy.clock() - entry.stored_at),
                                config.heuristic, config.max_ttl)
         if ttl <= 0:
-            return "stale"
+            return "not-reusable"
     fields = hc.vary_fields(headers)
     if fields is None:
         return "vary-star"
