@@ -33,12 +33,17 @@ def version() -> str:
 
 def default_rules_path() -> str:
     """``rules.yaml`` in the working directory, else the copy shipped inside the package."""
-    if os.path.exists("rules.yaml"):
-        return "rules.yaml"
-    return os.path.join(os.path.dirname(__file__), "rules.yaml")
+    from .config import default_rules_path as default
+
+    return default()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag (docs/CONFIGURATION.md is generated from it: ``proxy/confref.py``)."""
     parser = argparse.ArgumentParser(prog="cache-proxy", description="Caching reverse proxy for the katiba360 API")
     parser.add_argument("--version", action="version", version=f"cache-proxy {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,8 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--upstream", help="backend base URL (env UPSTREAM_URL)")
     serve.add_argument("--rules", help="rules file (env RULES_PATH, default rules.yaml)")
     serve.add_argument("--listen", help="HOST:PORT (env LISTEN, default 0.0.0.0:8080)")
-    serve.add_argument("--redis", help="redis://, rediss:// or redis+cluster://host:port[,host:port] URL "
-                                        "(env REDIS_URL); none: in-memory store")
+    serve.add_argument("--admin-listen", help="HOST:PORT of a separate listener for /metrics, /healthz, /readyz "
+                                              "and /_cache/* (env ADMIN_LISTEN); when set, those paths on the "
+                                              "public port go to the backend")
+    serve.add_argument("--redis", help="redis://, rediss://, redis+sentinel://host:port[,host:port]/service or "
+                                        "redis+cluster://host:port[,host:port] URL (env REDIS_URL); none: "
+                                        "in-memory store")
     serve.add_argument("--workers", help="processes sharing the port (SO_REUSEPORT): N or 'auto' (one per "
                                          "CPU); N > 1 needs Redis (env WORKERS, default 1)")
     serve.add_argument("--log-format", choices=("json", "text"), help="env LOG_FORMAT, default json")
@@ -88,13 +97,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--redis", help="a Redis store (env REDIS_URL): entries and memory only")
     stats.add_argument("--admin-token", help="with --url (env CACHE_ADMIN_TOKEN)")
     stats.add_argument("--json", action="store_true", help="print JSON")
-    return parser.parse_args(argv)
+
+    sub.add_parser("config-reference", help="print the configuration reference (docs/CONFIGURATION.md): every "
+                                            "flag, environment variable and rules field")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "check":
-        return cmd_check(args.file or os.environ.get("RULES_PATH") or "rules.yaml")
+        return cmd_check(args.file or os.environ.get("RULES_PATH") or default_rules_path())
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "demo":
@@ -107,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_explain(args)
     if args.command == "stats":
         return cmd_stats(args)
+    if args.command == "config-reference":
+        from .confref import reference
+
+        sys.stdout.write(reference())
+        return 0
     return 2
 
 
@@ -207,7 +224,17 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
     host, port = _split_listen(config.listen)
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=2048)
     await site.start()
-    log.info("listening", extra={"event": "listening", "listen": config.listen, "upstream": config.upstream.url,
+    admin_runner = None
+    if config.admin_listen:  # /metrics, /healthz, /readyz, /_cache/* on their own port (proxy/admin.py)
+        from .admin import build_admin_app
+
+        admin_runner = web.AppRunner(build_admin_app(proxy), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await admin_runner.setup()
+        admin_host, admin_port = _split_listen(config.admin_listen)
+        await web.TCPSite(admin_runner, admin_host, admin_port, reuse_port=True).start()
+    log.info("listening", extra={"event": "listening", "listen": config.listen, "admin_listen": config.admin_listen,
+                                  "upstream": config.upstream.url,
                                   "store": proxy.store.name, "rules": len(rules.rules), "mode": config.cache_mode})
     gc.collect()
     gc.freeze()  # the start-up objects never die: keep them out of every later collection
@@ -229,6 +256,8 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
     await runner.cleanup()
+    if admin_runner is not None:  # last: probes and scrapes see the drain
+        await admin_runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
 
 
@@ -360,7 +389,9 @@ async def cmd_purge(args: argparse.Namespace) -> int:
             return 1
         gen_keys = [namespace_gen_key(rules.prefix, rendered)]
         shown = args.pattern
-    store = open_store(url)
+    from .redisconf import resolve_redis_url
+
+    store = open_store(resolve_redis_url(url, dict(os.environ)))
     try:
         longest = max((r.ttl + max(r.stale_while_revalidate, r.stale_if_error) for r in rules.rules if r.key),
                       default=3600)
@@ -565,7 +596,9 @@ async def _redis_stats(url: str) -> dict:
     from .errors import StoreUnavailable
     from .store import open_store
 
-    store = open_store(url)
+    from .redisconf import resolve_redis_url
+
+    store = open_store(resolve_redis_url(url, dict(os.environ)))
     try:
         return {"store": {"name": store.name, **(await store.stats())}}
     except StoreUnavailable as exc:

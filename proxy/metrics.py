@@ -68,6 +68,21 @@ class Metrics:
         self.refreshes = Counter("katiba_cache_background_refreshes_total",
                                  "Background refreshes (stale-while-revalidate and warming)", ["rule", "kind"],
                                  registry=r)
+        # Production hardening: overload refusals, and per-arm figures of rules with a partial rollout.
+        self.overload = Counter("katiba_cache_overload_total",
+                                "Requests refused with 503 because a limit was reached (inflight: MAX_INFLIGHT; "
+                                "upstream: MAX_UPSTREAM)", ["limit"], registry=r)
+        self.rollout_requests = Counter("katiba_cache_rollout_requests_total",
+                                        "Requests of rules with rollout < 100, by arm (cached: inside the "
+                                        "rollout; uncached: outside) and status class", ["rule", "arm", "status_class"],
+                                        registry=r)
+        self.rollout_duration = Histogram("katiba_cache_rollout_request_duration_seconds",
+                                          "Time to answer requests of rules with rollout < 100, by arm",
+                                          ["rule", "arm"], buckets=LATENCY_BUCKETS, registry=r)
+
+    def count_arm(self, rule: str, arm: str, status: int, seconds: float) -> None:
+        self.rollout_requests.labels(rule, arm, f"{status // 100}xx").inc()
+        self.rollout_duration.labels(rule, arm).observe(seconds)
 
     def count_request(self, rule: str, result: str, status: int, seconds: float) -> None:
         """The three per-request metrics, through cached label children (``labels()`` is not free)."""

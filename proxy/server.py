@@ -40,7 +40,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import httpserve, policy
+from . import httpserve, policy, streaming
+from .arms import rollout_arm
 from .config import Config
 from .entry import Entry, decode_entry
 from .errors import IdentityError, StoreUnavailable, UpstreamError
@@ -48,11 +49,12 @@ from .identity import Identity, Verifier, bearer_token
 from .keys import assemble, escape_value
 from .logs import request_id as request_id_var
 from .metrics import Metrics
+from .overload import Gate
 from .policy import Bypass, Lookup, Reason, RequestView, Write
 from .rules import Rules, load_rules
 from .store import open_store
 from .store.guard import CircuitBreaker, GuardedStore
-from .upstream import Upstream, response_headers, strip_hop_by_hop
+from .upstream import Upstream, response_headers, strip_hop_by_hop, watch_upstream
 from .wire import (CacheStatus, error_response, etag_matches, is_valid_request_id, mask_gen_key,
                    RateLimiter)
 
@@ -127,11 +129,14 @@ class Proxy:
         self.demand: dict[str, tuple[int, Lookup, str]] = {}  # warm rules: key -> (requests, lookup, path)
         self.ready = False
         self.admin_limiter = RateLimiter(config.admin_rate, burst=max(1.0, config.admin_rate * 2))
+        self.gate = Gate(config.max_inflight, metrics, admin_paths_public=config.admin_listen is None)
+        upstream.slots.on_busy = metrics.overload.labels("upstream").inc
         # Test-only switches that break a guarantee on purpose, so the stale-read checker is known to bite.
         self.unsafe = unsafe
 
     def set_rules(self, rules: Rules) -> None:
         self.rules = rules
+        self.rollout_rules = frozenset(r.name for r in rules.rules if r.key is not None and r.rollout < 100)
         longest = max((policy.store_ttl(r) for r in rules.rules if r.key is not None), default=3600)
         if rules.http_cache.enabled:
             longest = max(longest, rules.http_cache.max_ttl)
@@ -142,18 +147,30 @@ class Proxy:
     # ------------------------------------------------------------------------------ dispatch
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.gate.admit(request.raw_path):  # MAX_INFLIGHT: 503 + Retry-After (proxy/overload.py)
+            return self.gate.reject()
         rid = request.headers.get("X-Request-ID", "")
         if not is_valid_request_id(rid):
             rid = f"{self.instance_id[:12]}-{next(self._request_ids):x}"
         token = request_id_var.set(rid)
         start = time.perf_counter()
-        result, rule_name, status = "bypass", "none", 500
+        result, rule_name, status, arm = "bypass", "none", 500, None
         try:
-            response, result, rule_name = await self._dispatch(request, rid)
+            if "Upgrade" in request.headers and streaming.wants_websocket(request) \
+                    and self._internal(request.method, request.raw_path.partition("?")[0]) is None:
+                response, result, rule_name = await streaming.proxy_websocket(self, request, rid)
+            else:
+                response, result, rule_name = await self._dispatch(request, rid)
             status = response.status
+            if rule_name in self.rollout_rules:
+                arm = rollout_arm(result, response.headers.get("Cache-Status", ""))
             return response
         finally:
-            self.metrics.count_request(rule_name, result, status, time.perf_counter() - start)
+            self.gate.leave()
+            elapsed = time.perf_counter() - start
+            self.metrics.count_request(rule_name, result, status, elapsed)
+            if arm is not None:
+                self.metrics.count_arm(rule_name, arm, status, elapsed)
             if self.config.access_log:
                 log.info("request", extra={"event": "access", "method": request.method, "status": status,
                                            "rule": rule_name, "result": result,
@@ -355,6 +372,9 @@ class Proxy:
             self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
             return Fetched(error=exc, outcome="upstream-error")
         self.metrics.upstream_duration.observe(time.perf_counter() - start)
+        if streaming.is_event_stream(response.headers):  # SSE: relayed as it comes, never stored
+            return Fetched(response.status, strip_hop_by_hop(response.headers), outcome="event-stream",
+                           stream=(b"", response))
         try:
             body, complete = await _read_limited(response, rule.max_body_bytes)
         except UpstreamError as exc:
@@ -767,10 +787,16 @@ class Proxy:
     # ---------------------------------------------------------------------------- internal
 
     def _internal(self, method: str, raw_path: str):
-        if raw_path in ("/metrics", "/healthz", "/readyz"):
-            return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}[raw_path]
         if raw_path in (USER_INVALIDATE, ACHIEVEMENTS_INVALIDATE, GLOBAL_INVALIDATE):
             return self._invalidate
+        if self.config.admin_listen is None:  # else they live on the admin port; here they are backend paths
+            return self.admin_handler(raw_path)
+        return None
+
+    def admin_handler(self, raw_path: str):
+        """/metrics, /healthz, /readyz and /_cache/* (the admin listener serves these: proxy/admin.py)."""
+        if raw_path in ("/metrics", "/healthz", "/readyz"):
+            return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}[raw_path]
         if raw_path.startswith("/_cache/"):  # explain, stats, purge (admin only): see proxy/explain.py
             from .explain import ENDPOINTS
             handler = ENDPOINTS.get(raw_path)
@@ -796,9 +822,11 @@ class Proxy:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         from .store.guard import STATE_NAMES
-        body = {"ready": self.ready, "store": self.store.name, "circuit": STATE_NAMES[self.store.breaker.state],
-                "store_usable": self.cache_usable, "pending_purges": len(self.pending), "mode": self.mode}
-        return web.json_response(body, status=200 if self.ready else 503)
+        ready = self.ready and self.upstream.answered  # REQUIRE_UPSTREAM_AT_START: not before it answered
+        body = {"ready": ready, "store": self.store.name, "circuit": STATE_NAMES[self.store.breaker.state],
+                "store_usable": self.cache_usable, "pending_purges": len(self.pending), "mode": self.mode,
+                "upstream_answered": self.upstream.answered}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _invalidate(self, request: web.Request) -> web.Response:
         path = request.raw_path.partition("?")[0]
@@ -939,7 +967,8 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     metrics = metrics or Metrics()
     app = web.Application(client_max_size=config.max_write_body, handler_args={"max_field_size": 16384})
     guarded = GuardedStore(store or open_store(config.redis_url, memory_max_bytes=config.memory_max_bytes,
-                                            timeout=config.store_timeout),
+                                            timeout=config.store_timeout,
+                                            max_connections=config.redis_max_connections),
                            metrics, timeout=config.store_timeout,
                            breaker=CircuitBreaker(config.breaker_failures, config.breaker_reset))
     proxy = Proxy(config, rules, guarded, Upstream(config.upstream), metrics, unsafe=unsafe)
@@ -947,6 +976,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
 
     async def lifecycle(app: web.Application):
         await proxy.upstream.start()
+        proxy._spawn(watch_upstream(proxy.upstream))  # unreachable at start: a warning (and not ready if required)
         proxy.recover_pending_file()
         if not await proxy.check_store():  # who answers, and did it lose data? (bounded by the store timeout)
             proxy._store_unreachable()

@@ -8,7 +8,10 @@ sent); hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways; the connecto
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
+import weakref
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -18,6 +21,7 @@ from yarl import URL
 
 from .errors import UpstreamError
 
+log = logging.getLogger("proxy")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                         "trailer", "transfer-encoding", "upgrade", "proxy-connection"})
 
@@ -30,7 +34,95 @@ class UpstreamConfig:
     pool_size: int = 512
     preserve_host: bool = False
     ca_file: str | None = None
+    client_cert: str | None = None  # PEM, presented to an https:// backend (mutual TLS)
+    client_key: str | None = None  # default: inside client_cert
+    max_concurrent: int = 0  # requests sent to the backend at once, streams included (0: no limit)
+    queue_timeout: float = 1.0  # longest a request waits for a free slot, then 503 (UpstreamBusy)
+    require_at_start: bool = False  # not ready (``answered`` False) until the backend has answered once
 
+
+class UpstreamBusy(UpstreamError):
+    """Every backend slot is taken (``max_concurrent``): answered 503 with Retry-After, never queued long."""
+
+
+def ssl_context(config: UpstreamConfig) -> ssl.SSLContext | None:
+    """The TLS context for an https:// backend: ``ca_file`` (a private CA) and an optional client
+    certificate. ValueError naming the file when one cannot be loaded, so a typo fails the start."""
+    if not (config.ca_file or config.client_cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"UPSTREAM_CA_FILE {config.ca_file}: cannot load CA certificates: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    if config.client_cert:
+        try:
+            context.load_cert_chain(config.client_cert, config.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"UPSTREAM_CLIENT_CERT {config.client_cert}"
+                             + (f" / UPSTREAM_CLIENT_KEY {config.client_key}" if config.client_key else "")
+                             + f": cannot load the client certificate: {getattr(exc, 'strerror', None) or exc}"
+                             ) from None
+    return context
+
+
+class _Slots:
+    """At most ``limit`` backend requests at once; a request waits ``wait`` seconds at most for a slot
+    (FIFO), then gets ``UpstreamBusy``: the wait is bounded in time, and by MAX_INFLIGHT in length.
+
+    A slot is held from sending the request until its response is released (its body read to the end,
+    or dropped), so a long stream holds one too.
+    """
+
+    def __init__(self, limit: int, wait: float):
+        self.limit, self.wait = limit, wait
+        self.active = 0
+        self.peak = 0
+        self.waiters: deque[asyncio.Future] = deque()
+        self.on_busy = lambda: None  # set by the server: counts katiba_cache_overload_total{limit="upstream"}
+
+    async def take(self) -> "_Slot":
+        if self.limit <= 0:
+            return _Slot(None)
+        if self.active < self.limit and not self.waiters:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            return _Slot(self)
+        if self.wait <= 0:
+            self.on_busy()
+            raise UpstreamBusy(503, "the backend is busy (too many concurrent requests); retry shortly")
+        handed = asyncio.get_running_loop().create_future()
+        self.waiters.append(handed)
+        try:
+            await asyncio.wait_for(handed, self.wait)
+        except asyncio.TimeoutError:
+            self.on_busy()
+            raise UpstreamBusy(503, "the backend is busy (too many concurrent requests); retry shortly") from None
+        except BaseException:
+            if handed.done() and not handed.cancelled():  # handed over just as we were cancelled
+                self.give_back()
+            raise
+        return _Slot(self)  # handed over by give_back: ``active`` already counts it
+
+    def give_back(self) -> None:
+        while self.waiters:
+            handed = self.waiters.popleft()
+            if not handed.done():
+                handed.set_result(None)
+                return
+        self.active -= 1
+
+
+class _Slot:
+    __slots__ = ("slots", "__weakref__")
+
+    def __init__(self, slots: _Slots | None):
+        self.slots = slots
+
+    def release(self) -> None:
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            slots.give_back()
 
 def strip_hop_by_hop(headers: Mapping[str, str]) -> CIMultiDict:
     named = {h.strip().lower() for v in headers.getall("connection", ()) for h in v.split(",")} \
@@ -52,12 +144,12 @@ class Upstream:
         self.base = str(base).rstrip("/")
         self.host_header = base.raw_authority
         self.session: aiohttp.ClientSession | None = None
+        self.ssl: Any = ssl_context(config)  # ValueError naming the file: a bad CA fails the start
+        self.slots = _Slots(config.max_concurrent, config.queue_timeout)
+        self.answered = not config.require_at_start  # the backend answered once (see ``probe``)
 
     async def start(self) -> None:
-        ssl_context: Any = None
-        if self.config.ca_file:
-            ssl_context = ssl.create_default_context(cafile=self.config.ca_file)
-        connector = aiohttp.TCPConnector(limit=self.config.pool_size, limit_per_host=0, ssl=ssl_context,
+        connector = aiohttp.TCPConnector(limit=self.config.pool_size, limit_per_host=0, ssl=self.ssl,
                                          ttl_dns_cache=300, enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout,
                                         sock_read=self.config.read_timeout)
@@ -93,15 +185,83 @@ class Upstream:
         """Send and return the response with its body unread; the caller releases it."""
         assert self.session is not None, "Upstream.start() was not awaited"
         url = URL(self.base + path_qs, encoded=True)
+        slot = await self.slots.take()  # UpstreamBusy (503) when every slot stays taken
         try:
-            return await self.session.request(method, url, headers=headers, data=body, allow_redirects=False,
-                                              compress=None, chunked=None)
+            response = await self.session.request(method, url, headers=headers, data=body, allow_redirects=False,
+                                                  compress=None, chunked=None)
         except asyncio.TimeoutError:
+            slot.release()
             raise UpstreamError(504, "upstream timed out") from None
         except aiohttp.ServerTimeoutError:
+            slot.release()
             raise UpstreamError(504, "upstream timed out") from None
         except (aiohttp.ClientError, OSError) as exc:
+            slot.release()
             raise UpstreamError(502, f"upstream unreachable: {type(exc).__name__}") from None
+        except BaseException:
+            slot.release()
+            raise
+        self.answered = True
+        hold(slot, response)
+        return response
+
+    async def probe(self) -> str | None:
+        """Is the backend there? None if so, else why not. With ``require_at_start``: one GET of the base
+        URL, any status counts; otherwise only a connection (and the TLS handshake for https://), so
+        the backend sees no request."""
+        assert self.session is not None, "Upstream.start() was not awaited"
+        timeout = max(1.0, self.config.connect_timeout * 2)
+        try:
+            if self.config.require_at_start:
+                async with self.session.get(URL(self.base + "/", encoded=True), allow_redirects=False,
+                                            timeout=aiohttp.ClientTimeout(total=timeout)):
+                    pass
+            else:
+                url = URL(self.base)
+                context = (self.ssl or ssl.create_default_context()) if url.scheme == "https" else None
+                async with asyncio.timeout(timeout):
+                    _, writer = await asyncio.open_connection(url.host, url.port, ssl=context,
+                                                              server_hostname=url.host if context else None)
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except (OSError, ssl.SSLError):
+                    pass
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            return str(exc) or type(exc).__name__
+        self.answered = True
+        return None
+
+
+def hold(slot: "_Slot", response: aiohttp.ClientResponse) -> None:
+    """Keep ``slot`` until ``response`` gives its connection back (body read, released or closed)."""
+    if slot.slots is None:
+        return
+    connection = response.connection
+    if connection is None:  # no body (HEAD, 204, 304) or already read: the connection is back
+        slot.release()
+        return
+    connection.add_callback(slot.release)
+    weakref.finalize(response, slot.release)  # dropped without release: never leak the slot
+
+
+async def watch_upstream(upstream: Upstream, interval: float = 1.0) -> None:
+    """At start-up: probe the backend until it answers once. Unreachable is a warning (and, with
+    ``require_at_start``, /readyz stays not ready until then); the proxy serves meanwhile."""
+    warned = False
+    while True:
+        error = await upstream.probe()
+        if error is None:
+            if warned:
+                log.info("upstream answers", extra={"event": "upstream_reachable", "upstream": upstream.base})
+            return
+        if not warned:
+            log.warning("upstream unreachable at start-up" + ("; not ready until it answers"
+                                                              if upstream.config.require_at_start else
+                                                              "; serving anyway"),
+                        extra={"event": "upstream_unreachable", "upstream": upstream.base, "error": error})
+            warned = True
+        await asyncio.sleep(interval)
 
 
 def response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict:

@@ -40,9 +40,12 @@ class CacheStatus:
 
 
 def error_response(status: int, detail: str, x_cache: str, cache_status: str) -> web.Response:
-    """A proxy-made error, shaped like the backend's own: ``{"detail": "..."}``."""
-    return web.json_response({"detail": detail}, status=status,
-                             headers={"X-Cache": x_cache, "Cache-Status": cache_status})
+    """A proxy-made error, shaped like the backend's own: ``{"detail": "..."}``. A 503 (overload: no free
+    backend slot) says when to retry."""
+    headers = {"X-Cache": x_cache, "Cache-Status": cache_status}
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return web.json_response({"detail": detail}, status=status, headers=headers)
 
 
 def etag_matches(if_none_match: str | None, etag: str | None) -> bool:

@@ -13,8 +13,9 @@ The supervisor (this process) forks the workers and then only waits:
   them; the directory is removed at exit;
 * signals: SIGTERM and SIGINT are passed to every worker, which drain as a single process does; the
   supervisor exits 0 once all of them exited 0. SIGHUP is passed on too (rules reload);
-* a worker that dies on its own is started again, unless it died within ``CRASH_WINDOW`` seconds of its
-  start (a start-up failure such as a port in use): then all workers are stopped and the exit code is 1;
+* a worker that dies (a crash, an OOM kill) is started again, unless it exited with an error before it
+  was listening (a start-up failure such as a port in use): then all workers are stopped and the exit
+  code is 1. A worker killed by a signal before it was listening is started again after one second;
 * pending-purges files: each worker keeps its own (``<file>.w<i>``); files left by a previous run with
   another worker count are handed to worker 0, so an unapplied purge still bumps the global epoch.
 """
@@ -34,7 +35,6 @@ from dataclasses import replace
 
 log = logging.getLogger("proxy")
 
-CRASH_WINDOW = 2.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -85,7 +85,7 @@ def supervise(workers: int, config, rules, serve) -> int:
     from prometheus_client import multiprocess
 
     adopt_pending_files(config.pending_file, workers)
-    children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+    children: dict[int, tuple[int, int]] = {}  # pid -> (worker index, read end of its "listening" pipe)
     state = {"stopping": False, "failed": False}
 
     def forward(signum, _frame) -> None:
@@ -99,18 +99,24 @@ def supervise(workers: int, config, rules, serve) -> int:
 
     def spawn(index: int) -> None:
         worker_config = replace(config, pending_file=worker_pending_file(config.pending_file, index, workers))
+        ready_r, ready_w = os.pipe()  # the worker writes one byte once it listens
+        os.set_blocking(ready_r, False)
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _worker(index, worker_config, rules, serve)
+                os.close(ready_r)
+                for _, other in children.values():
+                    os.close(other)
+                code = _worker(index, worker_config, rules, serve, ready_w)
             except BaseException:  # noqa: BLE001 - a child must never return into the supervisor's code
                 log.exception("worker failed", extra={"event": "worker_failed", "worker": index})
             finally:
                 logging.shutdown()
                 os._exit(code)
-        children[pid] = (index, time.monotonic())
+        os.close(ready_w)
+        children[pid] = (index, ready_r)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
     for sig in FORWARDED:
@@ -127,14 +133,23 @@ def supervise(workers: int, config, rules, serve) -> int:
                 break
             if pid not in children:
                 continue
-            index, started = children.pop(pid)
+            index, ready_r = children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             multiprocess.mark_process_dead(pid, metrics_dir)
+            try:
+                was_ready = os.read(ready_r, 1) == b"1"
+            except BlockingIOError:
+                was_ready = False
+            os.close(ready_r)
             if state["stopping"]:
                 state["failed"] |= code != 0
                 continue
             log.error("worker exited", extra={"event": "worker_exited", "worker": index, "code": code})
-            if time.monotonic() - started < CRASH_WINDOW:
+            if not was_ready and code < 0:  # killed during its start-up: not its own failure, but no hot loop
+                time.sleep(1.0)
+                if state["stopping"]:
+                    continue
+            elif not was_ready:
                 log.error("a worker failed at start-up; stopping every worker", extra={"event": "workers_failed"})
                 state["failed"] = True
                 forward(signal.SIGTERM, None)
@@ -148,8 +163,9 @@ def supervise(workers: int, config, rules, serve) -> int:
     return 1 if state["failed"] else 0
 
 
-def _worker(index: int, config, rules, serve) -> int:
-    """In the forked child: default signal handling until the event loop takes over, then serve."""
+def _worker(index: int, config, rules, serve, ready_fd: int) -> int:
+    """In the forked child: default signal handling until the event loop takes over, then serve; one
+    byte on ``ready_fd`` once listening."""
     early = {"stop": False}
 
     def remember(_signum, _frame) -> None:
@@ -175,6 +191,9 @@ def _worker(index: int, config, rules, serve) -> int:
         waiter = asyncio.get_running_loop().create_task(started.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
+        if started.is_set():
+            os.write(ready_fd, b"1")
+        os.close(ready_fd)
         if early["stop"]:
             stop.set()
         await task

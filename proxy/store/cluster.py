@@ -5,6 +5,13 @@ Same contract, Lua scripts and error mapping as ``RedisStore``, on redis-py's as
 carry a hash tag (``keys.py``: ``user:{42}:profile``, ``{achievements:global}:types``), so an entry, every
 generation guarding it and its fill lease share one slot, and a hit stays one ``MGET`` on one node.
 
+Round trips, each one command on the slot's primary: ``lookup`` 1 ``MGET`` (auto-pipelined per primary,
+``pipeline.py``; through redis-py when the node answers ``MOVED``/``ASK``/``TRYAGAIN``), ``ensure_generations``
+and ``store_if_current`` 1 ``EVALSHA``, ``bump`` 1 ``EVALSHA`` per slot named, leases 1 command;
+``stats`` and ``ping`` ask every primary. redis-py's cluster client fails a command rather than wait for a
+free connection of a node, so every call but the pipelined lookups waits for one of ``max_connections``
+slots first (a wait longer than ``timeout`` is a store failure).
+
 *Global keys* (no hash tag: the epoch ``prefix:epoch``, which every entry records) live in no entry's
 slot. Their tokens are cached in this process and refreshed in the background every ``global_refresh``
 seconds (default 1), and at once after this process bumps or creates them:
@@ -27,7 +34,8 @@ a purge has already replaced on its primary, and answering from it would serve p
 Failover and restarts (``verify``): the store remembers the primaries it verified (node id and
 ``run_id``) and refuses a new connection to any other server (a promoted replica, a restarted
 primary that came back empty), as ``RedisStore`` does for one server. A refused connection fails the
-call (``StoreUnavailable``: the proxy answers from the backend and re-verifies). ``verify`` reads
+call (``StoreUnavailable``: the proxy answers from the backend and re-verifies); the hit path's
+pipelined connections are checked the same way before their first command. ``verify`` reads
 ``CLUSTER NODES`` and each primary's ``INFO server``; when the set of primaries changed it bumps the
 epoch once for all proxies (``LUA_MARK_CLUSTER``: a marker in the epoch's slot names the topology
 that was last checked), since a promoted replica may lack the last purges of its old primary.
@@ -43,7 +51,7 @@ import functools
 import hashlib
 import time
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio import Redis
@@ -63,6 +71,7 @@ __all__ = ["RedisClusterStore", "CLUSTER_SCHEMES", "parse_cluster_url"]
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 GLOBAL_REFRESH = 1.0
+_TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 
 T = TypeVar("T")
 
@@ -74,7 +83,10 @@ def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return await method(*args, **kwargs)
-        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError, RuntimeError) as exc:
+            # RuntimeError: redis-py closes every connection of the client on some cluster errors
+            # (CLUSTERDOWN during a failover); a command then in flight on another task finds its
+            # transport closed under it ("unable to perform operation on <TCPTransport closed=True>")
             error = StoreUnavailable(str(exc) or type(exc).__name__)
             # Answered by a healthy server (e.g. OOM): not a sign of a topology change. Cluster states
             # (CLUSTERDOWN, TRYAGAIN, redirections left over) and READONLY are.
@@ -86,11 +98,13 @@ def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
 
 
 def parse_cluster_url(url: str) -> dict[str, Any]:
-    """``redis+cluster://[user:password@]host:port[,host:port...][/0]`` -> seeds, credentials, ssl."""
+    """``redis+cluster://[user:password@]host:port[,host:port...][/0][?ssl_ca_certs=...]`` -> seeds,
+    credentials, ssl, and the query parameters (redis-py's TLS ones: ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``)."""
     if not url.startswith(CLUSTER_SCHEMES):
         raise ValueError("expected redis+cluster:// or rediss+cluster://")
     ssl = url.startswith("rediss+")
-    rest = url.split("://", 1)[1]
+    rest, _, query = url.split("://", 1)[1].partition("?")
     netloc, _, path = rest.partition("/")
     userinfo, _, hosts = netloc.rpartition("@")
     seeds = []
@@ -99,14 +113,15 @@ def parse_cluster_url(url: str) -> dict[str, Any]:
         if not parts.hostname:
             raise ValueError(f"invalid Redis Cluster node {part!r} in the URL")
         seeds.append((parts.hostname, parts.port or 6379))
-    db = path.split("?", 1)[0].strip("/")
+    db = path.strip("/")
     if db not in ("", "0"):
         raise ValueError("Redis Cluster has only database 0")
     username = password = None
     if userinfo:
         user, sep, secret = userinfo.partition(":")
         username, password = (unquote(user) or None, unquote(secret)) if sep else (None, unquote(user))
-    return {"seeds": seeds, "ssl": ssl, "username": username, "password": password}
+    return {"seeds": seeds, "ssl": ssl, "username": username, "password": password,
+            "params": dict(parse_qsl(query))}
 
 
 def _tagged(key: str) -> bool:
@@ -207,9 +222,11 @@ class RedisClusterStore:
         self.global_refresh = float(global_refresh)
         self._probes: dict[str, Redis] = {}
         self._pipelines: dict[str, _NodePipeline] = {}
-        self._pipeline_url: Callable[[str, int], str] | None = None  # set by from_url: enables the hit path's pipelines
+        # set by from_url: a node's URL for the hit path's pipelines (without it, lookups use redis-py)
+        self._pipeline_url: Callable[[str, int], str] | None = None
         self.timeout = float(self.probe_options.get("socket_timeout") or DEFAULT_TIMEOUT)
         self._routed = False  # the client knows the slots (``initialize``), and no node failed since
+        self._reroute = False  # a pipelined call failed to reach its node: refresh the slots first
         # redis-py's cluster client refuses a command (MaxConnectionsError) rather than wait for one of a
         # node's connections: every call but the pipelined lookups takes a slot here first
         self._limit = asyncio.Semaphore(max_connections)
@@ -239,11 +256,21 @@ class RedisClusterStore:
         timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
         common = {"username": parsed["username"], "password": parsed["password"], "ssl": parsed["ssl"],
                   "socket_timeout": timeout, "socket_connect_timeout": timeout}
+        tls = {k: v for k, v in parsed["params"].items() if k in _TLS_PARAMS} if parsed["ssl"] else {}
+        if tls:
+            from ..redisconf import tls_context
+
+            tls_context(tls)  # a bad CA or certificate file fails here, naming the file
+            common.update({k: (v.lower() in ("1", "true", "yes", "on") if k == "ssl_check_hostname" else v)
+                           for k, v in tls.items()})
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in parsed["seeds"]],
             require_full_coverage=False,  # a failover window fails only the orphaned slots, fast
             # no read_from_replicas / load_balancing_strategy: never read a replica, it may lag behind a purge
             retry=Retry(NoBackoff(), 0),  # no retries: the proxy fails open to the backend instead
+            # a MOVED updates that slot only; never close every connection (other tasks' commands in
+            # flight) to reload the whole map, as redis-py does every fifth MOVED by default
+            reinitialize_steps=0,
             max_connections=int(options.get("max_connections") or DEFAULT_MAX_CONNECTIONS),
             decode_responses=False,
             **common,
@@ -256,7 +283,8 @@ class RedisClusterStore:
         if parsed["password"] is not None:
             credentials = f"{quote(parsed['username'] or '', safe='')}:{quote(parsed['password'], safe='')}@"
         scheme = "rediss" if parsed["ssl"] else "redis"
-        store._pipeline_url = lambda host, port: f"{scheme}://{credentials}{host}:{port}/0"
+        query = "?" + urlencode(tls) if tls else ""
+        store._pipeline_url = lambda host, port: f"{scheme}://{credentials}{host}:{port}/0{query}"
         return store
 
     # -- server identity -------------------------------------------------------------------------------
@@ -279,7 +307,7 @@ class RedisClusterStore:
         probe = self._probes.get(name)
         if probe is None:
             probe = self._probes[name] = Redis(host=host, port=port, max_connections=2, decode_responses=False,
-                                               **self.probe_options)
+                                               retry=Retry(NoBackoff(), 0), **self.probe_options)
         return probe
 
     async def _primaries(self) -> list[tuple[str, str, int, list]]:
@@ -312,7 +340,7 @@ class RedisClusterStore:
 
         The marker is stored under ``{<epoch_key>}:server`` (the epoch's slot, so one script sees both);
         ``marker_key`` names the single-server marker and is not used here. Cost: 1 + primaries commands
-        while nothing changes, plus one ``EVALSHA`` when it does (and at start-up).
+        while nothing changes, plus one ``EVAL`` when it does (and at start-up).
         """
         self._armed = True
         try:
@@ -346,7 +374,12 @@ class RedisClusterStore:
             return ""
 
     async def _limited(self, call: Awaitable[T]) -> T:
-        """Await ``call`` (a redis-py coroutine, not started yet) within the store's connection budget."""
+        """Await ``call`` (a redis-py coroutine, not started yet) within the store's connection budget,
+        once the client knows the cluster. (redis-py routes a command issued while it has no default
+        node, i.e. before its first ``initialize`` ends, as a keyless one: to a random node, which
+        answers ``MOVED``.)"""
+        if self.client.get_default_node() is None:
+            await self.client.initialize()
         limit = self._limit
         if limit.locked():
             async with asyncio.timeout(self.timeout):  # waiting for a connection counts as a slow store
@@ -364,8 +397,11 @@ class RedisClusterStore:
         if self._pipeline_url is None:
             return await self._limited(self.client.execute_command("MGET", *keys))
         if not self._routed:
-            await self._limited(self.client.nodes_manager.initialize())
-            self._routed = True
+            if self._reroute:  # a node failed: ask the cluster which primaries own what
+                await self._limited(self.client.nodes_manager.initialize())
+            else:  # the first call: nothing if redis-py knows the slots already
+                await self._limited(self.client.initialize())
+            self._routed, self._reroute = True, False
         node = self.client.nodes_manager.get_node_from_slot(slot)
         pipeline = self._pipelines.get(node.name)
         if pipeline is None:
@@ -375,8 +411,8 @@ class RedisClusterStore:
             return await pipeline.execute("MGET", *keys)
         except ResponseError:  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN: let redis-py handle it (and learn the slot)
             return await self._limited(self.client.execute_command("MGET", *keys))
-        except (ConnectionError, OSError, asyncio.TimeoutError, RedisConnectionError):
-            self._routed = False  # the node may be gone: ask the cluster again on the next call
+        except (OSError, asyncio.TimeoutError, RedisConnectionError):
+            self._routed, self._reroute = False, True  # the node may be gone: ask the cluster next time
             raise
 
     # -- global keys -------------------------------------------------------------------------------------

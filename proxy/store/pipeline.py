@@ -15,7 +15,7 @@ import asyncio
 import ssl as ssl_module
 from collections import deque
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ResponseError
@@ -58,14 +58,22 @@ class _Protocol(asyncio.Protocol):
 
 
 class AutoPipeline:
-    def __init__(self, url: str, connect_timeout: float = 0.25, reply_timeout: float = 0.25):
+    def __init__(self, url: str, connect_timeout: float = 0.25, reply_timeout: float = 0.25, resolver=None):
+        """``url``: redis:// or rediss:// with redis-py's TLS query parameters (``ssl_ca_certs``,
+        ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``). ``resolver``, an
+        async callable returning (host, port), is asked at every connect instead (Sentinel: the master)."""
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.db = int(parts.path.lstrip("/") or 0)
-        self.ssl = ssl_module.create_default_context() if parts.scheme.startswith("rediss") else None
+        self.ssl: ssl_module.SSLContext | None = None
+        if parts.scheme.startswith("rediss"):
+            from ..redisconf import tls_context
+
+            self.ssl = tls_context(dict(parse_qsl(parts.query)))
+        self.resolver = resolver
         self.connect_timeout = connect_timeout
         self.reply_timeout = reply_timeout
         self.pending: deque[asyncio.Future] = deque()
@@ -117,6 +125,8 @@ class AutoPipeline:
                 return
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(self.connect_timeout):
+                if self.resolver is not None:
+                    self.host, self.port = await self.resolver()
                 _, protocol = await loop.create_connection(lambda: _Protocol(self), self.host, self.port,
                                                            ssl=self.ssl)
             self.protocol = protocol

@@ -44,6 +44,7 @@ __all__ = ["RedisStore"]
 DEFAULT_TIMEOUT = 0.25
 DEFAULT_MAX_CONNECTIONS = 64
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _SCHEMES = ("redis://", "rediss://")
 
 T = TypeVar("T")
@@ -75,6 +76,12 @@ def _run_id(info: bytes | str | dict) -> str:
         if line.startswith("run_id:"):
             return line[7:].strip()
     return ""
+
+
+def quote_param(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -202,8 +209,13 @@ class RedisStore:
         pooled connection; default 0.25) and ``max_connections`` (default 64); others are ignored."""
         if url.startswith(_CLUSTER_SCHEMES):
             raise ValueError("a Redis Cluster URL: use proxy.store.open_store (RedisClusterStore)")
+        if url.startswith(_SENTINEL_SCHEMES):
+            return cls._from_sentinel_url(url, **options)
         if not url.startswith(_SCHEMES):
             raise ValueError(f"unsupported Redis URL scheme (expected redis:// or rediss://): {url.split('://')[0]}://")
+        from ..redisconf import check_tls_files
+
+        check_tls_files(url)  # a bad CA or certificate file fails here, naming the file
         timeout = options.get("timeout")
         timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
         max_connections = options.get("max_connections") or DEFAULT_MAX_CONNECTIONS
@@ -224,6 +236,57 @@ class RedisStore:
         store = cls(aioredis.Redis.from_pool(pool), AutoPipeline(url, connect_timeout=timeout, reply_timeout=timeout),
                     probe=probe)
         pool.connection_kwargs["redis_connect_func"] = store._on_connect  # every new pooled connection
+        return store
+
+    @classmethod
+    def _from_sentinel_url(cls, url: str, **options: Any) -> "RedisStore":
+        """``redis+sentinel://host:port[,host:port]/service[/db]``: the master only, never a replica (a
+        replica may still hold a generation a purge already replaced). See ``proxy.redisconf``."""
+        from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+        from ..redisconf import parse_sentinel_url, tls_context
+
+        parsed = parse_sentinel_url(url)
+        timeout = options.get("timeout")
+        timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        params = dict(parsed.params)
+        tls = {}
+        if parsed.ssl:
+            tls_context(params)  # fail fast, naming the file
+            tls = {"ssl": True, **{k: v for k, v in params.items() if k.startswith("ssl_")}}
+            if "ssl_check_hostname" in tls:
+                tls["ssl_check_hostname"] = str(tls["ssl_check_hostname"]).lower() in ("1", "true", "yes", "on")
+        sentinel_kwargs = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **tls}
+        if params.get("sentinel_password"):
+            sentinel_kwargs["password"] = params["sentinel_password"]
+            sentinel_kwargs["username"] = params.get("sentinel_username") or None
+        sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs)
+        common = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "decode_responses": False,
+                  "username": parsed.username, "password": parsed.password, "db": parsed.db,
+                  "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **tls}
+        max_connections = int(options.get("max_connections") or params.get("max_connections")
+                              or DEFAULT_MAX_CONNECTIONS)
+        client = sentinel.master_for(parsed.service, redis_class=aioredis.Redis,
+                                     connection_pool_class=SentinelConnectionPool,
+                                     max_connections=max_connections, **common)
+        probe = sentinel.master_for(parsed.service, redis_class=aioredis.Redis, max_connections=2, **common)
+
+        async def master() -> tuple[str, int]:
+            return await sentinel.discover_master(parsed.service)
+
+        # The hit path's connection goes to the master the sentinels name at each (re)connect.
+        credentials = ""
+        if parsed.password is not None:
+            from urllib.parse import quote
+
+            credentials = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password, safe='')}@"
+        query = "&".join(f"{k}={quote_param(v)}" for k, v in params.items() if k.startswith("ssl_"))
+        pipeline_url = (f"{'rediss' if parsed.ssl else 'redis'}://{credentials}sentinel-master/{parsed.db}"
+                        + (f"?{query}" if query else ""))
+        store = cls(client, AutoPipeline(pipeline_url, connect_timeout=timeout, reply_timeout=timeout,
+                                         resolver=master), probe=probe)
+        store.sentinel = sentinel
+        client.connection_pool.connection_kwargs["redis_connect_func"] = store._on_connect
         return store
 
     async def _on_connect(self, connection) -> None:
@@ -337,3 +400,5 @@ class RedisStore:
         if self.probe is not self.client:
             await self.probe.aclose(close_connection_pool=True)
         await self.client.aclose(close_connection_pool=True)
+        for sentinel in getattr(getattr(self, "sentinel", None), "sentinels", ()):
+            await sentinel.aclose()
