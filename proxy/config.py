@@ -61,6 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHE_MODE", "on", "on, off (every read goes to the backend; writes still purge) or shadow "
             "(the backend answers, the cache is filled and compared)"),
     Setting("MEMORY_MAX_BYTES", str(256 << 20), "byte budget of the memory store (LRU eviction)"),
+    Setting("L1_MAX_BYTES", str(64 << 20), "byte budget of the in-process L1 in front of Redis (rules with l1_ttl)"),
     Setting("WARM_AUTHORIZATION", "", "Authorization header sent with warming requests (a service token)"),
     Setting("ACCESS_LOG", "0", "1: one log line per request"),
     Setting("PENDING_PURGES_FILE", "", "exists while purges are pending; found at start-up it makes the proxy "
@@ -137,6 +138,7 @@ class Config:
     cache_mode: str = "on"
     store_timeout: float = 0.1
     memory_max_bytes: int = 256 << 20
+    l1_max_bytes: int = 64 << 20
     coalesce_wait: float = 5.0  # longest a waiter waits for another request's fill
     purge_timeout: float = 0.5  # longest a write's answer waits for its purge
     lease_ms: int = 1000  # cross-instance fill lease: short, so a lease orphaned by a store stall costs little
@@ -206,6 +208,7 @@ def config_from(args, environ: dict[str, str] | None = None) -> Config:
         cache_mode=mode,
         store_timeout=setting_float(env, "STORE_TIMEOUT"),
         memory_max_bytes=setting_int(env, "MEMORY_MAX_BYTES"),
+        l1_max_bytes=setting_int(env, "L1_MAX_BYTES"),
         access_log=setting_bool(env, "ACCESS_LOG"),
         log_format=getattr(args, "log_format", None) or setting(env, "LOG_FORMAT"),
         warm_authorization=setting(env, "WARM_AUTHORIZATION") or None,

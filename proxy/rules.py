@@ -140,6 +140,7 @@ class Rule:
     client_cache_control: str = "ignore"
     max_body_bytes: int = 1 << 20
     error_when: CacheWhen | None = None  # backend answers that count as failures for stale_if_error
+    l1_ttl: int = 0  # seconds an entry may be answered from the in-process L1 (0: off); see l1.py
     guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
     fingerprint: str = ""
 
@@ -219,7 +220,7 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 RULE_FIELDS = frozenset({
     "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
     "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
-    "client_cache_control", "max_body_bytes", "error_when",
+    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
 TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache"})
@@ -545,6 +546,18 @@ def _parse_positive_int(check: _Checker, value: Any, line: int, fieldname: str) 
     return value
 
 
+MAX_L1_TTL = 300
+
+
+def _parse_l1_ttl(check: _Checker, value: Any, line: int, fieldname: str) -> int | None:
+    seconds = check.seconds(value, line, fieldname, allow_zero=True)
+    if seconds is not None and seconds > MAX_L1_TTL:
+        check.fail(line, fieldname, f"at most {MAX_L1_TTL} s: it bounds how long another instance's purge "
+                                    f"may go unseen here, got {seconds}")
+        return None
+    return seconds
+
+
 def _lower_set(check: _Checker, value: Any, line: int, fieldname: str) -> frozenset[str] | None:
     items = check.string_list(value, line, fieldname)
     return None if items is None else frozenset(i.lower() for i in items)
@@ -573,6 +586,7 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "rollout": _parse_rollout,
     "client_cache_control": _parse_choice(CLIENT_CACHE_CONTROL),
     "max_body_bytes": _parse_positive_int,
+    "l1_ttl": lambda c, v, l, f: _parse_l1_ttl(c, v, l, f),
     "error_when": _parse_cache_when,
 }
 

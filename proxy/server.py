@@ -47,6 +47,7 @@ from .entry import Entry, decode_entry
 from .errors import IdentityError, StoreUnavailable, UpstreamError
 from .identity import Identity, Verifier, bearer_token
 from .keys import assemble, escape_value
+from .l1 import L1Cache, follow_invalidations
 from .logs import request_id as request_id_var
 from .metrics import Metrics
 from .overload import Gate
@@ -115,6 +116,8 @@ class Proxy:
         self.instance_id = uuid.uuid4().hex
         self._request_ids = itertools.count(1)
         self.shared_store = store.name != "memory"  # leases matter only where other instances share it
+        # The in-process L1 exists where the store has an invalidation channel (Redis, Cluster).
+        self.l1 = L1Cache(config.l1_max_bytes) if hasattr(store.inner, "invalidations") else None
         self.refreshing: set[str] = set()
         self.pending: dict[str, str] = {}  # gen key -> rule name, purges the store has not accepted yet
         # Store watch (see ``check_store``): while False, reads go to the backend without asking the store.
@@ -227,12 +230,20 @@ class Proxy:
             return await self._bypass(request, origin, rule, Reason.PENDING_PURGE), "bypass"
         if not self.cache_usable:  # unreachable, or back but not yet verified: don't wait on it each time
             return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
+        l1 = self.l1 if rule.l1_ttl and not d.revalidate else None
+        if l1 is not None and (cached := l1.get(d.key)) is not None:
+            verdict = policy.judge(cached[0], list(cached[1]), rule, self.clock())
+            if verdict.usable == "fresh":
+                status = CacheStatus.hit(rule.ttl - verdict.age, "l1")
+                return self._from_entry(request, cached[0], "HIT", status, verdict.age), "hit"
         try:
             raw, tokens = await self.store.lookup(d.key, d.gen_keys)
         except StoreUnavailable:
             return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
         entry = decode_entry(raw)
         verdict = policy.judge(entry, tokens, rule, self.clock())
+        if l1 is not None and verdict.usable == "fresh":
+            l1.put(d.key, entry, tokens, d.gen_keys, min(rule.l1_ttl, rule.ttl - verdict.age))
         if rule.warm:
             self._note_demand(d, origin)
         if not d.revalidate:
@@ -553,6 +564,8 @@ class Proxy:
         """Bump ``gen_keys``; on failure keep them pending (reads bypass them) and retry in the background."""
         if not gen_keys:
             return True
+        if self.l1 is not None:  # this instance forgets at once; others hear it from the bump's message
+            self.l1.invalidate(gen_keys)
         start = time.perf_counter()
         masked = [mask_gen_key(g, self.rules.prefix) for g in gen_keys]
         try:
@@ -680,6 +693,8 @@ class Proxy:
                 log.warning("store probe failed", extra={"event": "store_probe_failed", "error": str(exc)})
             return False
         if bumped:
+            if self.l1 is not None:
+                self.l1.clear()
             self.metrics.epoch_bumps.inc()
             log.warning("the store's server changed and may have lost purges; global epoch bumped",
                         extra={"event": "epoch_bump", "reason": "store-replaced"})
@@ -983,6 +998,8 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
             proxy._store_outage = True
         loop = asyncio.get_running_loop()
         sweeper, watcher = loop.create_task(_sweep(proxy)), loop.create_task(proxy.watch_store())
+        if proxy.l1 is not None:
+            proxy._spawn(follow_invalidations(guarded.inner.invalidations, proxy.l1))
         proxy.ready = True
         yield
         proxy.ready = False

@@ -64,7 +64,8 @@ from redis.exceptions import ResponseError, TryAgainError
 
 from ..errors import StoreUnavailable
 from .base import new_token
-from .pipeline import AutoPipeline
+from ..l1 import CHANNEL as L1_CHANNEL
+from .pipeline import AutoPipeline, subscribe
 from .redis import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text
 
 __all__ = ["RedisClusterStore", "CLUSTER_SCHEMES", "parse_cluster_url"]
@@ -576,12 +577,20 @@ class RedisClusterStore:
 
         async def bump(keys: list[str]) -> None:
             fresh = [new_token() for _ in keys]
-            await self._limited(self._bump(keys=keys, args=[int(ttl), *fresh]))
+            await self._limited(self._bump(keys=keys, args=[int(ttl), *fresh, L1_CHANNEL]))
             for k, token in zip(keys, fresh):
                 if not _tagged(k):
                     self._set_global(k, token, bump=True)
 
         await asyncio.gather(*(bump(keys) for keys in groups.values()))
+
+    def invalidations(self):
+        """The L1 invalidation channel (PUBLISH reaches every node of a cluster: one subscription will do)."""
+        if self._pipeline_url is None:
+            raise StoreUnavailable("no invalidation channel without node addresses")
+        node = self.client.get_default_node() or next(iter(self.client.nodes_manager.startup_nodes.values()))
+        return subscribe(AutoPipeline(self._pipeline_url(node.host, node.port), connect_timeout=self.timeout),
+                         L1_CHANNEL)
 
     @_unavailable
     async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:

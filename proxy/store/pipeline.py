@@ -159,3 +159,38 @@ class AutoPipeline:
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
         self.lost(protocol, None)
+
+
+async def subscribe(pipeline: AutoPipeline, channel: str):
+    """Yield ``[]`` once subscribed to ``channel``, then each message's generation keys.
+
+    Its own connection (a subscribed connection can do nothing else), with the pipeline's address,
+    credentials and TLS. Any loss of the connection ends the iteration with an error, so the caller
+    knows messages may have been missed.
+    """
+    host, port = await pipeline.resolver() if pipeline.resolver is not None else (pipeline.host, pipeline.port)
+    async with asyncio.timeout(max(pipeline.connect_timeout, 1.0)):
+        reader, writer = await asyncio.open_connection(host, port, ssl=pipeline.ssl)
+    parser = hiredis.Reader()
+    try:
+        if pipeline.password:
+            auth = ("AUTH", pipeline.username, pipeline.password) if pipeline.username else ("AUTH", pipeline.password)
+            writer.write(pack_command(auth))
+        writer.write(pack_command(("SUBSCRIBE", channel)))
+        await writer.drain()
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("invalidation channel closed")
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise ResponseError(str(reply))
+                if isinstance(reply, list) and len(reply) == 3:
+                    kind = reply[0]
+                    if kind == b"subscribe":
+                        yield []
+                    elif kind == b"message":
+                        yield [k for k in reply[2].decode().split("\n") if k]
+    finally:
+        writer.close()

@@ -37,7 +37,8 @@ from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from ..errors import StoreUnavailable
 from .base import new_token
-from .pipeline import AutoPipeline
+from ..l1 import CHANNEL as L1_CHANNEL
+from .pipeline import AutoPipeline, subscribe
 
 __all__ = ["RedisStore"]
 
@@ -137,14 +138,20 @@ class RedisStore:
         return 1
     """
 
-    # KEYS[1..n] - generation keys
-    # ARGV[1]    - generation ttl in seconds
-    # ARGV[1+i]  - the new token for KEYS[i]
+    # KEYS[1..n]  - generation keys
+    # ARGV[1]     - generation ttl in seconds
+    # ARGV[1+i]   - the new token for KEYS[i]
+    # ARGV[n+2]   - optional: a channel on which the bumped keys are published (L1 invalidation),
+    #               in the same script so that no bump goes unannounced
     # return the number of generations replaced
     LUA_BUMP = """
         local ttl = ARGV[1]
         for i, key in ipairs(KEYS) do
             redis.call('set', key, ARGV[i + 1], 'ex', ttl)
+        end
+        local channel = ARGV[#KEYS + 2]
+        if channel then
+            redis.call('publish', channel, table.concat(KEYS, '\\n'))
         end
         return #KEYS
     """
@@ -367,7 +374,13 @@ class RedisStore:
     async def bump(self, gen_keys: Sequence[str], ttl: int) -> None:
         if not gen_keys:
             return
-        await self._bump(keys=list(gen_keys), args=[int(ttl), *(new_token() for _ in gen_keys)])
+        await self._bump(keys=list(gen_keys), args=[int(ttl), *(new_token() for _ in gen_keys), L1_CHANNEL])
+
+    def invalidations(self):
+        """The L1 invalidation channel: ``[]`` once subscribed, then each bump's generation keys."""
+        if self.pipeline is None:
+            raise StoreUnavailable("no invalidation channel without the pipeline connection")
+        return subscribe(self.pipeline, L1_CHANNEL)
 
     @_unavailable
     async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
