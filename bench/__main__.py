@@ -1,8 +1,9 @@
-"""``python -m bench [--quick | --smoke] [--out DIR] [--scenarios a,b,c,d] [--report-only]``
+"""``python -m bench [--quick | --smoke] [--out DIR] [--scenarios a,b,c,d,e] [--report-only]``
 
 Starts its own services on loopback (stand-in backend with 20 ms DB delay, redis-server, nginx with
-proxy_cache, our proxy with the memory and the Redis store), runs the scenarios, writes
-``<out>/<scenario>.json`` (hits, misses, katiba, purge) and ``summary.json``, the PNG plots, and
+proxy_cache, our proxy with the memory store, the Redis store, and the Redis store with the in-process
+L1 for two rules), runs the scenarios, writes
+``<out>/<scenario>.json`` (hits, misses, katiba, purge, coalesce) and ``summary.json``, the PNG plots, and
 BENCHMARKS.md (not in smoke mode), shows progress on stderr, and prints as its last line:
 ``hit_rps_ratio_vs_nginx=... l1_hit_rps_ratio_vs_nginx=... miss_overhead_ms=... katiba_hit_rate=...``
 
@@ -26,11 +27,11 @@ import standin
 
 from . import report
 from .context import SERVER_CORES, Bench, Settings
-from .procs import (ROOT, log, machine, proxy_has_workers, start_nginx, start_proxy, start_redis, start_standin,
-                    ensure_tools, tool_versions)
+from .procs import (ROOT, log, machine, proxy_has_workers, rules_with_l1, start_nginx, start_proxy, start_redis,
+                    start_standin, ensure_tools, tool_versions)
 
 RESULTS = ROOT / "bench" / "results"
-FILES = {"a": "hits", "b": "misses", "c": "katiba", "d": "purge"}
+FILES = {"a": "hits", "b": "misses", "c": "katiba", "d": "purge", "e": "coalesce"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="shorter runs: finishes in under 3 minutes")
     mode.add_argument("--smoke", action="store_true", help="CI smoke: no nginx/wrk, a few seconds")
     p.add_argument("--out", type=Path, help="results directory (default bench/results; smoke: a temp dir)")
-    p.add_argument("--scenarios", default="a,b,c,d", help="subset to run, e.g. a,d (default all)")
+    p.add_argument("--scenarios", default="a,b,c,d,e", help="subset to run, e.g. a,d (default all)")
     p.add_argument("--report-only", action="store_true", help="rebuild plots and BENCHMARKS.md from the JSON")
     p.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     return p.parse_args(argv)
@@ -76,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             if not bench.workers_flag:
                 log("cache-proxy serve has no --workers option: 1 worker only")
             start_all(bench)
-            from . import scenario_hits, scenario_katiba, scenario_miss, scenario_purge
-            modules = {"a": scenario_hits, "b": scenario_miss, "c": scenario_katiba, "d": scenario_purge}
+            from . import scenario_coalesce, scenario_hits, scenario_katiba, scenario_miss, scenario_purge
+            modules = {"a": scenario_hits, "b": scenario_miss, "c": scenario_katiba, "d": scenario_purge,
+                       "e": scenario_coalesce}
             for key in chosen:
                 t0 = time.monotonic()
                 results[FILES[key]] = modules[key].scenario(bench)
@@ -124,10 +126,18 @@ def start_all(bench: Bench) -> None:
                                                  bench.admin_token, cores=SERVER_CORES)
     bench.services["proxy-redis"] = start_proxy(bench.tmp, "redis", bench["standin"].url, bench.secret,
                                                 bench.admin_token, redis_url=bench["redis"].url, cores=SERVER_CORES)
+    # The same Redis store with the in-process L1 in front of it for the two hot-hit rules of scenario (a).
+    from .scenario_hits import L1_RULES, L1_TTL
+
+    rules = rules_with_l1(bench.tmp, L1_RULES, L1_TTL)
+    bench.services["proxy-redis-l1"] = start_proxy(bench.tmp, "redis-l1", bench["standin"].url, bench.secret,
+                                                   bench.admin_token, redis_url=bench["redis"].url,
+                                                   cores=SERVER_CORES, rules=rules)
 
 
 def run_smoke(bench: Bench) -> dict:
-    """Misses and the katiba workload with the Python load generator: checks the harness, not speed."""
+    """Misses and the katiba workload with the Python load generator, then the coalescing counts (e):
+    checks the harness, not speed."""
     from .loadgen import run_fixed
     from .scenario_katiba import run_smoke as katiba_smoke
     from .scenario_miss import MISS_USER, PREFIX
@@ -156,7 +166,9 @@ def run_smoke(bench: Bench) -> dict:
     log(f"smoke: miss p50 direct {runs['direct'].p(50):.2f} ms, proxy {runs['redis'].p(50):.2f} ms")
     katiba = katiba_smoke(bench)
     log(f"smoke: katiba {katiba['proxy']['requests']} requests, hit rate {katiba['comparison']['hit_rate']}")
-    return {"misses": misses, "katiba": katiba}
+    from .scenario_coalesce import scenario as coalesce  # a count, cheap: about 3 s with its extra proxies
+
+    return {"misses": misses, "katiba": katiba, "coalesce": coalesce(bench)}
 
 
 if __name__ == "__main__":

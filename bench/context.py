@@ -49,6 +49,9 @@ class Settings:
     purge_levels: tuple[int, ...] = (1_000, 100_000, 1_000_000)
     purge_bumps: int = 5000
     purge_endpoint_calls: int = 8
+    coalesce_requests: int = 100  # concurrent identical GETs of one fresh key
+    coalesce_delay_ms: float = 200  # the stand-in's DB delay while they run (restored afterwards)
+    coalesce_instances: int = 3  # proxies sharing one Redis in the cross-instance case
 
     @classmethod
     def for_mode(cls, mode: str) -> "Settings":

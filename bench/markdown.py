@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .report import final_line
+from .report import TARGET_ORDER, final_line, target_label
 
 # The sections this module owns; any other "## " section already in the file (e.g. "## Fault soak",
 # written by bench/soak.py) is kept as it is, after these.
-OWN = ("## The run", "## Where we stand", "## (a) ", "## (b) ", "## (c) ", "## (d) ", "## How to run")
+OWN = ("## The run", "## Where we stand", "## (a) ", "## (b) ", "## (c) ", "## (d) ", "## (e) ", "## How to run")
 
 
 def _foreign_sections(path: Path) -> list[str]:
@@ -50,6 +50,10 @@ def _rel(out: Path, root: Path, name: str) -> str:
         return str(out / name)
 
 
+def _l1_ttl(hits: dict) -> str:
+    return str(next((r["l1_ttl"] for r in hits.get("rows", []) if r.get("l1_ttl")), 60))
+
+
 def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> None:
     run = summary["run"]
     m = run["machine"]
@@ -78,7 +82,7 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
         "that load, from run to run and within a run. Each wrk run records the CPU pressure "
         "(`/proc/pressure/cpu` some-avg10: % of time some task waited for a CPU) and how much CPU the "
         "server processes actually got (`server cpu`, in cores), both in the JSON. Against that, rounds of "
-        "the hot-hit runs are interleaved (nginx, memory, Redis, then again) and each target keeps its best "
+        "the hot-hit runs are interleaved (nginx, memory store, Redis, Redis + L1, then again) and each target keeps its best "
         "round; the miss overhead is a median over interleaved rounds. The `cpu-normalised` column divides "
         "each target's requests/s by the CPU its processes used (proxy + redis-server for the Redis store), "
         "which is less sensitive to the other load than raw requests/s.\n")
@@ -91,7 +95,8 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
     add(_table(["target", "measured", "goal", ""], rows))
     add("")
     add(f"Final line of the run: `{summary['final_line']}` (the Redis store with per-user keys; the L1 "
-        "figure is the memory store; miss overhead with the Redis store).\n")
+        "figure is the `redis+l1` target, the in-process L1 in front of Redis, per-user key; miss overhead "
+        "with the Redis store).\n")
 
     hits = results.get("hits")
     if hits:
@@ -103,13 +108,18 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
             "cache; nginx keys on the Authorization header and verifies nothing) and the global "
             "`GET /api/v1/achievements/types`. nginx: 1 worker, `proxy_cache` keyed "
             "`$request_method$request_uri$http_authorization`, `proxy_cache_valid 200 1h`, "
-            "`proxy_ignore_headers Cache-Control Expires Set-Cookie`. `backend req` counts what reached the "
+            "`proxy_ignore_headers Cache-Control Expires Set-Cookie`. Our proxy, 1 worker each: `memory store`; "
+            "`redis` (every hit a Redis round trip); `redis+l1`, the Redis store with the in-process L1 in front "
+            "of it (a copy of rules.yaml where `user_profile` and `achievement_types` have "
+            f"`l1_ttl: {_l1_ttl(hits)}`: a fresh entry read from Redis is also kept in process and answered "
+            "from there, without a Redis round trip, until a purge's pub/sub message or the `l1_ttl` drops it; "
+            "such answers carry `Cache-Status: ...; detail=l1`). `backend req` counts what reached the "
             "stand-in during the run (0: every answer came from the cache); `hit share` is from the proxy's "
-            "`katiba_cache_requests_total`.\n")
+            "`katiba_cache_requests_total` (L1 hits included).\n")
         trows = []
-        for r in sorted(hits["rows"], key=lambda r: (r["key"], ["nginx", "memory", "redis"].index(r["target"])
-                                                      if r["target"] in ("nginx", "memory", "redis") else 9)):
-            trows.append([r["key"], r["target"] + (" (L1)" if r["target"] == "memory" else ""), _f(r["rps"], 0),
+        for r in sorted(hits["rows"], key=lambda r: (r["key"], TARGET_ORDER.index(r["target"])
+                                                      if r["target"] in TARGET_ORDER else 9)):
+            trows.append([r["key"], target_label(r["target"]), _f(r["rps"], 0),
                           _lat(r, "50"), _lat(r, "99"), _lat(r, "99.9"), _f(r.get("ratio_vs_nginx"), 3),
                           _f(r.get("cpu_normalised_ratio_vs_nginx"), 3), _f(r.get("server_cpu"), 2),
                           _f(r.get("client_cpu"), 2), _f(r.get("cpu_pressure_avg10"), 0), r.get("body_bytes"),
@@ -120,21 +130,27 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
                     "cpu-normalised ratio", "server cpu", "wrk cpu", "cpu pressure %", "body B", "backend req", "hit share",
                     "req/s per round"], trows))
         add("")
+        l1_rows = [r for r in hits["rows"] if r["target"] == "redis+l1"]
+        if l1_rows:
+            add("`redis+l1` answered from the in-process L1: " + "; ".join(
+                f"{r['key']} key: the priming GET before the rounds `{r.get('primed_cache_status') or 'n/a'}`, "
+                f"a GET after them `{r.get('cache_status_after') or 'n/a'}`" for r in l1_rows) + ".\n")
         if hits.get("half_load"):
             add("Latency at half of each target's own best throughput (sends paced on a fixed schedule with "
                 f"wrk's `delay()`, {hits['connections']} connections):\n")
             add(_table(["key", "target", "asked req/s", "got req/s", "p50 ms", "p99 ms", "p99.9 ms", "server cpu",
                         "cpu pressure %"],
-                       [[r["key"], r["target"], _f(r.get("target_rps"), 0), _f(r["rps"], 0), _lat(r, "50"),
+                       [[r["key"], target_label(r["target"]), _f(r.get("target_rps"), 0), _f(r["rps"], 0), _lat(r, "50"),
                          _lat(r, "99"), _lat(r, "99.9"), _f(r.get("server_cpu"), 2), _f(r.get("cpu_pressure_avg10"), 0)]
                         for r in hits["half_load"]]))
             add("")
         if hits.get("sweep"):
             levels = sorted({r["connections"] for r in hits["sweep"]})
-            targets = [t for t in ("nginx", "memory", "redis") if any(r["target"] == t for r in hits["sweep"])]
+            targets = [t for t in TARGET_ORDER if any(r["target"] == t for r in hits["sweep"])]
             cell = {(r["target"], r["connections"]): r for r in hits["sweep"]}
             add("Per-user key against the number of connections (req/s, p99 ms):\n")
-            add(_table(["connections"] + [f"{t} req/s" for t in targets] + [f"{t} p99" for t in targets],
+            add(_table(["connections"] + [f"{target_label(t)} req/s" for t in targets]
+                       + [f"{target_label(t)} p99" for t in targets],
                        [[c] + [_f(cell[(t, c)]["rps"], 0) for t in targets] + [_f(cell[(t, c)]["p99_ms"], 2) for t in targets]
                         for c in levels]))
             add("")
@@ -261,6 +277,39 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
             f"endpoint p50 {_f(r.get('endpoint_p50'), 2)}x.\n")
         if "purge_cost.png" in plots:
             add(f"![purge cost]({_rel(out, root, 'purge_cost.png')})\n")
+
+    co = results.get("coalesce")
+    if co and co.get("cases"):
+        add("## (e) Coalescing: 100 concurrent identical misses\n" if co["requests"] == 100 else
+            f"## (e) Coalescing: {co['requests']} concurrent identical misses\n")
+        add(f"Each case reads a key nobody has read yet: the profile of a new user (`{co['route']}`, that "
+            f"user's token), {co['requests']} GETs sent at once (aiohttp, one connection opened beforehand per "
+            f"request; `sent within` is the time the client took to start them all) while the stand-in's DB "
+            f"delay is {_f(co['backend_delay_ms'], 0)} ms (set with `POST /_standin/delay`, back to "
+            f"{_f(co.get('restored_delay_ms'), 0)} ms afterwards), so every GET arrives while the first fill is "
+            "still at the backend. `upstream requests` is the stand-in's count for the route (`by_route` of "
+            "`GET /_standin/stats`, zeroed before each case). Goal: 1; across instances sharing Redis, the fill "
+            "lease in Redis makes the other instances poll the store for the entry instead of fetching, so at "
+            "most one per instance and 1 when the lease works. `collapsed` counts answers whose Cache-Status "
+            "says `collapsed` (they waited for another request's fill); `coalesced waiters` is the proxies' "
+            "`katiba_cache_coalesced_waiters_total` for the rule. A count, not a speed: it does not depend on "
+            "the machine's load as long as the burst fits in the delay.\n")
+        add(_table(["case", "GETs per instance", "upstream requests", "goal", "statuses", "X-Cache", "collapsed",
+                    "coalesced waiters", "sent within ms", "first / last answer ms", ""],
+                   [[c["label"], " / ".join(str(x) for x in c["split"]), f"**{c['backend_requests']}**",
+                     "1" if c["at_most"] == 1 else f"1, <= {c['at_most']}",
+                     ", ".join(f"{k}: {v}" for k, v in sorted(c["statuses"].items())),
+                     ", ".join(f"{k}: {v}" for k, v in sorted(c["x_cache"].items())), c["collapsed"],
+                     c["coalesced_waiters"], _f(c["spread_ms"], 1),
+                     f"{_f(c['first_answer_ms'], 0)} / {_f(c['last_answer_ms'], 0)}",
+                     "met" if c["met"] else "**not met**"] for c in co["cases"]]))
+        add("")
+        many = [c for c in co["cases"] if c["instances"] > 1]
+        for c in many:
+            add(f"{c['label']}, per instance: " + "; ".join(
+                f"{p['proxy']} {p['requests']} GETs, X-Cache "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(p["x_cache"].items()))
+                + f", collapsed {p['collapsed']}" for p in c["per_instance"]) + ".\n")
 
     add("## How to run\n")
     add("```\npython -m bench            # full: 60 s katiba run, longer rounds\n"

@@ -240,7 +240,7 @@ def proxy_has_workers() -> bool:
 
 
 def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: str, redis_url: str | None = None,
-                workers: int = 1, cores: str | None = None) -> Service:
+                workers: int = 1, cores: str | None = None, rules: Path | None = None) -> Service:
     port = free_port()
     log_path = tmp / f"proxy-{name}.log"
     env = dict(os.environ, JWT_SECRET_KEY=secret, CACHE_ADMIN_TOKEN=admin_token, LOG_FORMAT="json",
@@ -248,7 +248,7 @@ def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: s
     for var in ("REDIS_URL", "UPSTREAM_URL", "RULES_PATH", "CACHE_MODE", "LISTEN"):
         env.pop(var, None)
     cmd = [*pinned(cores), sys.executable, "-m", "proxy", "serve", "--upstream", upstream,
-           "--listen", f"127.0.0.1:{port}", "--rules", str(ROOT / "rules.yaml")]
+           "--listen", f"127.0.0.1:{port}", "--rules", str(rules or ROOT / "rules.yaml")]
     if redis_url:
         cmd += ["--redis", redis_url]
     if workers > 1:
@@ -256,9 +256,30 @@ def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: s
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
                             stdin=subprocess.DEVNULL)
     svc = Service(f"proxy-{name}", proc, f"http://127.0.0.1:{port}", log_path,
-                  {"store": "redis" if redis_url else "memory", "workers": workers})
+                  {"store": "redis" if redis_url else "memory", "workers": workers, "rules": str(rules or "rules.yaml")})
     wait_http(svc.url + "/readyz", service=svc)
     return svc
+
+
+def rules_with_l1(tmp: Path, rules: tuple[str, ...], l1_ttl: int = 60) -> Path:
+    """A copy of rules.yaml in ``tmp`` where each rule named in ``rules`` gets ``l1_ttl`` (the line
+    ``    l1_ttl: <n>`` inserted after the rule's ``key:`` line)."""
+    lines = (ROOT / "rules.yaml").read_text().splitlines(keepends=True)
+    out, current, done = [], None, set()
+    for line in lines:
+        out.append(line)
+        m = re.match(r"\s*- name:\s*([A-Za-z0-9_]+)", line)
+        if m:
+            current = m.group(1)
+        elif current in rules and current not in done and re.match(r"\s+key:", line):
+            out.append(f"    l1_ttl: {l1_ttl}\n")
+            done.add(current)
+    missing = set(rules) - done
+    if missing:
+        raise RuntimeError(f"rules.yaml: no key: line found for {', '.join(sorted(missing))}")
+    path = tmp / "rules-l1.yaml"
+    path.write_text("".join(out))
+    return path
 
 
 NGINX_CONF = """\

@@ -2,16 +2,20 @@
 
 Two keys: the per-user profile (``GET /api/v1/users/profile`` with one user's token; our proxy verifies
 the JWT on each request, nginx keys on the Authorization header) and the global
-``GET /api/v1/achievements/types``. Targets: nginx (1 worker), our proxy with the memory store (an L1
-row, reported apart) and with the Redis store, every server process on core 0 and wrk on core 1;
-plus, when ``cache-proxy serve --workers`` exists, the Redis store with 2 workers against nginx with 2
-workers (all cores shared, no pinning). Rounds are interleaved (nginx, memory, Redis, nginx, ...) so
-that load from elsewhere on the machine hits every target alike; a target's figure is its best round.
+``GET /api/v1/achievements/types``. Targets: nginx (1 worker), our proxy with the memory store, with
+the Redis store, and with the Redis store plus the in-process L1 (``redis+l1``: a copy of rules.yaml
+where ``user_profile`` and ``achievement_types`` have ``l1_ttl: 60``, so their fresh entries are
+answered from process memory, ``Cache-Status: ...; detail=l1``), every server process on core 0 and
+wrk on core 1; plus, when ``cache-proxy serve --workers`` exists, the Redis store with 2 workers against
+nginx with 2 workers (all cores shared, no pinning). Rounds are interleaved (nginx, memory, Redis,
+Redis + L1, nginx, ...) so that load from elsewhere on the machine hits every target alike; a target's
+figure is its best round.
 Then: throughput and latency against the number of connections (per-user key), and the latency at
 half of each proxy's own best throughput (paced sends, wrk's ``delay()``).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .context import CLIENT_CORES, SERVER_CORES, Bench, metric_delta
@@ -23,11 +27,13 @@ PROFILE = "/api/v1/users/profile"
 TYPES = "/api/v1/achievements/types"
 HOT_USER = "bench-hot-user-0001"
 TARGET_BODY = 2048
+L1_RULES = ("user_profile", "achievement_types")  # the rules given l1_ttl in the redis+l1 target's rules
+L1_TTL = 60
 
 
 @dataclass
 class Target:
-    name: str  # "nginx", "memory", "redis", "redis-2w", "nginx-2w"
+    name: str  # "nginx", "memory", "redis", "redis+l1", "redis-2w", "nginx-2w"
     svc: Service
     pids: tuple[int, ...]
     cores: str | None
@@ -38,7 +44,9 @@ def targets(bench: Bench) -> list[Target]:
     redis_pid = bench["redis"].pid
     return [Target("nginx", bench["nginx"], (bench["nginx"].pid,), SERVER_CORES, CLIENT_CORES),
             Target("memory", bench["proxy-memory"], (bench["proxy-memory"].pid,), SERVER_CORES, CLIENT_CORES),
-            Target("redis", bench["proxy-redis"], (bench["proxy-redis"].pid, redis_pid), SERVER_CORES, CLIENT_CORES)]
+            Target("redis", bench["proxy-redis"], (bench["proxy-redis"].pid, redis_pid), SERVER_CORES, CLIENT_CORES),
+            Target("redis+l1", bench["proxy-redis-l1"], (bench["proxy-redis-l1"].pid, redis_pid), SERVER_CORES,
+                   CLIENT_CORES)]
 
 
 def size_profile(bench: Bench, token: str) -> int:
@@ -56,16 +64,36 @@ def size_profile(bench: Bench, token: str) -> int:
     return len(bench.http("GET", backend + PROFILE, auth)[2])
 
 
-def prime(bench: Bench, url: str, headers: dict[str, str], attempts: int = 10) -> dict:
+def prime(bench: Bench, url: str, headers: dict[str, str], attempts: int = 10, l1: bool = False) -> dict:
     """GET until a hit (the first fills; with several workers a few more may land on another worker
-    before the fill is stored): no hit within ``attempts`` GETs stops the run."""
+    before the fill is stored): no hit within ``attempts`` GETs stops the run. With ``l1``, GET until
+    the hit comes from the in-process L1 (``detail=l1`` in Cache-Status: a Redis hit fills L1, once the
+    proxy's invalidation subscription is up), within about 5 s."""
     seen = []
-    for _ in range(attempts):
+    for i in range(attempts if not l1 else 100):
         status, hdrs, body = bench.http("GET", url, headers)
-        seen.append(f"{status} {hdrs.get('X-Cache')} ({hdrs.get('Cache-Status')})")
-        if status == 200 and hdrs.get("X-Cache") == "HIT":
-            return {"body_bytes": len(body), "header_x_cache": "HIT", "gets_to_hit": len(seen)}
-    raise RuntimeError(f"{url}: no hit in {attempts} GETs ({', '.join(seen)}): the benchmark would be meaningless")
+        cache_status = hdrs.get("Cache-Status", "")
+        seen.append(f"{status} {hdrs.get('X-Cache')} ({cache_status})")
+        if status == 200 and hdrs.get("X-Cache") == "HIT" and (not l1 or "detail=l1" in cache_status):
+            out = {"body_bytes": len(body), "header_x_cache": "HIT", "gets_to_hit": len(seen)}
+            if l1:
+                out["cache_status"] = cache_status
+            return out
+        if l1 and i >= 2:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url}: no {'L1 ' if l1 else ''}hit in {len(seen)} GETs ({', '.join(seen[-5:])}): "
+                       "the benchmark would be meaningless")
+
+
+def l1_check(bench: Bench, url: str, headers: dict[str, str]) -> str:
+    """Cache-Status of a GET after the rounds: the redis+l1 target must still answer from L1. A second GET
+    if the first was not from L1 (the L1 copy lives ``l1_ttl`` s; the GET after that refills it)."""
+    status = ""
+    for _ in range(2):
+        status = bench.http("GET", url, headers)[1].get("Cache-Status", "")
+        if "detail=l1" in status:
+            break
+    return status
 
 
 def run_hit(bench: Bench, t: Target, path: str, headers: dict[str, str], connections: int, duration: float,
@@ -95,9 +123,9 @@ def scenario(bench: Bench) -> dict:
     token = mint(HOT_USER, bench.secret, ttl=6 * 3600)
     keys = {"per_user": (PROFILE, {"Authorization": f"Bearer {token}"}), "global": (TYPES, {})}
     body = size_profile(bench, token)
-    log(f"(a) hot hits: profile body {body} bytes; priming nginx, memory and Redis stores")
+    log(f"(a) hot hits: profile body {body} bytes; priming nginx, memory store, Redis store, Redis + L1")
     all_targets = targets(bench)
-    primed = {f"{t.name}/{k}": prime(bench, t.svc.url + path, hdrs)
+    primed = {f"{t.name}/{k}": prime(bench, t.svc.url + path, hdrs, l1=t.name == "redis+l1")
               for t in all_targets for k, (path, hdrs) in keys.items()}
 
     runs: dict[str, list[Run]] = {}
@@ -107,11 +135,12 @@ def scenario(bench: Bench) -> dict:
                 run = run_hit(bench, t, path, hdrs, s.hit_connections, s.hit_duration, label=f"{t.name}/{key}")
                 run.extra["round"] = rnd + 1
                 runs.setdefault(f"{t.name}/{key}", []).append(run)
-                log(f"  (a) round {rnd + 1} {t.name:7s} {key:8s} {run.rps:9.0f} req/s  p50 {run.p(50):6.2f} ms  "
+                log(f"  (a) round {rnd + 1} {t.name:8s} {key:8s} {run.rps:9.0f} req/s  p50 {run.p(50):6.2f} ms  "
                     f"p99 {run.p(99):7.2f} ms  server cpu {run.server_cpu or 0:.2f}")
     best = {name: max(rs, key=lambda r: r.rps) for name, rs in runs.items()}
 
     rows = []
+    by_name = {t.name: t for t in all_targets}
     for name, run in best.items():
         tname, key = name.split("/")
         ref = best[f"nginx/{key}"]
@@ -121,9 +150,15 @@ def scenario(bench: Bench) -> dict:
                    body_bytes=primed[name]["body_bytes"])
         if run.server_cpu and ref.server_cpu:
             row["cpu_normalised_ratio_vs_nginx"] = round((run.rps / run.server_cpu) / (ref.rps / ref.server_cpu), 3)
+        if tname == "redis+l1":
+            row["l1_ttl"] = L1_TTL
+            row["primed_cache_status"] = primed[name].get("cache_status")
+            path, hdrs = keys[key]
+            row["cache_status_after"] = l1_check(bench, by_name[tname].svc.url + path, hdrs)
+            row["served_from_l1"] = "detail=l1" in row["cache_status_after"]
         rows.append(row)
 
-    # Throughput and latency against concurrency (per-user key), nginx / memory / Redis interleaved.
+    # Throughput and latency against concurrency (per-user key), nginx / memory / Redis / Redis + L1 interleaved.
     sweep = []
     path, hdrs = keys["per_user"]
     for level in s.sweep_levels:
@@ -135,7 +170,8 @@ def scenario(bench: Bench) -> dict:
             sweep.append({"target": t.name, "connections": level, "rps": round(run.rps, 1),
                           "p50_ms": round(run.p(50), 3), "p99_ms": round(run.p(99), 3),
                           "server_cpu": run.server_cpu and round(run.server_cpu, 3)})
-        log(f"  (a) concurrency {level}: " + ", ".join(f"{r['target']} {r['rps']:.0f}/s" for r in sweep[-3:]))
+        log(f"  (a) concurrency {level}: " + ", ".join(f"{r['target']} {r['rps']:.0f}/s"
+                                                     for r in sweep[-len(all_targets):]))
 
     # Latency at half of each proxy's own best throughput (and nginx's, for reference).
     half = []
@@ -149,7 +185,7 @@ def scenario(bench: Bench) -> dict:
             row = run.summary()
             row.update(target=t.name, key=key, target_rps=round(rate, 1))
             half.append(row)
-            log(f"  (a) half load {t.name:7s} {key:8s} {run.rps:7.0f}/s (asked {rate:.0f})  p50 {run.p(50):.2f} ms  "
+            log(f"  (a) half load {t.name:8s} {key:8s} {run.rps:7.0f}/s (asked {rate:.0f})  p50 {run.p(50):.2f} ms  "
                 f"p99 {run.p(99):.2f} ms  p99.9 {run.p(99.9):.2f} ms")
 
     cdf = {name: best[name].percentiles_ms for name in best}
