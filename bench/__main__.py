@@ -1,8 +1,8 @@
 """``python -m bench [--quick | --smoke] [--out DIR] [--scenarios a,b,c,d,e] [--report-only]``
 
-Starts its own services on loopback (stand-in backend with 20 ms DB delay, redis-server, nginx with
-proxy_cache, our proxy with the memory store, the Redis store, and the Redis store with the in-process
-L1 for two rules), runs the scenarios, writes
+Starts its own services on loopback (stand-in backend with 20 ms DB delay, redis-server, a 6-node Redis
+Cluster, nginx with proxy_cache, our proxy with the memory store, the Redis store, the Redis store with
+the in-process L1 for two rules, and the cluster store), runs the scenarios, writes
 ``<out>/<scenario>.json`` (hits, misses, katiba, purge, coalesce) and ``summary.json``, the PNG plots, and
 BENCHMARKS.md (not in smoke mode), shows progress on stderr, and prints as its last line:
 ``hit_rps_ratio_vs_nginx=... l1_hit_rps_ratio_vs_nginx=... miss_overhead_ms=... katiba_hit_rate=...``
@@ -28,7 +28,7 @@ import standin
 from . import report
 from .context import SERVER_CORES, Bench, Settings
 from .procs import (ROOT, log, machine, proxy_has_workers, rules_with_l1, start_nginx, start_proxy, start_redis,
-                    start_standin, ensure_tools, tool_versions)
+                    start_redis_cluster, start_standin, ensure_tools, tool_versions)
 
 RESULTS = ROOT / "bench" / "results"
 FILES = {"a": "hits", "b": "misses", "c": "katiba", "d": "purge", "e": "coalesce"}
@@ -121,6 +121,8 @@ def start_all(bench: Bench) -> None:
     log(f"starting services (servers on core {SERVER_CORES}, load generator on core 1)")
     bench.services["standin"] = start_standin(bench.tmp, bench.secret, delay_ms=20, cores=SERVER_CORES)
     bench.services["redis"] = start_redis(bench.tmp, cores=SERVER_CORES)
+    # A 6-node Redis Cluster (3 primaries + 3 replicas, every node on the server core) for the cluster store.
+    bench.services["redis-cluster"] = start_redis_cluster(bench.tmp, cores=SERVER_CORES)
     bench.services["nginx"] = start_nginx(bench.tmp, bench["standin"].url, workers=1, cores=SERVER_CORES)
     bench.services["proxy-memory"] = start_proxy(bench.tmp, "memory", bench["standin"].url, bench.secret,
                                                  bench.admin_token, cores=SERVER_CORES)
@@ -133,6 +135,9 @@ def start_all(bench: Bench) -> None:
     bench.services["proxy-redis-l1"] = start_proxy(bench.tmp, "redis-l1", bench["standin"].url, bench.secret,
                                                    bench.admin_token, redis_url=bench["redis"].url,
                                                    cores=SERVER_CORES, rules=rules)
+    bench.services["proxy-redis-cluster"] = start_proxy(bench.tmp, "redis-cluster", bench["standin"].url, bench.secret,
+                                                        bench.admin_token, redis_url=bench["redis-cluster"].url,
+                                                        cores=SERVER_CORES)
 
 
 def run_smoke(bench: Bench) -> dict:

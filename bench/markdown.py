@@ -71,7 +71,8 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
         ["machine", f"{m['nproc']} CPUs ({m['cpu_model']}), {m.get('mem_gb')} GB RAM, Linux {m['kernel']}"],
         ["command", f"`{run['command']}` ({run['mode']} mode, {run.get('elapsed_s')} s)"],
         ["tools", ", ".join(f"{k}: {v}" for k, v in (run.get("versions") or {}).items())],
-        ["pinning", f"servers (stand-in, redis-server, nginx, proxy) on core {run['server_cores']}, "
+        ["pinning", f"servers (stand-in, redis-server, the cluster's redis-servers, nginx, proxy) on core "
+                    f"{run['server_cores']}, "
                     f"wrk on core {run['client_cores']} (`taskset`)"],
         ["workers", "`cache-proxy serve --workers` exists: 2-worker rows included" if run.get("workers_flag")
          else "`cache-proxy serve` has no `--workers` option yet: 1 worker only, no 2-worker rows"],
@@ -82,9 +83,10 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
         "that load, from run to run and within a run. Each wrk run records the CPU pressure "
         "(`/proc/pressure/cpu` some-avg10: % of time some task waited for a CPU) and how much CPU the "
         "server processes actually got (`server cpu`, in cores), both in the JSON. Against that, rounds of "
-        "the hot-hit runs are interleaved (nginx, memory store, Redis, Redis + L1, then again) and each target keeps its best "
-        "round; the miss overhead is a median over interleaved rounds. The `cpu-normalised` column divides "
-        "each target's requests/s by the CPU its processes used (proxy + redis-server for the Redis store), "
+        "the hot-hit runs are interleaved (nginx, memory store, Redis, Redis + L1, Redis Cluster, then again) and each "
+        "target keeps its best round; the miss overhead is a median over interleaved rounds. The `cpu-normalised` "
+        "column divides each target's requests/s by the CPU its processes used (proxy + redis-server for the Redis "
+        "store, proxy + the six cluster nodes' redis-servers for the cluster store), "
         "which is less sensitive to the other load than raw requests/s.\n")
 
     add("## Where we stand against the targets\n")
@@ -113,7 +115,11 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
             "of it (a copy of rules.yaml where `user_profile` and `achievement_types` have "
             f"`l1_ttl: {_l1_ttl(hits)}`: a fresh entry read from Redis is also kept in process and answered "
             "from there, without a Redis round trip, until a purge's pub/sub message or the `l1_ttl` drops it; "
-            "such answers carry `Cache-Status: ...; detail=l1`). `backend req` counts what reached the "
+            "such answers carry `Cache-Status: ...; detail=l1`); `redis-cluster`, the cluster store "
+            "(`--redis redis+cluster://127.0.0.1:P1,127.0.0.1:P2`, every hit a round trip to the primary owning "
+            "the key's slot) against a local 6-node Redis Cluster (3 primaries, 1 replica each, created with "
+            "`redis-cli --cluster create ... --cluster-replicas 1`, `--save \"\" --appendonly no`, all six "
+            "redis-servers on the server core, their CPU counted in `server cpu`). `backend req` counts what reached the "
             "stand-in during the run (0: every answer came from the cache); `hit share` is from the proxy's "
             "`katiba_cache_requests_total` (L1 hits included).\n")
         trows = []
@@ -159,9 +165,12 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
             if name in plots:
                 add(f"![{title}]({_rel(out, root, name)})\n")
         if hits.get("workers_2"):
-            add("2 workers (nothing pinned: servers and wrk share both cores):\n")
-            add(_table(["target", "req/s", "p50 ms", "p99 ms", "ratio vs nginx (2 workers)"],
-                       [[r["target"], _f(r["rps"], 0), _lat(r, "50"), _lat(r, "99"), _f(r.get("ratio_vs_nginx"), 3)]
+            add("2 workers (proxies and nginx not pinned: they and wrk share both cores; redis-server and the "
+                "cluster's redis-servers stay on the server core; `server cpu` counts the cluster's six "
+                "redis-servers for `redis-cluster-2w`):\n")
+            add(_table(["target", "req/s", "p50 ms", "p99 ms", "ratio vs nginx (2 workers)", "server cpu"],
+                       [[r["target"], _f(r["rps"], 0), _lat(r, "50"), _lat(r, "99"), _f(r.get("ratio_vs_nginx"), 3),
+                         _f(r.get("server_cpu"), 2)]
                         for r in hits["workers_2"]]))
             add("")
 
@@ -317,7 +326,8 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
         "python -m bench --smoke    # CI: no nginx or wrk, Python load generator, a few seconds\n"
         "python -m bench --report-only   # rebuild plots and this page from bench/results/*.json\n```\n")
     add("The harness installs nginx-light and wrk with apt-get when they are missing (as root), starts its own "
-        "stand-in backend (`python -m standin --delay-ms 20`), redis-server (`--save \"\" --appendonly no`), nginx "
+        "stand-in backend (`python -m standin --delay-ms 20`), redis-server (`--save \"\" --appendonly no`), a 6-node "
+        "Redis Cluster (`tests/cluster/harness.py`'s `LocalCluster`), nginx "
         "(temp prefix, its own config) and proxies on free loopback ports, and stops them at the end. Parameters of "
         "this run: " + ", ".join(f"{k}={v}" for k, v in st.items() if k != "mode") + ".\n")
     add(f"Last line printed by the run:\n\n```\n{final_line(summary['headline'])}\n```\n")

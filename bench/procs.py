@@ -256,7 +256,7 @@ def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: s
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
                             stdin=subprocess.DEVNULL)
     svc = Service(f"proxy-{name}", proc, f"http://127.0.0.1:{port}", log_path,
-                  {"store": "redis" if redis_url else "memory", "workers": workers, "rules": str(rules or "rules.yaml")})
+                  {"store": ("redis-cluster" if "cluster" in redis_url else "redis") if redis_url else "memory", "workers": workers, "rules": str(rules or "rules.yaml")})
     wait_http(svc.url + "/readyz", service=svc)
     return svc
 
@@ -331,4 +331,63 @@ def start_nginx(tmp: Path, backend_url: str, workers: int = 1, cores: str | None
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     svc = Service("nginx", proc, f"http://127.0.0.1:{port}", prefix / "error.log", {"workers": workers})
     wait_http(svc.url + "/api/v1/achievements/types", service=svc)
+    return svc
+
+
+class ClusterService:
+    """A 6-node Redis Cluster (3 primaries, 1 replica each) started with the test suite's
+    ``tests/cluster/harness.py`` (``LocalCluster``: ``redis-server --cluster-enabled yes --save ""
+    --appendonly no`` on free ports, ``redis-cli --cluster create ... --cluster-replicas 1``, then a
+    wait for ``cluster_state:ok``). Looks like a ``Service`` to ``Bench.close()``: ``stop()`` kills the
+    six redis-server processes this started. ``pids``: all six, so a run counts the whole cluster's CPU."""
+
+    def __init__(self, cluster) -> None:
+        self.name = "redis-cluster"
+        self.cluster = cluster
+        self.url = cluster.url
+        self.log_path = None
+        self.extra = {"nodes": [n.port for n in cluster.nodes]}
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(n.proc.pid for n in self.cluster.nodes if n.proc is not None)
+
+    @property
+    def pid(self) -> int:
+        return self.pids[0]
+
+    def alive(self) -> bool:
+        return all(n.running for n in self.cluster.nodes)
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.cluster.stop()
+
+    def log_tail(self, n: int = 20) -> str:
+        return ""
+
+
+def start_redis_cluster(tmp: Path, cores: str | None = None) -> ClusterService:
+    """Six cluster nodes in ``tmp/redis-cluster``; with ``cores``, each redis-server is pinned there
+    (``sched_setaffinity`` once it runs, as ``taskset -c`` pins the single redis-server)."""
+    for exe in ("redis-server", "redis-cli"):
+        if not shutil.which(exe):
+            raise RuntimeError(f"{exe} not found on PATH: the cluster target needs it (Debian: redis-server, "
+                               "redis-tools)")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.cluster.harness import LocalCluster
+
+    workdir = tmp / "redis-cluster"
+    workdir.mkdir(exist_ok=True)
+    cluster = LocalCluster(workdir)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    svc = ClusterService(cluster)
+    if cores and hasattr(os, "sched_setaffinity"):
+        cpus = {int(c) for c in cores.split(",")}
+        for pid in svc.pids:
+            os.sched_setaffinity(pid, cpus)
     return svc

@@ -22,8 +22,9 @@ def _get(d: dict | None, *path, default=None):
     return d
 
 
-# How the hot-hit targets are named in tables and plots ("L1" is the in-process cache in front of Redis).
-TARGET_ORDER = ("nginx", "memory", "redis", "redis+l1")
+# How the hot-hit targets are named in tables and plots ("L1" is the in-process cache in front of Redis;
+# "redis-cluster" the cluster store against a 6-node Redis Cluster).
+TARGET_ORDER = ("nginx", "memory", "redis", "redis+l1", "redis-cluster")
 TARGET_LABELS = {"memory": "memory store"}
 
 

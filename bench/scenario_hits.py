@@ -5,10 +5,12 @@ the JWT on each request, nginx keys on the Authorization header) and the global
 ``GET /api/v1/achievements/types``. Targets: nginx (1 worker), our proxy with the memory store, with
 the Redis store, and with the Redis store plus the in-process L1 (``redis+l1``: a copy of rules.yaml
 where ``user_profile`` and ``achievement_types`` have ``l1_ttl: 60``, so their fresh entries are
-answered from process memory, ``Cache-Status: ...; detail=l1``), every server process on core 0 and
-wrk on core 1; plus, when ``cache-proxy serve --workers`` exists, the Redis store with 2 workers against
-nginx with 2 workers (all cores shared, no pinning). Rounds are interleaved (nginx, memory, Redis,
-Redis + L1, nginx, ...) so that load from elsewhere on the machine hits every target alike; a target's
+answered from process memory, ``Cache-Status: ...; detail=l1``), and with the cluster store
+(``redis-cluster``: ``--redis redis+cluster://...`` against a 6-node Redis Cluster, 3 primaries and 3
+replicas, its CPU counted over all six redis-server processes), every server process on core 0 and
+wrk on core 1; plus, when ``cache-proxy serve --workers`` exists, the Redis store and the cluster store
+with 2 workers against nginx with 2 workers (all cores shared, no pinning). Rounds are interleaved
+(nginx, memory, Redis, Redis + L1, cluster, nginx, ...) so that load from elsewhere on the machine hits every target alike; a target's
 figure is its best round.
 Then: throughput and latency against the number of connections (per-user key), and the latency at
 half of each proxy's own best throughput (paced sends, wrk's ``delay()``).
@@ -33,7 +35,7 @@ L1_TTL = 60
 
 @dataclass
 class Target:
-    name: str  # "nginx", "memory", "redis", "redis+l1", "redis-2w", "nginx-2w"
+    name: str  # "nginx", "memory", "redis", "redis+l1", "redis-cluster", "redis-2w", "redis-cluster-2w", "nginx-2w"
     svc: Service
     pids: tuple[int, ...]
     cores: str | None
@@ -46,7 +48,9 @@ def targets(bench: Bench) -> list[Target]:
             Target("memory", bench["proxy-memory"], (bench["proxy-memory"].pid,), SERVER_CORES, CLIENT_CORES),
             Target("redis", bench["proxy-redis"], (bench["proxy-redis"].pid, redis_pid), SERVER_CORES, CLIENT_CORES),
             Target("redis+l1", bench["proxy-redis-l1"], (bench["proxy-redis-l1"].pid, redis_pid), SERVER_CORES,
-                   CLIENT_CORES)]
+                   CLIENT_CORES),
+            Target("redis-cluster", bench["proxy-redis-cluster"],
+                   (bench["proxy-redis-cluster"].pid, *bench["redis-cluster"].pids), SERVER_CORES, CLIENT_CORES)]
 
 
 def size_profile(bench: Bench, token: str) -> int:
@@ -123,7 +127,8 @@ def scenario(bench: Bench) -> dict:
     token = mint(HOT_USER, bench.secret, ttl=6 * 3600)
     keys = {"per_user": (PROFILE, {"Authorization": f"Bearer {token}"}), "global": (TYPES, {})}
     body = size_profile(bench, token)
-    log(f"(a) hot hits: profile body {body} bytes; priming nginx, memory store, Redis store, Redis + L1")
+    log(f"(a) hot hits: profile body {body} bytes; priming nginx, memory store, Redis store, Redis + L1, "
+        "Redis Cluster")
     all_targets = targets(bench)
     primed = {f"{t.name}/{k}": prime(bench, t.svc.url + path, hdrs, l1=t.name == "redis+l1")
               for t in all_targets for k, (path, hdrs) in keys.items()}
@@ -135,7 +140,7 @@ def scenario(bench: Bench) -> dict:
                 run = run_hit(bench, t, path, hdrs, s.hit_connections, s.hit_duration, label=f"{t.name}/{key}")
                 run.extra["round"] = rnd + 1
                 runs.setdefault(f"{t.name}/{key}", []).append(run)
-                log(f"  (a) round {rnd + 1} {t.name:8s} {key:8s} {run.rps:9.0f} req/s  p50 {run.p(50):6.2f} ms  "
+                log(f"  (a) round {rnd + 1} {t.name:13s} {key:8s} {run.rps:9.0f} req/s  p50 {run.p(50):6.2f} ms  "
                     f"p99 {run.p(99):7.2f} ms  server cpu {run.server_cpu or 0:.2f}")
     best = {name: max(rs, key=lambda r: r.rps) for name, rs in runs.items()}
 
@@ -158,7 +163,7 @@ def scenario(bench: Bench) -> dict:
             row["served_from_l1"] = "detail=l1" in row["cache_status_after"]
         rows.append(row)
 
-    # Throughput and latency against concurrency (per-user key), nginx / memory / Redis / Redis + L1 interleaved.
+    # Throughput and latency against concurrency (per-user key), every target interleaved.
     sweep = []
     path, hdrs = keys["per_user"]
     for level in s.sweep_levels:
@@ -185,7 +190,7 @@ def scenario(bench: Bench) -> dict:
             row = run.summary()
             row.update(target=t.name, key=key, target_rps=round(rate, 1))
             half.append(row)
-            log(f"  (a) half load {t.name:8s} {key:8s} {run.rps:7.0f}/s (asked {rate:.0f})  p50 {run.p(50):.2f} ms  "
+            log(f"  (a) half load {t.name:13s} {key:8s} {run.rps:7.0f}/s (asked {rate:.0f})  p50 {run.p(50):.2f} ms  "
                 f"p99 {run.p(99):.2f} ms  p99.9 {run.p(99.9):.2f} ms")
 
     cdf = {name: best[name].percentiles_ms for name in best}
@@ -197,16 +202,22 @@ def scenario(bench: Bench) -> dict:
 
 
 def workers_rows(bench: Bench, per_user: tuple[str, dict]) -> list[dict]:
-    """Redis store with 2 workers against nginx with 2 workers; nothing pinned (wrk shares the cores)."""
+    """Redis store and cluster store with 2 workers against nginx with 2 workers; no process pinned
+    here (wrk shares the cores; redis-server and the cluster nodes keep the pinning they started with)."""
     s = bench.settings
-    log("(a) 2 workers: starting nginx and the proxy (Redis store) with 2 workers each, unpinned")
+    log("(a) 2 workers: starting nginx and the proxy (Redis store, cluster store) with 2 workers each, unpinned")
     nginx2 = start_nginx(bench.tmp, bench["standin"].url, workers=2)
     bench.services["nginx-2w"] = nginx2
     proxy2 = start_proxy(bench.tmp, "redis-2w", bench["standin"].url, bench.secret, bench.admin_token,
                          redis_url=bench["redis"].url, workers=2)
     bench.services["proxy-redis-2w"] = proxy2
+    cluster = bench["redis-cluster"]
+    proxy2c = start_proxy(bench.tmp, "redis-cluster-2w", bench["standin"].url, bench.secret, bench.admin_token,
+                          redis_url=cluster.url, workers=2)
+    bench.services["proxy-redis-cluster-2w"] = proxy2c
     two = [Target("nginx-2w", nginx2, (nginx2.pid,), None, None),
-           Target("redis-2w", proxy2, (proxy2.pid, bench["redis"].pid), None, None)]
+           Target("redis-2w", proxy2, (proxy2.pid, bench["redis"].pid), None, None),
+           Target("redis-cluster-2w", proxy2c, (proxy2c.pid, *cluster.pids), None, None)]
     path, hdrs = per_user
     for t in two:
         prime(bench, t.svc.url + path, hdrs)
