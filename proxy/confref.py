@@ -40,6 +40,8 @@ RULE_FIELD_DOCS = {
                             "fetches and refreshes the entry",
     "max_body_bytes": "larger answers are streamed to the client and not stored",
     "error_when": "backend answers that count as failures for stale_if_error (same shape as cache_when)",
+    "l1_ttl": "seconds an entry may also be answered from the in-process L1 in front of Redis (0: off); "
+              "invalidated by a message from every purge",
 }
 TOP_FIELD_DOCS = {
     "version": ("1", "format version of the file (1)"),

@@ -38,6 +38,7 @@ from .entry import Entry, decode_entry
 from .errors import StoreUnavailable, UpstreamError
 from .logs import request_id as request_id_var
 from .policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
+from .streaming import is_event_stream
 from .upstream import strip_hop_by_hop
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
 
@@ -317,6 +318,8 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
         outcome = refusal or await _store(proxy, target, found, tokens, fresh, origin.headers)
         proxy.metrics.stores.labels(LABEL, outcome).inc()
         return Got(304, upstream_headers, outcome=outcome, revalidated=fresh)
+    if is_event_stream(upstream_headers):  # SSE: relayed as it comes, never stored (proxy/streaming.py)
+        return Got(response.status, upstream_headers, outcome="event-stream", stream=(b"", response))
     try:
         body, complete = await _server._read_limited(response, config.max_body_bytes)
     except UpstreamError as exc:

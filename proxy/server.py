@@ -719,9 +719,10 @@ class Proxy:
         """Background: probe every ``store_check_interval`` s while healthy, every 0.1 s while the cache is off."""
         while True:
             wait = 0.1 if not self.cache_usable else self.config.store_check_interval
-            try:
-                await asyncio.wait_for(self._store_wake.wait(), wait)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
+                async with asyncio.timeout(wait):  # as the wake-up does, and then this loop never ends
+                    await self._store_wake.wait()
+            except TimeoutError:
                 pass
             self._store_wake.clear()
             try:

@@ -4,6 +4,13 @@ Pitfalls handled here (conventions.md, "Forwarding"): the client session never d
 and ``Content-Encoding``/``Content-Length`` stay consistent; upstream URLs are built with
 ``encoded=True`` so yarl rewrites neither ``/../`` nor ``%ZZ`` (keys are computed from exactly what is
 sent); hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways; the connector's pool is raised.
+
+Production settings ([9/9]): TLS to an https:// backend with a private CA and a client certificate
+(``ssl_context``: a file that cannot be loaded is a ValueError naming it, so the start fails);
+``max_concurrent`` backend requests at once (``_Slots``: a slot is held until the response is released,
+a request waits ``queue_timeout`` at most, then ``UpstreamBusy``, a 503 with Retry-After); and the
+start-up probe (``watch_upstream``): an unreachable backend is a warning, and with ``require_at_start``
+``answered`` stays False (``/readyz`` not ready) until the backend has answered once.
 """
 from __future__ import annotations
 

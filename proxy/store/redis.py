@@ -263,7 +263,9 @@ class RedisStore:
             tls = {"ssl": True, **{k: v for k, v in params.items() if k.startswith("ssl_")}}
             if "ssl_check_hostname" in tls:
                 tls["ssl_check_hostname"] = str(tls["ssl_check_hostname"]).lower() in ("1", "true", "yes", "on")
-        sentinel_kwargs = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **tls}
+        # No retries against a sentinel (redis-py's default backs off for seconds): fail fast to the backend.
+        sentinel_kwargs = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                           "retry": Retry(NoBackoff(), 0), **tls}
         if params.get("sentinel_password"):
             sentinel_kwargs["password"] = params["sentinel_password"]
             sentinel_kwargs["username"] = params.get("sentinel_username") or None
