@@ -127,14 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def cmd_check(path: str) -> int:
+def _rules_or_report(path: str):
+    """The compiled rules, or None after printing every problem as ``file:line: field: message``."""
     from .rules import load_rules
 
     try:
-        rules = load_rules(path)
+        return load_rules(path)
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_check(path: str) -> int:
+    rules = _rules_or_report(path)
+    if rules is None:
         return 1
     reads = sum(1 for r in rules.rules if r.key is not None)
     writes = len(rules.rules) - reads
@@ -507,7 +514,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import json
 
     from .explain import explain, format_text
-    from .rules import load_rules
 
     if args.instance:
         from urllib.parse import urlencode
@@ -521,11 +527,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             return 1
     else:
         path = args.rules or os.environ.get("RULES_PATH") or default_rules_path()
-        try:
-            rules = load_rules(path)
-        except RulesError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
+        rules = _rules_or_report(path)
+        if rules is None:
             return 1
         identity, unverified = _identity_from_token(args.token)
         result = explain(rules, args.method, args.url, identity, is_admin=False, unverified=unverified,

@@ -408,7 +408,7 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
             check.fail(_line_of(raw, "purge") if "purge" in raw else line, f"{name}.purge",
                        "required on a write rule: a list of patterns (exact key or namespace:*)")
             purges = []
-        templates, exact = [], []
+        templates = []
         for i, pattern in enumerate(purges):
             pline = _line_of(purges, i)
             if not isinstance(pattern, str):

@@ -29,7 +29,6 @@ import hmac
 import itertools
 import logging
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass, field, replace
