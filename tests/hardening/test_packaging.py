@@ -73,16 +73,20 @@ def test_installed_in_a_venv_the_command_works_from_anywhere(wheel, tmp_path):
     assert where.stdout.startswith(str(venv)), where  # the wheel's copy, not the checkout
 
 
-READ_ONLY = ("mount -o remount,bind,ro / && mount -t tmpfs -o mode=1777 tmpfs /tmp && "
+# The one writable place is a fresh tmpfs at $TMPDIR (the image's /tmp); it is not /tmp itself, since the
+# checkout under test may live below /tmp and must stay visible.
+READ_ONLY = ("mount -o remount,bind,ro / && mount -t tmpfs -o mode=1777 tmpfs \"$TMPDIR\" && "
              "exec setpriv --reuid 10001 --regid 10001 --clear-groups "
              "--inh-caps +dac_read_search --ambient-caps +dac_read_search \"$@\"")
 
 
-async def test_runs_read_only_as_an_unprivileged_user_writing_only_to_tmp(backend, redis_url):
+async def test_runs_read_only_as_an_unprivileged_user_writing_only_to_tmp(backend, redis_url, tmp_path):
     if shutil.which("unshare") is None or shutil.which("setpriv") is None:
         pytest.fail("util-linux's unshare and setpriv are needed for this test", pytrace=False)
     port = free_port()
-    env = subprocess_env(JWT_SECRET_KEY=SECRET, HOME="/nonexistent", PENDING_PURGES_FILE="")
+    writable = tmp_path / "tmp"
+    writable.mkdir()
+    env = subprocess_env(JWT_SECRET_KEY=SECRET, HOME="/nonexistent", PENDING_PURGES_FILE="", TMPDIR=str(writable))
     # the unprivileged user can read (CAP_DAC_READ_SEARCH: the interpreter lives under /root) but not write
     proc = await asyncio.create_subprocess_exec(
         "unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY, "sh",
