@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import itertools
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -45,7 +43,6 @@ from .config import Config
 from .entry import Entry, decode_entry
 from .errors import IdentityError, StoreUnavailable, UpstreamError
 from .identity import Identity, Verifier, bearer_token
-from .keys import assemble, escape_value
 from .l1 import L1Cache, follow_invalidations
 from .logs import request_id as request_id_var
 from .metrics import Metrics
@@ -55,8 +52,9 @@ from .rules import Rules, load_rules
 from .store import open_store
 from .store.guard import CircuitBreaker, GuardedStore
 from .upstream import Upstream, response_headers, strip_hop_by_hop, watch_upstream
-from .wire import (CacheStatus, error_response, etag_matches, is_valid_request_id, mask_gen_key,
-                   RateLimiter)
+from .endpoints import EndpointsMixin
+from .purging import PurgingMixin
+from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_matches, is_valid_request_id, read_body
 
 log = logging.getLogger("proxy")
 
@@ -69,10 +67,6 @@ FILL_DROPPED = ("Content-Length", "Content-Type", "Expect", "Cookie", "Forwarded
                 "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Server", "X-Host", "X-Original-Host")
 NOT_SHAREABLE = frozenset({"set-cookie", "private", "vary", "content-encoding", "too-large"})
 INTERNAL_HEADERS = frozenset({"x-cache", "cache-status", "age", "x-request-id", "content-length", "set-cookie"})
-USER_INVALIDATE = "/api/v1/users/cache/invalidate"
-ACHIEVEMENTS_INVALIDATE = "/api/v1/achievements/cache/invalidate"
-GLOBAL_INVALIDATE = "/api/v1/achievements/cache/invalidate/global"
-MAX_PENDING = 10_000  # pending purges kept one by one; beyond that, one global epoch bump covers them
 
 
 @dataclass
@@ -104,7 +98,7 @@ class Origin:
     request_id: str
 
 
-class Proxy:
+class Proxy(PurgingMixin, EndpointsMixin):
     def __init__(self, config: Config, rules: Rules, store: GuardedStore, upstream: Upstream, metrics: Metrics,
                  clock=time.time, unsafe: frozenset[str] = frozenset()):
         self.config, self.store, self.upstream, self.metrics, self.clock = config, store, upstream, metrics, clock
@@ -525,8 +519,8 @@ class Proxy:
         body: Any = request.content if request.body_exists else None
         if d.needs_body:
             try:
-                body = await _read_body(request, self.config.max_write_body)
-            except _TooLarge:
+                body = await read_body(request, self.config.max_write_body)
+            except BodyTooLarge:
                 return error_response(413, "request body too large for this route", "BYPASS",
                                       CacheStatus.bypass("body-too-large"))
             try:
@@ -558,201 +552,6 @@ class Proxy:
         if d.rule is not None and d.rule.repurge_after and d.gen_keys:
             self._spawn(self._repurge(d.gen_keys, rule_name, d.rule.repurge_after))
         return await self._stream(request, response, self._pass_headers(response, status))
-
-    async def purge(self, gen_keys: tuple[str, ...], rule_name: str, caller: str | None = None) -> bool:
-        """Bump ``gen_keys``; on failure keep them pending (reads bypass them) and retry in the background."""
-        if not gen_keys:
-            return True
-        if self.l1 is not None:  # this instance forgets at once; others hear it from the bump's message
-            self.l1.invalidate(gen_keys)
-        start = time.perf_counter()
-        masked = [mask_gen_key(g, self.rules.prefix) for g in gen_keys]
-        try:
-            await self.store.bump(list(gen_keys), self.gen_ttl)
-        except StoreUnavailable as exc:
-            for g in gen_keys:
-                self.pending[g] = rule_name
-            if len(self.pending) > MAX_PENDING:  # bounded: one epoch bump covers them all
-                self.pending.clear()
-                self.pending[policy.epoch_key(self.rules.prefix)] = "overflow"
-                log.error("too many pending purges; every read bypasses until the global epoch is bumped",
-                          extra={"event": "pending_overflow", "limit": MAX_PENDING})
-            self.metrics.purge_failures.inc()
-            self.metrics.pending_purges.set(len(self.pending))
-            self._journal_pending()
-            log.error("purge failed; namespaces bypass the cache until it lands",
-                      extra={"event": "purge_failed", "rule": rule_name, "patterns": masked, "error": str(exc)})
-            self._ensure_retry_task()
-            return False
-        self.metrics.purges.labels(rule_name).inc()
-        extra = {"event": "purge", "rule": rule_name, "patterns": masked,
-                 "duration_ms": round((time.perf_counter() - start) * 1000, 3)}
-        if caller:
-            extra["caller"] = caller
-        log.info("purge", extra=extra)
-        return True
-
-    def _ensure_retry_task(self) -> None:
-        if not any(getattr(t, "retry_purges", False) for t in self.background):
-            task = self._spawn(self._retry_pending())
-            task.retry_purges = True  # type: ignore[attr-defined]
-
-    async def _retry_pending(self, interval: float = 0.2) -> None:
-        while self.pending:
-            await asyncio.sleep(interval)
-            keys = list(self.pending)
-            try:
-                await self.store.bump(keys, self.gen_ttl)
-            except StoreUnavailable:
-                continue
-            self._applied(keys)
-
-    def _applied(self, keys: list[str]) -> None:
-        """Pending purges the store accepted: stop bypassing them; an epoch among them is counted."""
-        epoch = policy.epoch_key(self.rules.prefix)
-        for g in keys:
-            rule = self.pending.pop(g, "pending")
-            if g == epoch:
-                self.metrics.epoch_bumps.inc()
-                log.warning("global epoch bumped: purges may have been lost", extra={"event": "epoch_bump",
-                                                                                    "reason": rule})
-            else:
-                self.metrics.purges.labels(rule).inc()
-        self.metrics.pending_purges.set(len(self.pending))
-        self._journal_pending()
-        log.info("pending purges applied", extra={"event": "purge_recovered", "count": len(keys)})
-
-    def _journal_pending(self) -> None:
-        """Keep ``config.pending_file`` in step with ``pending``: it exists while purges are pending.
-
-        Written only when the first purge fails and removed when the last one lands (never on the hit
-        path). A process that finds it at start-up knows its predecessor left purges unapplied (it
-        crashed, or exited while the store was unreachable) and bumps the global epoch.
-        """
-        path = self.config.pending_file
-        if not path:
-            return
-        try:
-            if self.pending and not self._journaled:
-                tmp = f"{path}.{os.getpid()}.tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(orjson.dumps({"pid": os.getpid(), "since": time.time(), "prefix": self.rules.prefix}))
-                os.replace(tmp, path)
-                self._journaled = True
-            elif not self.pending and self._journaled:
-                os.unlink(path)
-                self._journaled = False
-        except FileNotFoundError:
-            self._journaled = False
-        except OSError as exc:
-            log.error("cannot update the pending-purges file", extra={"event": "pending_file_error",
-                                                                      "path": path, "error": str(exc)})
-
-    def recover_pending_file(self) -> bool:
-        """At start-up: a pending-purges file left by the previous process -> bump the global epoch (as a
-        pending purge: every read bypasses until it lands). True if one was found."""
-        path = self.config.pending_file
-        if not path or not os.path.exists(path):
-            return False
-        self._journaled = True  # removed once the epoch bump lands
-        self.pending[policy.epoch_key(self.rules.prefix)] = "previous-process"
-        self.metrics.pending_purges.set(len(self.pending))
-        log.warning("the previous process left purges unapplied; the global epoch will be bumped",
-                    extra={"event": "pending_recovered", "path": path})
-        self._ensure_retry_task()
-        return True
-
-    # ---------------------------------------------------------------------------- store watch
-
-    def _store_unreachable(self) -> None:
-        """A store call failed to reach the store: stop reading from it until ``check_store`` says yes."""
-        if self.cache_usable:
-            self.cache_usable = False
-            self.metrics.store_usable.set(0)
-            log.warning("store unreachable; reads go to the backend until it is verified again",
-                        extra={"event": "store_down"})
-        self._usable_at = None
-        self._store_wake.set()
-
-    async def check_store(self) -> bool:
-        """Probe the store (``GuardedStore.verify``): which server answers, and did it lose data?
-
-        A Redis that restarted from a snapshot or a promoted replica may lack recent purges (and other
-        instances' pending ones): the store bumps the global epoch once, counted here. While the cache is
-        off after an outage, a successful probe starts the recovery hold (``store_recovery_hold``), during
-        which other instances' retried purges land; then reads use the store again.
-        """
-        try:
-            bumped = await self.store.verify(self.server_marker, policy.epoch_key(self.rules.prefix), self.gen_ttl)
-        except StoreUnavailable as exc:
-            if not self.cache_usable:
-                self._store_outage = True
-                self._usable_at = None
-            else:
-                log.warning("store probe failed", extra={"event": "store_probe_failed", "error": str(exc)})
-            return False
-        if bumped:
-            if self.l1 is not None:
-                self.l1.clear()
-            self.metrics.epoch_bumps.inc()
-            log.warning("the store's server changed and may have lost purges; global epoch bumped",
-                        extra={"event": "epoch_bump", "reason": "store-replaced"})
-        if not self.cache_usable:
-            now = time.monotonic()
-            if self._usable_at is None:
-                self._usable_at = now + (self.config.store_recovery_hold if self._store_outage else 0.0)
-                if self._store_outage:
-                    log.info("store answers again; cache back after the recovery hold",
-                             extra={"event": "store_recovering", "hold_s": self.config.store_recovery_hold})
-            if now >= self._usable_at:
-                self.cache_usable, self._store_outage, self._usable_at = True, False, None
-                self.metrics.store_usable.set(1)
-                log.info("store verified; reads use the cache again", extra={"event": "store_up"})
-        return True
-
-    @property
-    def server_marker(self) -> str:
-        return f"{self.rules.prefix}:server"
-
-    async def watch_store(self) -> None:
-        """Background: probe every ``store_check_interval`` s while healthy, every 0.1 s while the cache is off."""
-        while True:
-            wait = 0.1 if not self.cache_usable else self.config.store_check_interval
-            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
-                async with asyncio.timeout(wait):  # as the wake-up does, and then this loop never ends
-                    await self._store_wake.wait()
-            except TimeoutError:
-                pass
-            self._store_wake.clear()
-            try:
-                await self.check_store()
-            except Exception:  # noqa: BLE001 - the watcher must never stop
-                log.exception("store check failed", extra={"event": "store_check_error"})
-
-    async def shutdown(self, grace: float) -> None:
-        """After the listener closed and in-flight requests ended: let background fills finish (bounded),
-        try pending purges once more, then stop every background task."""
-        fills = [t for t in self.background if getattr(t, "fill", False)]
-        if fills:
-            await asyncio.wait(fills, timeout=max(0.0, grace))
-        for task in list(self.background):
-            if getattr(task, "retry_purges", False):
-                task.cancel()
-        if self.pending:
-            keys = list(self.pending)
-            try:
-                await self.store.bump(keys, self.gen_ttl)
-            except StoreUnavailable:
-                log.error("purges still pending at exit" + ("; the next start bumps the global epoch"
-                                                            if self.config.pending_file else ""),
-                          extra={"event": "pending_at_exit", "count": len(keys),
-                                 "pending_file": self.config.pending_file})
-            else:
-                self._applied(keys)
-
-    async def _repurge(self, gen_keys: tuple[str, ...], rule_name: str, after: int) -> None:
-        await asyncio.sleep(after)
-        await self.purge(gen_keys, rule_name)
 
     # ------------------------------------------------------------------------- pass-through
 
@@ -799,108 +598,6 @@ class Proxy:
             response.release()
         return out
 
-    # ---------------------------------------------------------------------------- internal
-
-    def _internal(self, method: str, raw_path: str):
-        if raw_path in (USER_INVALIDATE, ACHIEVEMENTS_INVALIDATE, GLOBAL_INVALIDATE):
-            return self._invalidate
-        if self.config.admin_listen is None:  # else they live on the admin port; here they are backend paths
-            return self.admin_handler(raw_path)
-        return None
-
-    def admin_handler(self, raw_path: str):
-        """/metrics, /healthz, /readyz and /_cache/* (the admin listener serves these: proxy/admin.py)."""
-        if raw_path in ("/metrics", "/healthz", "/readyz"):
-            return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}[raw_path]
-        if raw_path.startswith("/_cache/"):  # explain, stats, purge (admin only): see proxy/explain.py
-            from .explain import ENDPOINTS
-            handler = ENDPOINTS.get(raw_path)
-            if handler is not None:
-                return lambda request: handler(self, request)
-        return None
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        try:
-            stats = await self.store.stats()
-        except StoreUnavailable:
-            stats = {}
-        if "entries" in stats:
-            self.metrics.store_entries.set(stats["entries"])
-        if "bytes" in stats:
-            self.metrics.store_bytes.set(stats["bytes"])
-        if "evictions" in stats:
-            self.metrics.evictions.set(stats["evictions"])
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        from .store.guard import STATE_NAMES
-        ready = self.ready and self.upstream.answered  # REQUIRE_UPSTREAM_AT_START: not before it answered
-        body = {"ready": ready, "store": self.store.name, "circuit": STATE_NAMES[self.store.breaker.state],
-                "store_usable": self.cache_usable, "pending_purges": len(self.pending), "mode": self.mode,
-                "upstream_answered": self.upstream.answered}
-        return web.json_response(body, status=200 if ready else 503)
-
-    async def _invalidate(self, request: web.Request) -> web.Response:
-        path = request.raw_path.partition("?")[0]
-        if request.method != "POST":
-            return web.json_response({"detail": "Method Not Allowed"}, status=405, headers={"Allow": "POST"})
-        authorization = request.headers.get("Authorization", "")
-        token = bearer_token(authorization)
-        is_admin = bool(self.config.admin_token and token and hmac.compare_digest(
-            token.encode(), self.config.admin_token.encode()))
-        # Limited per client address, the admin credential excepted (as on /_cache/*): behind a load
-        # balancer every client shares one address, and a flood must not lock the operator out.
-        retry_after = 0 if is_admin else self.admin_limiter.take(request.remote or "unknown")
-        if retry_after:
-            return web.json_response({"detail": "Too many invalidation requests"}, status=429,
-                                     headers={"Retry-After": str(retry_after)})
-        identity = None
-        if not is_admin:
-            identity, error = self._identify(authorization)
-            if identity is None:
-                return web.json_response({"detail": "Not authenticated"}, status=401,
-                                         headers={"WWW-Authenticate": "Bearer"})
-        try:
-            raw = await _read_body(request, 64 << 10)
-            document = orjson.loads(raw) if raw.strip() else {}
-        except (_TooLarge, orjson.JSONDecodeError):
-            return web.json_response({"detail": "body must be a JSON object"}, status=422)
-        if not isinstance(document, dict):
-            return web.json_response({"detail": "body must be a JSON object"}, status=422)
-        if path == GLOBAL_INVALIDATE:
-            if not is_admin:
-                return web.json_response({"detail": "admin credential required"}, status=403)
-            namespaces = ["achievements:global"]
-            stored = [assemble(["achievements", "global"], ("achievements", "global"))]  # {achievements:global}
-        else:
-            target = document.get("user_id")
-            if is_admin and not target:
-                return web.json_response({"detail": "user_id required with the admin credential"}, status=422)
-            if not is_admin:
-                if target not in (None, identity.user_id):
-                    return web.json_response({"detail": "may only invalidate your own cache"}, status=403)
-                target = identity.user_id
-            if not isinstance(target, str):
-                return web.json_response({"detail": "user_id must be a string"}, status=422)
-            kind = "user" if path == USER_INVALIDATE else "achievements"
-            namespaces = [f"{kind}:{{{escape_value(target)}}}"]
-            stored = namespaces
-        gen_keys = tuple(policy.namespace_gen_key(self.rules.prefix, ns) for ns in stored)
-        caller = "admin" if is_admin else f"user:…{identity.user_id[-4:]}"
-        ok = await self.purge(gen_keys, "manual", caller=caller)
-        log.info("manual invalidation", extra={"event": "audit_invalidate", "caller": caller,
-                                                "namespaces": [mask_gen_key(g, self.rules.prefix) for g in gen_keys],
-                                                "applied": ok})
-        body = {"header": {"requestRefId": str(uuid.uuid4()), "responseCode": 200,
-                           "responseMessage": "Cache invalidated" if ok else "Invalidation pending",
-                           "customerMessage": "Cache invalidated",
-                           "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                "body": {"invalidated": [f"{ns}:*" for ns in namespaces], "applied": ok}}
-        return web.json_response(body)
-
     # ----------------------------------------------------------------------------- reloads
 
     def reload_rules(self) -> bool:
@@ -915,20 +612,6 @@ class Proxy:
         self.metrics.reloads.labels("success").inc()
         log.info("rules reloaded", extra={"event": "reload", "rules": len(rules.rules)})
         return True
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:

@@ -90,3 +90,18 @@ class RateLimiter:
             self.buckets.clear()
         self.buckets[client] = (tokens - 1, now)
         return 0
+
+
+class BodyTooLarge(Exception):
+    """A request body over the limit of the route that has to read it."""
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, or BodyTooLarge as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-import proxy.server
+import proxy.purging
 
 from .conftest import PROFILE, new_user, sample, warm
 from .faultproxy import FaultProxy
@@ -58,7 +58,7 @@ async def test_failed_purge_is_kept_and_retried(make_proxy, backend, start_redis
 
 async def test_too_many_pending_purges_become_one_epoch_bump(make_proxy, backend, start_redis, redis_store,
                                                              poll, monkeypatch):
-    monkeypatch.setattr(proxy.server, "MAX_PENDING", 2)
+    monkeypatch.setattr(proxy.purging, "MAX_PENDING", 2)
     server = start_redis()
     fault = await FaultProxy.start("127.0.0.1", server.port)
     try:
