@@ -18,25 +18,14 @@ import pytest
 from proxy.identity import IdentityConfig
 from proxy.rules import load_rules
 from tests.functional.conftest import SECRET, auth, mint, new_user
+from tests.functional.test_rules_routes import READ_URLS
 from tests.security.helpers import bad_tokens, claims, hand_signed, unsigned
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "rules.yaml", environ={})
 IDENTITY_SCOPED = sorted(r.name for r in RULES.rules if r.identity_scoped)
-URLS = {  # one concrete URL per identity-scoped GET rule; {achievement_id} is one of the victim's
-    "user_profile": "/api/v1/users/profile",
-    "user_full_profile": "/api/v1/users/profile/full",
-    "user_preferences": "/api/v1/users/preferences",
-    "user_languages": "/api/v1/users/languages",
-    "user_accessibility": "/api/v1/users/accessibility",
-    "user_interests": "/api/v1/users/interests",
-    "user_stats": "/api/v1/users/stats",
-    "auth_me": "/api/v1/auth/me",
-    "achievements": "/api/v1/achievements",
-    "achievements_summary": "/api/v1/achievements/summary",
-    "achievements_stats": "/api/v1/achievements/stats",
-    "achievement": "/api/v1/achievements/{achievement_id}",
-    "achievements_by_type": "/api/v1/achievements/type/gold",
-}
+# one concrete URL per identity-scoped GET rule (the functional suite's table, checked against rules.yaml
+# there); {achievement_id} is one of the victim's
+URLS = {name: url for name, url in READ_URLS.items() if name in IDENTITY_SCOPED}
 
 
 def test_every_identity_scoped_rule_is_attacked():
