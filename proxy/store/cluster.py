@@ -66,7 +66,7 @@ from ..errors import StoreUnavailable
 from .base import new_token
 from ..l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
-from .redis import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text
+from .redis import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text, connection_run_id
 
 __all__ = ["RedisClusterStore", "CLUSTER_SCHEMES", "parse_cluster_url"]
 
@@ -294,12 +294,7 @@ class RedisClusterStore:
         await connection.on_connect()
         if not self._armed:
             return
-        try:
-            await connection.send_command("INFO", "server")
-            run_id = _run_id(await connection.read_response())
-        except ResponseError:
-            run_id = ""
-        if run_id not in self._verified_run_ids:
+        if await connection_run_id(connection) not in self._verified_run_ids:
             raise RedisConnectionError("not a verified primary (failover, restart or new node); "
                                        "not used until verified")
 

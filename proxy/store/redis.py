@@ -68,6 +68,16 @@ def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
     return wrapper
 
 
+async def connection_run_id(connection) -> str:
+    """The ``run_id`` of the server behind a fresh redis-py connection, or "" when ``INFO`` is refused
+    (ACL) or unsupported: then restarts cannot be told apart."""
+    try:
+        await connection.send_command("INFO", "server")
+        return _run_id(await connection.read_response())
+    except ResponseError:
+        return ""
+
+
 def _run_id(info: bytes | str | dict) -> str:
     """The ``run_id`` of an ``INFO server`` reply (raw or parsed); "" if it has none."""
     if isinstance(info, dict):
@@ -303,12 +313,7 @@ class RedisStore:
         await connection.on_connect()
         if not self._armed:
             return
-        try:
-            await connection.send_command("INFO", "server")
-            run_id = _run_id(await connection.read_response())
-        except ResponseError:  # INFO not allowed (ACL) or not supported: restarts cannot be told apart
-            run_id = ""
-        if run_id != self._verified:
+        if await connection_run_id(connection) != self._verified:
             self._suspect = True
             raise RedisConnectionError("the Redis server changed (restart or failover); not used until verified")
 
