@@ -64,6 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("L1_MAX_BYTES", str(64 << 20), "byte budget of the in-process L1 in front of Redis (rules with l1_ttl)"),
     Setting("WARM_AUTHORIZATION", "", "Authorization header sent with warming requests (a service token)"),
     Setting("ACCESS_LOG", "0", "1: one log line per request"),
+    Setting("FAST_PATH", "1", "0: answer fresh hits through aiohttp's full request path too (proxy/fastpath.py "
+            "answers plain GETs that hit straight off the socket)"),
     Setting("PENDING_PURGES_FILE", "", "exists while purges are pending; found at start-up it makes the proxy "
             "bump the global epoch; off disables", shown_default="$TMPDIR/katiba-cache-<port>.pending"),
     # -- the store
@@ -145,6 +147,7 @@ class Config:
     max_write_body: int = 1 << 20  # write bodies read for purge placeholders
     admin_rate: float = 5.0  # manual invalidation requests per second per client
     access_log: bool = False
+    fast_path: bool = True  # fresh hits answered by proxy/fastpath.py
     log_format: str = "json"
     shutdown_grace: float = 10.0
     watch_rules: bool = True
@@ -210,6 +213,7 @@ def config_from(args, environ: dict[str, str] | None = None) -> Config:
         memory_max_bytes=setting_int(env, "MEMORY_MAX_BYTES"),
         l1_max_bytes=setting_int(env, "L1_MAX_BYTES"),
         access_log=setting_bool(env, "ACCESS_LOG"),
+        fast_path=setting_bool(env, "FAST_PATH"),
         log_format=getattr(args, "log_format", None) or setting(env, "LOG_FORMAT"),
         warm_authorization=setting(env, "WARM_AUTHORIZATION") or None,
         store_recovery_hold=setting_float(env, "STORE_RECOVERY_HOLD"),

@@ -50,6 +50,12 @@ class Gate:
             self.peak = self.inflight
         return True
 
+    def enter(self) -> None:
+        """Count a request admitted elsewhere (the fast path checks ``limit`` itself, before its lookup)."""
+        self.inflight += 1
+        if self.inflight > self.peak:
+            self.peak = self.inflight
+
     def leave(self) -> None:
         self.inflight -= 1
 

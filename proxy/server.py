@@ -37,7 +37,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import httpserve, policy, streaming
+from . import fastpath, httpserve, policy, streaming
 from .arms import rollout_arm
 from .config import Config
 from .entry import Entry, decode_entry
@@ -145,33 +145,43 @@ class Proxy(PurgingMixin, EndpointsMixin):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not self.gate.admit(request.raw_path):  # MAX_INFLIGHT: 503 + Retry-After (proxy/overload.py)
             return self.gate.reject()
-        rid = request.headers.get("X-Request-ID", "")
-        if not is_valid_request_id(rid):
-            rid = f"{self.instance_id[:12]}-{next(self._request_ids):x}"
+        rid = self.request_id(request.headers)
         token = request_id_var.set(rid)
         start = time.perf_counter()
-        result, rule_name, status, arm = "bypass", "none", 500, None
+        result, rule_name, status, cache_status = "bypass", "none", 500, ""
         try:
             if "Upgrade" in request.headers and streaming.wants_websocket(request) \
                     and self._internal(request.method, request.raw_path.partition("?")[0]) is None:
                 response, result, rule_name = await streaming.proxy_websocket(self, request, rid)
             else:
                 response, result, rule_name = await self._dispatch(request, rid)
-            status = response.status
-            if rule_name in self.rollout_rules:
-                arm = rollout_arm(result, response.headers.get("Cache-Status", ""))
+            status, cache_status = response.status, response.headers.get("Cache-Status", "")
             return response
         finally:
             self.gate.leave()
-            elapsed = time.perf_counter() - start
-            self.metrics.count_request(rule_name, result, status, elapsed)
+            self.record(request.method, rule_name, result, status, cache_status, start)
+            request_id_var.reset(token)
+
+    def request_id(self, headers) -> str:
+        """The client's X-Request-ID when it is well-formed, else a new one."""
+        rid = headers.get("X-Request-ID", "")
+        return rid if is_valid_request_id(rid) else f"{self.instance_id[:12]}-{next(self._request_ids):x}"
+
+    def record(self, method: str, rule_name: str, result: str, status: int, cache_status: str, start: float,
+               rid: str | None = None) -> None:
+        """Per-request metrics (rollout arms included) and the access log line, for both request paths."""
+        elapsed = time.perf_counter() - start
+        self.metrics.count_request(rule_name, result, status, elapsed)
+        if rule_name in self.rollout_rules:
+            arm = rollout_arm(result, cache_status)
             if arm is not None:
                 self.metrics.count_arm(rule_name, arm, status, elapsed)
-            if self.config.access_log:
-                log.info("request", extra={"event": "access", "method": request.method, "status": status,
-                                           "rule": rule_name, "result": result,
-                                           "duration_ms": round((time.perf_counter() - start) * 1000, 2)})
-            request_id_var.reset(token)
+        if self.config.access_log:
+            token = request_id_var.set(rid) if rid is not None else None
+            log.info("request", extra={"event": "access", "method": method, "status": status, "rule": rule_name,
+                                       "result": result, "duration_ms": round(elapsed * 1000, 2)})
+            if token is not None:
+                request_id_var.reset(token)
 
     async def _dispatch(self, request: web.Request, rid: str) -> tuple[web.StreamResponse, str, str]:
         raw_path, _, query = request.raw_path.partition("?")
@@ -217,28 +227,61 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
     # ------------------------------------------------------------------------------- reads
 
+    def fast_lookup(self, raw_path: str, query: str, headers: CIMultiDict) -> Lookup | None:
+        """For proxy/fastpath.py: the Lookup of a plain GET, when nothing but a fresh entry is needed."""
+        if self._internal("GET", raw_path) is not None:
+            return None
+        identity, token_error = self._identify(headers.get("Authorization"))
+        d = policy.classify(RequestView("GET", raw_path, query, headers), self.rules, identity, token_error)
+        if type(d) is not Lookup or d.revalidate or (self.pending and any(g in self.pending for g in d.gen_keys)):
+            return None
+        return d
+
+    def refresh_stale(self, d: Lookup, tokens: list, path_qs: str, headers: CIMultiDict, client_ip: str | None,
+                      scheme: str, rid: str) -> None:
+        """For proxy/fastpath.py, which answers stale-while-revalidate hits too."""
+        self._refresh_in_background(d, tokens, Origin(path_qs, headers, client_ip, scheme, rid))
+
+    def l1_fresh(self, d: Lookup) -> tuple[Entry, str, int] | None:
+        """(entry, Cache-Status, age) when the in-process L1 holds a fresh copy of ``d``'s entry."""
+        if self.l1 is None or not d.rule.l1_ttl or d.revalidate or (cached := self.l1.get(d.key)) is None:
+            return None
+        verdict = policy.judge(cached[0], list(cached[1]), d.rule, self.clock())
+        if verdict.usable != "fresh":
+            return None
+        return cached[0], CacheStatus.hit(d.rule.ttl - verdict.age, "l1"), verdict.age
+
+    def looked_up(self, d: Lookup, raw: bytes | None, tokens: list, path_qs: str) -> tuple[Entry | None, policy.Verdict]:
+        """Judge what the store gave for ``d``; a fresh entry also goes to L1; warm rules count demand."""
+        rule = d.rule
+        entry = decode_entry(raw)
+        verdict = policy.judge(entry, tokens, rule, self.clock())
+        if self.l1 is not None and rule.l1_ttl and not d.revalidate and verdict.usable == "fresh":
+            self.l1.put(d.key, entry, tokens, d.gen_keys, min(rule.l1_ttl, rule.ttl - verdict.age))
+        if rule.warm:
+            self._note_demand(d, path_qs)
+        return entry, verdict
+
     async def _read(self, request: web.Request, d: Lookup, origin: Origin) -> tuple[web.StreamResponse, str]:
         rule = d.rule
         if self.pending and any(g in self.pending for g in d.gen_keys):
             return await self._bypass(request, origin, rule, Reason.PENDING_PURGE), "bypass"
         if not self.cache_usable:  # unreachable, or back but not yet verified: don't wait on it each time
             return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
-        l1 = self.l1 if rule.l1_ttl and not d.revalidate else None
-        if l1 is not None and (cached := l1.get(d.key)) is not None:
-            verdict = policy.judge(cached[0], list(cached[1]), rule, self.clock())
-            if verdict.usable == "fresh":
-                status = CacheStatus.hit(rule.ttl - verdict.age, "l1")
-                return self._from_entry(request, cached[0], "HIT", status, verdict.age), "hit"
-        try:
-            raw, tokens = await self.store.lookup(d.key, d.gen_keys)
-        except StoreUnavailable:
-            return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
-        entry = decode_entry(raw)
-        verdict = policy.judge(entry, tokens, rule, self.clock())
-        if l1 is not None and verdict.usable == "fresh":
-            l1.put(d.key, entry, tokens, d.gen_keys, min(rule.l1_ttl, rule.ttl - verdict.age))
-        if rule.warm:
-            self._note_demand(d, origin)
+        if (hit := self.l1_fresh(d)) is not None:
+            return self._from_entry(request, hit[0], "HIT", hit[1], hit[2]), "hit"
+        prefetched = getattr(request.protocol, "prefetched", None)  # the fast path's lookup (proxy/fastpath.py)
+        if prefetched is not None and prefetched.key == d.key:
+            request.protocol.prefetched = None
+            if prefetched.store_down:
+                return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
+            raw, tokens = prefetched.raw, prefetched.tokens
+        else:
+            try:
+                raw, tokens = await self.store.lookup(d.key, d.gen_keys)
+            except StoreUnavailable:
+                return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
+        entry, verdict = self.looked_up(d, raw, tokens, origin.path_qs)
         if not d.revalidate:
             if verdict.usable == "fresh":
                 return self._from_entry(request, entry, "HIT", CacheStatus.hit(rule.ttl - verdict.age), verdict.age), "hit"
@@ -436,11 +479,11 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
         self._spawn(refresh()).fill = True  # type: ignore[attr-defined]  # shutdown lets fills finish
 
-    def _note_demand(self, d: Lookup, origin: Origin) -> None:
-        count = self.demand.get(d.key, (0, d, origin.path_qs))[0]
+    def _note_demand(self, d: Lookup, path_qs: str) -> None:
+        count = self.demand.get(d.key, (0, d, path_qs))[0]
         if count == 0 and len(self.demand) >= 10_000:
             return  # bounded: a flood of distinct keys cannot grow this table
-        self.demand[d.key] = (count + 1, d, origin.path_qs)
+        self.demand[d.key] = (count + 1, d, path_qs)
 
     async def warm_once(self, budget: int = 16, horizon: float = 30.0) -> int:
         """Refresh the most requested entries of ``warm`` rules that expire within ``horizon`` seconds.
@@ -697,6 +740,8 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    if config.fast_path:
+        fastpath.install(app, proxy)
     return app
 
 

@@ -1,0 +1,273 @@
+"""The fast path (proxy/fastpath.py): fresh hits answered off the socket, everything else by aiohttp.
+
+What a client must not be able to tell apart: the answers (headers included) of the two paths, the
+order of answers on one connection whatever mix of hits, misses and writes it pipelines, and requests
+split or merged across TCP segments in any way. The counters say which path answered:
+``katiba_cache_fast_path_total{outcome="answered"|"handed"|"released"}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from proxy.store.memory import MemoryStore
+
+from .conftest import API, auth, new_user
+
+PROFILE = f"{API}/users/profile"
+VOLATILE = {"date", "x-request-id", "age"}
+
+
+def fast_counts(metrics_text: str) -> dict[str, float]:
+    return {m[1]: float(m[2]) for m in re.finditer(r'katiba_cache_fast_path_total\{outcome="(\w+)"\} ([0-9.e+]+)',
+                                                    metrics_text)}
+
+
+async def test_hits_are_answered_on_the_fast_path_and_misses_by_the_full_one(proxy):
+    user = new_user()
+    replies = [await proxy.get(PROFILE, user) for _ in range(4)]
+    assert [r.x_cache for r in replies] == ["MISS", "HIT", "HIT", "HIT"]
+    assert len({r.body for r in replies}) == 1
+    counts = fast_counts(await proxy.metrics())
+    assert counts["answered"] == 3  # the three hits
+    assert counts["handed"] >= 1  # the miss (and the /metrics scrape itself)
+    assert counts.get("released", 0) == 0
+
+
+async def test_a_miss_after_a_fast_lookup_asks_the_store_once(proxy, store_kind, request):
+    lookups = []
+    store = proxy.proxy.store
+    counted = store.lookup
+
+    async def lookup(key, gen_keys):
+        lookups.append(key)
+        return await counted(key, gen_keys)
+
+    store.lookup = lookup
+    user = new_user()
+    await proxy.get(PROFILE, user)  # creates the user's generations: the next miss finds them
+    redis_server = request.getfixturevalue("redis_server") if store_kind == "redis" else None
+    mgets = redis_server.command_count("mget") if redis_server else 0
+    lookups.clear()
+    reply = await proxy.get(f"{API}/users/preferences", user)
+    assert reply.x_cache == "MISS"
+    assert len(lookups) == 1  # the fast path's lookup, reused by the fill on the full path
+    if redis_server is not None:
+        assert redis_server.command_count("mget") - mgets == 1
+
+
+async def test_both_paths_send_the_same_headers_for_one_entry(make_proxy):
+    store = MemoryStore()
+    fast = await make_proxy(store=store)
+    full = await make_proxy(store=store, fast_path=False)
+    user = new_user()
+    assert (await fast.get(PROFILE, user)).x_cache == "MISS"
+    a, b = await fast.get(PROFILE, user), await full.get(PROFILE, user)
+    assert a.x_cache == b.x_cache == "HIT" and a.body == b.body and a.status == b.status
+    assert fast_counts(await fast.metrics())["answered"] == 1
+    assert "katiba_cache_fast_path_total" not in await full.metrics() or \
+        fast_counts(await full.metrics()).get("answered", 0) == 0
+    assert {k.lower() for k in a.headers} == {k.lower() for k in b.headers}
+    for name in a.headers:
+        if name.lower() not in VOLATILE:
+            assert a.headers.getall(name) == b.headers.getall(name), name
+
+
+# ----------------------------------------------------------------------------- on the wire
+
+class Wire:
+    """A raw HTTP/1.1 connection to the proxy: bytes out exactly as given, answers parsed in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, proxy) -> "Wire":
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.client.server.port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if status in (204, 304):
+            body = b""
+        elif "content-length" in headers:
+            body = await asyncio.wait_for(self.reader.readexactly(int(headers["content-length"])), 10)
+        else:  # chunked
+            assert headers.get("transfer-encoding") == "chunked", headers
+            body = b""
+            while True:
+                size = int((await asyncio.wait_for(self.reader.readuntil(b"\r\n"), 10)).strip(), 16)
+                chunk = await asyncio.wait_for(self.reader.readexactly(size + 2), 10)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+        return status, headers, body
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def get(path: str, user: str, extra: str = "") -> bytes:
+    token = auth(user)["Authorization"]
+    return f"GET {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: {token}\r\n{extra}\r\n".encode()
+
+
+def put_profile(user: str, name: str, chunked: bool = False) -> bytes:
+    body = ('{"display_name": "%s", "bio": ""}' % name).encode()
+    token = auth(user)["Authorization"]
+    head = f"PUT {PROFILE} HTTP/1.1\r\nHost: proxy\r\nAuthorization: {token}\r\nContent-Type: application/json\r\n"
+    if chunked:
+        return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def display_name(body: bytes) -> str:
+    import orjson
+    return orjson.loads(body)["body"]["display_name"]
+
+
+async def filled(proxy, user: str) -> None:
+    assert (await proxy.get(PROFILE, user)).x_cache == "MISS"
+
+
+async def test_pipelined_hit_write_hit_are_answered_in_order_and_the_write_purges(proxy):
+    user = new_user()
+    await filled(proxy, user)
+    wire = await Wire.open(proxy)
+    await wire.send(get(PROFILE, user) + put_profile(user, "Pipelined") + get(PROFILE, user))
+    first, write, last = [await wire.answer() for _ in range(3)]
+    assert first[1]["x-cache"] == "HIT" and display_name(first[2]) != "Pipelined"
+    assert write[0] == 200 and write[1]["x-cache"] == "BYPASS"
+    assert last[1]["x-cache"] == "MISS" and display_name(last[2]) == "Pipelined"
+    await wire.close()
+
+
+async def test_a_request_sent_a_byte_at_a_time_is_answered_from_the_cache(proxy):
+    user = new_user()
+    await filled(proxy, user)
+    wire = await Wire.open(proxy)
+    for byte in get(PROFILE, user):
+        await wire.send(bytes([byte]))
+    status, headers, _ = await wire.answer()
+    assert status == 200 and headers["x-cache"] == "HIT"
+    await wire.close()
+
+
+async def test_a_body_split_across_segments_then_a_hit_in_the_same_segment(proxy):
+    user = new_user()
+    await filled(proxy, user)
+    write = put_profile(user, "Split Body")
+    head_end = write.index(b"\r\n\r\n") + 4
+    wire = await Wire.open(proxy)
+    await wire.send(write[:head_end + 5])
+    await wire.send(write[head_end + 5:] + get(PROFILE, user))
+    write_answer, read = await wire.answer(), await wire.answer()
+    assert write_answer[0] == 200
+    assert read[1]["x-cache"] == "MISS" and display_name(read[2]) == "Split Body"
+    await wire.send(get(PROFILE, user))
+    again = await wire.answer()
+    assert again[1]["x-cache"] == "HIT" and display_name(again[2]) == "Split Body"
+    await wire.close()
+
+
+async def test_a_chunked_request_releases_the_connection_to_the_full_path(proxy):
+    user = new_user()
+    await filled(proxy, user)
+    wire = await Wire.open(proxy)
+    await wire.send(put_profile(user, "Chunked", chunked=True) + get(PROFILE, user))
+    write, read = await wire.answer(), await wire.answer()
+    assert write[0] == 200 and read[1]["x-cache"] == "MISS" and display_name(read[2]) == "Chunked"
+    await wire.send(get(PROFILE, user))
+    assert (await wire.answer())[1]["x-cache"] == "HIT"  # answered by aiohttp from now on
+    await wire.close()
+    counts = fast_counts(await proxy.metrics())
+    assert counts["released"] == 1 and counts.get("answered", 0) == 0
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /api/v1/users/profile HTTP/1.1\nHost: proxy\n\n",  # bare LF
+    b"GET /api/v1/users/profile HTTP/1.1\r\nHost : proxy\r\n\r\n",  # space before the colon
+    b"GET /api/v1/users/profile HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"GET http://elsewhere/api/v1/users/profile HTTP/1.1\r\nHost: proxy\r\n\r\n",  # absolute form
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS on the plain port
+])
+async def test_requests_it_cannot_frame_are_judged_by_aiohttp(proxy, request_bytes):
+    wire = await Wire.open(proxy)
+    await wire.send(request_bytes)
+    try:
+        status, _, _ = await wire.answer()
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        status = None  # closed without an answer: acceptable for garbage
+    assert status is None or 400 <= status < 500
+    await wire.close()
+    assert fast_counts(await proxy.metrics()).get("released", 0) == 1
+
+
+async def test_http_1_0_and_connection_close_are_answered_and_closed_by_aiohttp(proxy):
+    user = new_user()
+    await filled(proxy, user)
+    for version, extra in (("HTTP/1.0", ""), ("HTTP/1.1", "Connection: close\r\n")):
+        wire = await Wire.open(proxy)
+        await wire.send(get(PROFILE, user, extra).replace(b"HTTP/1.1", version.encode(), 1))
+        status, headers, body = await wire.answer()
+        assert status == 200 and headers["x-cache"] == "HIT" and body
+        assert await asyncio.wait_for(wire.reader.read(), 10) == b""  # closed after the answer
+        await wire.close()
+
+
+async def test_a_conditional_request_is_answered_by_the_full_path_with_304(proxy):
+    user = new_user()
+    await filled(proxy, user)
+    etag = (await proxy.get(PROFILE, user)).headers["ETag"]
+    wire = await Wire.open(proxy)
+    await wire.send(get(PROFILE, user, f"If-None-Match: {etag}\r\n"))
+    status, headers, body = await wire.answer()
+    assert status == 304 and headers["x-cache"] == "HIT" and body == b""
+    await wire.close()
+
+
+async def test_thousands_of_pipelined_hits_are_all_answered_in_order(proxy):
+    """Far more than the read buffer holds: reading pauses and resumes, nothing is lost or reordered."""
+    users = [new_user() for _ in range(3)]
+    for user in users:
+        await filled(proxy, user)
+    requests = [get(PROFILE, users[i % 3], f"X-Request-ID: pipelined-{i}\r\n") for i in range(3000)]
+    wire = await Wire.open(proxy)
+
+    async def send_all() -> None:
+        for i in range(0, len(requests), 100):
+            await wire.send(b"".join(requests[i:i + 100]))
+
+    sender = asyncio.create_task(send_all())
+    answers = [await wire.answer() for _ in range(len(requests))]
+    await sender
+    assert [h["x-request-id"] for _, h, _ in answers] == [f"pipelined-{i}" for i in range(3000)]
+    assert {h["x-cache"] for _, h, _ in answers} == {"HIT"}
+    assert {body for _, _, body in answers[::3]} == {answers[0][2]}  # user 0's profile, never another's
+    await wire.close()
+    assert fast_counts(await proxy.metrics())["answered"] == 3000
+
+
+async def test_one_connection_never_gets_another_users_entry(proxy):
+    alice, bob = new_user(), new_user()
+    await filled(proxy, alice)
+    wire = await Wire.open(proxy)
+    await wire.send(get(PROFILE, alice) + get(PROFILE, bob) + get(PROFILE, alice) + get(PROFILE, bob))
+    answers = [await wire.answer() for _ in range(4)]
+    assert [h["x-cache"] for _, h, _ in answers] == ["HIT", "MISS", "HIT", "HIT"]
+    assert answers[0][2] == answers[2][2] and answers[1][2] == answers[3][2] and answers[0][2] != answers[1][2]
+    await wire.close()
