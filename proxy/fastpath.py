@@ -47,11 +47,14 @@ log = logging.getLogger("proxy")
 
 MAX_HEAD = 16384  # request line and fields; a longer head is aiohttp's to refuse (431)
 MAX_BUFFERED = 256 << 10  # read no more from a client whose earlier requests are still being answered
-_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) (/[\x21-\x7e]*) HTTP/1\.1")
+_REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[\x21-\x7e]*) HTTP/1\.1")
 _FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _DIGITS = re.compile(r"[0-9]{1,15}")
 _NOT_FAST = frozenset({"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range",
                        "range", "expect"})
+# Fields aiohttp's parser refuses to see twice (aiohttp.http_parser.SINGLETON_HEADERS).
+_SINGLETONS = frozenset({"content-length", "content-location", "content-range", "content-type", "etag", "host",
+                         "max-forwards", "server", "transfer-encoding", "user-agent"})
 _SPECIAL = _NOT_FAST | {"transfer-encoding", "upgrade", "connection", "content-length"}
 
 
@@ -90,6 +93,8 @@ def frame(buf: bytearray) -> Head | None | object:
         fields.append((name, value.strip(" \t")))
         names.add(name.lower())
     headers = CIMultiDict(fields)
+    if "host" not in names or (len(names) < len(fields) and _repeats_a_singleton(fields)):
+        return UNFRAMEABLE  # aiohttp refuses these with 400: let it
     body_length, fast = 0, first[1] == b"GET"
     if not names.isdisjoint(_SPECIAL):  # the rare case: look closer
         if "transfer-encoding" in names or "upgrade" in names:
@@ -104,6 +109,11 @@ def frame(buf: bytearray) -> Head | None | object:
         fast = fast and body_length == 0 and names.isdisjoint(_NOT_FAST)
     method = first[1].decode("ascii")
     return Head(raw, method, first[2].decode("ascii"), headers, body_length, fast)
+
+
+def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
+    seen = [name.lower() for name, _ in fields]
+    return any(seen.count(name) > 1 for name in _SINGLETONS)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,131 @@
+"""proxy.fastpath.frame against aiohttp's own parser: whatever the fast path frames, aiohttp reads alike.
+
+The fast path frames requests before aiohttp sees them, and hands aiohttp the bytes it does not answer.
+If the two ever disagreed on where a request ends, or on its method, target or fields, a client could
+smuggle a request past one of them. So: for generated requests, plain and hostile, a request that
+``frame`` accepts must parse in aiohttp to the same method, target, fields and body length, with the
+connection kept alive; anything else must come back ``UNFRAMEABLE`` (aiohttp then judges it alone).
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpRequestParser
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy.fastpath import MAX_HEAD, UNFRAMEABLE, frame
+
+NEXT = b"GET /next HTTP/1.1\r\nHost: next\r\n\r\n"
+
+names = st.one_of(
+    st.sampled_from(["Host", "host", "Content-Length", "content-length", "Transfer-Encoding", "Connection",
+                     "Upgrade", "Authorization", "Range", "If-None-Match", "Expect", "Content-Type", "X-A",
+                     "User-Agent", "Host ", " Host", "X A", "X:A", ""]),
+    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=12),
+)
+values = st.one_of(
+    st.sampled_from(["", "0", "5", "05", "+5", "5 ", " 5", "5,5", "-1", "99999999999999999999", "chunked",
+                     "close", "keep-alive", "Keep-Alive", "upgrade", "websocket", "100-continue", "a b",
+                     "Bearer abc.def.ghi", "\t tabbed \t", "caf\u00e9"]),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0xff), max_size=16),
+)
+separators = st.sampled_from([": ", ":", " : ", ":\t", ":  "])
+endings = st.sampled_from(["\r\n"] * 12 + ["\n", "\r", "\r\n "])
+
+
+@st.composite
+def requests(draw) -> bytes:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "HEAD", "DELETE", "get", "GE T", "OPTIONS", "CONNECT"]))
+    target = draw(st.one_of(
+        st.sampled_from(["/", "/api/v1/users/profile", "/a?b=c&d", "*", "http://x/y", "//a", "/a b", "/\x7f"]),
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7f), max_size=20).map(lambda t: "/" + t),
+    ))
+    version = draw(st.sampled_from(["HTTP/1.1"] * 6 + ["HTTP/1.0", "HTTP/1.2", "HTTP/2.0", "http/1.1"]))
+    fields = draw(st.lists(st.tuples(names, separators, values, endings), max_size=6))
+    if draw(st.booleans()):
+        fields.insert(0, ("Host", ": ", "proxy", "\r\n"))
+    head = f"{method} {target} {version}\r\n" + "".join(n + s + v + e for n, s, v, e in fields) + "\r\n"
+    body = draw(st.binary(max_size=8))
+    return head.encode("latin-1") + body + NEXT
+
+
+def parse(data: bytes):
+    """aiohttp's parse of ``data`` (its C parser, as the server uses): messages with their payloads."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser = HttpRequestParser(BaseProtocol(loop), loop, 2 ** 16, max_line_size=8190, max_field_size=16384)
+        messages, upgraded, tail = parser.feed_data(data)
+        return [(m, p) for m, p in messages], upgraded, tail
+    finally:
+        loop.close()
+
+
+def check(data: bytes) -> None:
+    """Frame ``data`` request by request as the fast path does, each compared with aiohttp's reading."""
+    framed = 0
+    while data:
+        head = frame(bytearray(data))
+        if head is None or head is UNFRAMEABLE:  # waits for more, or aiohttp reads the rest alone
+            return
+        end = len(head.raw) + head.body_length
+        assert end <= len(data) or head.body_length  # a head is framed only once it is all there
+        messages, upgraded, _ = parse(data[:end])
+        assert not upgraded and len(messages) == 1, (data, messages)
+        message, payload = messages[0]
+        assert message.method == head.method and message.path == head.target
+        # (aiohttp spells well-known names its own way, "host" as "Host": names compare caselessly)
+        assert [(k.lower(), v) for k, v in message.headers.items()] == [(k.lower(), v) for k, v in head.headers.items()]
+        assert tuple(message.version) == (1, 1) and not message.should_close
+        if head.body_length:
+            assert payload.is_eof() and b"".join(payload._buffer) == data[len(head.raw):end]
+        if head.fast:
+            assert head.method == "GET" and head.body_length == 0
+            assert not any(h in message.headers for h in ("Range", "If-None-Match", "Expect", "Transfer-Encoding"))
+        data, framed = data[end:], framed + 1
+    assert framed  # the whole input was framed: it ended with NEXT
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_what_the_fast_path_frames_aiohttp_reads_alike(data):
+    check(data)
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n" + NEXT,
+    b"POST /w HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc" + NEXT,
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nX: 2\r\n\r\n" + NEXT,
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n" + NEXT,
+])
+def test_plain_requests_are_framed(data):
+    assert frame(bytearray(data)) is not UNFRAMEABLE
+    check(data)
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\n\r\n",  # no Host: aiohttp says 400
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\nx",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",  # obs-fold
+    b"GET / HTTP/1.1\nHost: a\n\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: \x00\r\n\r\n",
+    b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * MAX_HEAD + b"\r\n\r\n",
+])
+def test_requests_it_does_not_frame_for_certain_go_to_aiohttp_whole(data):
+    assert frame(bytearray(data)) is UNFRAMEABLE
+
+
+def test_an_incomplete_head_waits_for_more_unless_it_cannot_be_plain():
+    assert frame(bytearray(b"GET / HTTP/1.1\r\nHost: a\r\n")) is None
+    assert frame(bytearray(b"GET / HTTP/1.1\r\nHost: a\r")) is None
+    assert frame(bytearray(b"GET / HTTP/1.1\nHost: a\n")) is UNFRAMEABLE  # bare LF: never plain
+    assert frame(bytearray(b"G" * (MAX_HEAD + 1))) is UNFRAMEABLE
