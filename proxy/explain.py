@@ -342,6 +342,7 @@ def rule_counts(metrics, rules: Rules | None = None) -> dict[str, dict[str, Any]
     ``rules`` is listed, with zeros if it saw no request; the proxy's own endpoints are left out.
     """
     counts: dict[str, dict[str, float]] = {}
+    metrics.tally.flush()  # the per-request figures held back from Prometheus (proxy/metrics.py)
     if rules is not None:
         for rule in rules.rules:
             if rule.key is not None:

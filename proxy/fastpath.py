@@ -186,7 +186,7 @@ class HitPath:
             parts.append(self._date_line())
         parts += (b"\r\n", entry.body)
         p.record("GET", d.rule.name, "hit" if label == "HIT" else "stale", entry.status, cache_status, start, rid)
-        self.answered.inc()
+        p.metrics.tally.inc(self.answered)
         return b"".join(parts)
 
     def _date_line(self) -> bytes:

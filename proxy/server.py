@@ -724,6 +724,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
             proxy._store_outage = True
         loop = asyncio.get_running_loop()
         sweeper, watcher = loop.create_task(_sweep(proxy)), loop.create_task(proxy.watch_store())
+        proxy._spawn(_flush_metrics(metrics))
         if proxy.l1 is not None:
             proxy._spawn(follow_invalidations(guarded.inner.invalidations, proxy.l1))
         proxy.ready = True
@@ -743,6 +744,17 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     if config.fast_path:
         fastpath.install(app, proxy)
     return app
+
+
+async def _flush_metrics(metrics: Metrics, interval: float = 1.0) -> None:
+    """Per-request figures are tallied in memory (proxy/metrics.py); other workers' scrapes see them
+    within ``interval``. A scrape of this process flushes first, and so does shutdown."""
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            metrics.tally.flush()
+    finally:
+        metrics.tally.flush()
 
 
 async def _sweep(proxy: Proxy, interval: float = 5.0) -> None:

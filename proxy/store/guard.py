@@ -16,6 +16,7 @@ OOM under ``noeviction``): the proxy then stops reading from the store until ``v
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Callable, Sequence
@@ -74,7 +75,7 @@ class GuardedStore:
         self.timeout = timeout
         self.breaker = breaker or CircuitBreaker()
         self.on_unreachable: Callable[[], None] | None = None
-        self._observe = {op: metrics.store_duration.labels(op).observe for op in
+        self._observe = {op: functools.partial(metrics.tally.observe, metrics.store_duration.labels(op)) for op in
                          ("lookup", "ensure", "store", "bump", "lease", "release", "stats", "ping")}
 
     async def _call(self, op: str, fn, *args):

@@ -141,11 +141,16 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_
         writers = {re.match(r"counter_(\d+)\.db$", f).group(1) for f in os.listdir(metrics_dir)
                    if re.match(r"counter_(\d+)\.db$", f)}
         assert len(writers) == 2, writers
-        for _ in range(3):
+        # Each worker adds its per-request figures to the shared files at least once a second
+        # (proxy/metrics.py): poll, bounded, until the scrape has them all.
+        for _ in range(50):
             status, _, metrics = _get(f"{base}/metrics")
             assert status == 200
-            assert _sum(metrics, "katiba_cache_requests_total") == sent
-            assert 'katiba_cache_requests_total{result="miss",rule="achievement_types"} 1.0' in metrics
+            if _sum(metrics, "katiba_cache_requests_total") == sent:
+                break
+            time.sleep(0.1)
+        assert _sum(metrics, "katiba_cache_requests_total") == sent
+        assert 'katiba_cache_requests_total{result="miss",rule="achievement_types"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
