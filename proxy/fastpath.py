@@ -127,6 +127,18 @@ class Prefetched:
     store_down: bool = False
 
 
+@dataclass(slots=True)
+class InFlight:
+    """A lookup sent as a store future (Redis' auto-pipeline): no coroutine or task per hit."""
+
+    d: Lookup
+    head: Head
+    start: float
+    peer: tuple[str | None, str]
+    future: asyncio.Future
+    started: float
+
+
 class HitPath:
     """Answers a framed GET from the cache when that is all it takes; the decisions are the proxy's."""
 
@@ -137,7 +149,7 @@ class HitPath:
         self.answered, self.handed, self.released = (counter.labels(o) for o in ("answered", "handed", "released"))
 
     def answer(self, head: Head, peer: tuple[str | None, str]) -> bytes | Prefetched | asyncio.Future | None:
-        """Bytes: the answer. None: aiohttp's to answer. A coroutine: the store lookup to await."""
+        """Bytes: the answer. None: aiohttp's to answer. ``InFlight`` or a coroutine: the store lookup."""
         p = self.proxy
         if p.mode != "on" or not p.cache_usable or not p.ready:
             return None
@@ -152,17 +164,40 @@ class HitPath:
         hit = p.l1_fresh(d)
         if hit is not None:
             return self.render(d, hit[0], "HIT", hit[1], hit[2], head, start)
+        p.gate.enter()  # left in finish() or _from_store()
+        try:
+            begun = p.store.lookup_future(d.key, d.gen_keys)
+        except BaseException:
+            p.gate.leave()
+            raise
+        if begun is not None:
+            return InFlight(d, head, start, peer, *begun)
         return self._from_store(d, head, start, peer)
 
     async def _from_store(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str]) -> bytes | Prefetched:
+        """The lookup where the store offers no future (memory, cluster, or a connection being made)."""
         p = self.proxy
-        p.gate.enter()
         try:
             raw, tokens = await p.store.lookup(d.key, d.gen_keys)
         except StoreUnavailable:
             return Prefetched(d.key, None, None, store_down=True)
         finally:
             p.gate.leave()
+        return self._judged(d, head, start, peer, raw, tokens)
+
+    def finish(self, flight: "InFlight") -> bytes | Prefetched:
+        """The answer once ``flight``'s store future is done."""
+        p = self.proxy
+        p.gate.leave()
+        try:
+            raw, tokens = p.store.lookup_finished(flight.future, flight.started)
+        except StoreUnavailable:
+            return Prefetched(flight.d.key, None, None, store_down=True)
+        return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens)
+
+    def _judged(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str], raw: bytes | None,
+                tokens: list) -> bytes | Prefetched:
+        p = self.proxy
         entry, verdict = p.looked_up(d, raw, tokens, head.target)
         ttl_left = d.rule.ttl - verdict.age
         if verdict.usable == "fresh":
@@ -290,8 +325,10 @@ class FastRequestHandler(RequestHandler):
             return True
         self._busy = True
         self._request_in_progress = True  # aiohttp's graceful shutdown waits for it (see _lookup_done)
-        task = self._loop.create_task(outcome)
-        task.add_done_callback(partial(self._lookup_done, head))
+        if isinstance(outcome, InFlight):
+            outcome.future.add_done_callback(partial(self._lookup_done, head, outcome))
+        else:
+            self._loop.create_task(outcome).add_done_callback(partial(self._lookup_done, head, None))
         return False
 
     def _peer(self) -> tuple[str | None, str]:
@@ -305,21 +342,22 @@ class FastRequestHandler(RequestHandler):
         self._peer_info = (ip, scheme)
         return self._peer_info
 
-    def _lookup_done(self, head: Head, task: asyncio.Task) -> None:
+    def _lookup_done(self, head: Head, flight: InFlight | None, done: asyncio.Future) -> None:
         self._busy = False
         self._request_in_progress = False
         waiter = self._handler_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if task.cancelled() or self.transport is None:
+        try:
+            outcome = self.hits.finish(flight) if flight is not None else done.result()
+        except asyncio.CancelledError:
             return
-        exc = task.exception()
-        if exc is not None:
-            log.error("fast path lookup failed; handing the request to the full path",
-                      exc_info=exc, extra={"event": "fast_path_error"})
+        except Exception:  # noqa: BLE001 - never worse than aiohttp's path: hand it on
+            log.exception("fast path lookup failed; handing the request to the full path",
+                          extra={"event": "fast_path_error"})
             outcome = None
-        else:
-            outcome = task.result()
+        if self.transport is None:
+            return
         if isinstance(outcome, bytes):
             self._write_answer(outcome)
         else:

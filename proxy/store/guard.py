@@ -16,6 +16,7 @@ OOM under ``noeviction``): the proxy then stops reading from the store until ``v
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -88,20 +89,47 @@ class GuardedStore:
         try:
             result = await fn(*args)
         except (StoreUnavailable, TimeoutError, OSError) as exc:
-            breaker.failed()
-            self.metrics.circuit_state.set(breaker.state)
-            self.metrics.store_errors.labels(op).inc()
-            log.warning("store error", extra={"event": "store_error", "op": op, "error": str(exc) or type(exc).__name__})
-            self._unreachable(exc)
-            raise StoreUnavailable(f"{op}: {exc or type(exc).__name__}") from None
+            raise self._failed(op, exc) from None
+        self._succeeded(op, start)
+        return result
+
+    def _failed(self, op: str, exc: BaseException) -> StoreUnavailable:
+        breaker = self.breaker
+        breaker.failed()
+        self.metrics.circuit_state.set(breaker.state)
+        self.metrics.store_errors.labels(op).inc()
+        log.warning("store error", extra={"event": "store_error", "op": op, "error": str(exc) or type(exc).__name__})
+        self._unreachable(exc)
+        return StoreUnavailable(f"{op}: {exc or type(exc).__name__}")
+
+    def _succeeded(self, op: str, start: float) -> None:
         self._observe[op](time.perf_counter() - start)
+        breaker = self.breaker
         if breaker.state != CLOSED or breaker.failures:
             breaker.succeeded()
             self.metrics.circuit_state.set(CLOSED)
-        return result
 
     def lookup(self, key: str, gen_keys: Sequence[str]):
         return self._call("lookup", self.inner.lookup, key, gen_keys)
+
+    def lookup_future(self, key: str, gen_keys: Sequence[str]) -> tuple[asyncio.Future, float] | None:
+        """The lookup as (the store's future, start time) when the store offers one (Redis' auto-pipeline)
+        and the breaker is closed; None: await ``lookup``. ``lookup_finished`` gives its result."""
+        begin = getattr(self.inner, "lookup_future", None)
+        if begin is None or self.breaker.state != CLOSED:
+            return None
+        start = time.perf_counter()
+        future = begin(key, gen_keys)
+        return None if future is None else (future, start)
+
+    def lookup_finished(self, future: asyncio.Future, start: float) -> tuple[bytes | None, list[str | None]]:
+        """``lookup``'s result (or its StoreUnavailable) from a done ``lookup_future``."""
+        try:
+            result = self.inner.lookup_outcome(future)
+        except (StoreUnavailable, TimeoutError, OSError) as exc:
+            raise self._failed("lookup", exc) from None
+        self._succeeded("lookup", start)
+        return result
 
     def ensure_generations(self, gen_keys: Sequence[str], ttl: int):
         return self._call("ensure", self.inner.ensure_generations, gen_keys, ttl)

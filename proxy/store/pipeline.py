@@ -87,6 +87,11 @@ class AutoPipeline:
             await self._connect()
         return await self._enqueue(args)
 
+    def submit(self, *args: Any) -> asyncio.Future | None:
+        """The command's reply as a future, queued like ``execute``'s; None while not connected (then
+        ``execute`` connects). For callers that chain a callback instead of awaiting (proxy/fastpath.py)."""
+        return self._enqueue(args) if self.protocol is not None else None
+
     def _enqueue(self, args: tuple[Any, ...]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()

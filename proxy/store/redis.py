@@ -58,14 +58,21 @@ def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return await method(*args, **kwargs)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            error = StoreUnavailable(str(exc) or type(exc).__name__)
-            # The server answered (e.g. OOM under ``noeviction``): not a sign that it is down or replaced.
-            # READONLY is: we are talking to a replica, i.e. a failover happened.
-            error.answered = isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError)
-            raise error from exc
+        except STORE_FAILURES as exc:
+            raise as_unavailable(exc) from exc
 
     return wrapper
+
+
+STORE_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def as_unavailable(exc: BaseException) -> StoreUnavailable:
+    error = StoreUnavailable(str(exc) or type(exc).__name__)
+    # The server answered (e.g. OOM under ``noeviction``): not a sign that it is down or replaced.
+    # READONLY is: we are talking to a replica, i.e. a failover happened.
+    error.answered = isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError)
+    return error
 
 
 async def connection_run_id(connection) -> str:
@@ -358,6 +365,29 @@ class RedisStore:
             self._pipeline_was_up = True
         else:
             values = await self.client.mget(key, *gen_keys)
+        return self.lookup_result(values)
+
+    def lookup_future(self, key: str, gen_keys: Sequence[str]) -> asyncio.Future | None:
+        """``lookup``'s MGET as the auto-pipeline's future, with no coroutine or task around it, while
+        that connection is up and trusted; None otherwise (then ``lookup`` reconnects or refuses).
+        ``lookup_outcome`` gives its result."""
+        pipeline = self.pipeline
+        if pipeline is None or pipeline.protocol is None or self._suspect:
+            return None
+        self._pipeline_was_up = True
+        return pipeline.submit("MGET", key, *gen_keys)
+
+    def lookup_outcome(self, future: asyncio.Future) -> tuple[bytes | None, list[str | None]]:
+        """``lookup``'s result from a done ``lookup_future``, or its StoreUnavailable."""
+        if future.cancelled():
+            raise StoreUnavailable("lookup cancelled")
+        exc = future.exception()
+        if exc is not None:
+            raise as_unavailable(exc) if isinstance(exc, STORE_FAILURES) else exc
+        return self.lookup_result(future.result())
+
+    @staticmethod
+    def lookup_result(values: list) -> tuple[bytes | None, list[str | None]]:
         return values[0], [_text(v) for v in values[1:]]
 
     @_unavailable
