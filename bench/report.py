@@ -68,6 +68,11 @@ def targets(results: dict) -> list[dict]:
         redis_ratio is not None and redis_ratio >= 0.5)
     g = _get(hit_row(hits, "redis", "global"), "ratio_vs_nginx")
     add("hit path, Redis store, 1 worker, global key: req/s vs nginx", g, ">= 0.5x", g is not None and g >= 0.5)
+    two = next((r for r in (hits or {}).get("workers_2", []) if r.get("target") == "redis-2w"
+                and r.get("key") == "per_user"), None)
+    w2 = _get(two, "ratio_vs_nginx")
+    add("hit path, Redis store, 2 workers, per-user key: req/s vs nginx with 2 workers", w2, ">= 0.65x",
+        w2 is not None and w2 >= 0.65)
     l1 = _get(hit_row(hits, "redis+l1"), "ratio_vs_nginx")
     add("hit path, in-process L1 in front of Redis, per-user key: req/s vs nginx", l1, ">= 0.6x (conventions)",
         l1 is not None and l1 >= 0.6)

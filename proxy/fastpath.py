@@ -83,6 +83,23 @@ def frame(buf: bytearray) -> Head | None | object:
     if end > MAX_HEAD:
         return UNFRAMEABLE
     raw = bytes(buf[:end + 4])
+    head = _FRAMED.get(raw)
+    if head is None:
+        head = _frame(raw, end)
+        if len(_FRAMED) >= FRAMED_MAX:
+            _FRAMED.clear()
+        _FRAMED[raw] = head
+    return head
+
+
+# Frames by their exact bytes: clients repeat byte-identical requests (same token, same fields), and a
+# frame is a pure function of its bytes, so each distinct head is parsed once. Heads are never changed
+# after framing (the headers are read, or copied before anything is added).
+_FRAMED: dict[bytes, Head | object] = {}
+FRAMED_MAX = 4096
+
+
+def _frame(raw: bytes, end: int) -> Head | object:
     line_end = raw.find(b"\r\n")
     first = _REQUEST_LINE.fullmatch(raw, 0, line_end)
     if first is None or _FIELDS.fullmatch(raw, line_end + 2, end + 2) is None:

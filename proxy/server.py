@@ -108,6 +108,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.instance_id = uuid.uuid4().hex
         self._request_ids = itertools.count(1)
+        self._rid_prefix = self.instance_id[:12] + "-"
         self.shared_store = store.name != "memory"  # leases matter only where other instances share it
         # The in-process L1 exists where the store has an invalidation channel (Redis, Cluster).
         self.l1 = L1Cache(config.l1_max_bytes) if hasattr(store.inner, "invalidations") else None
@@ -165,7 +166,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
     def request_id(self, headers) -> str:
         """The client's X-Request-ID when it is well-formed, else a new one."""
         rid = headers.get("X-Request-ID", "")
-        return rid if is_valid_request_id(rid) else f"{self.instance_id[:12]}-{next(self._request_ids):x}"
+        return rid if rid and is_valid_request_id(rid) else f"{self._rid_prefix}{next(self._request_ids):x}"
 
     def record(self, method: str, rule_name: str, result: str, status: int, cache_status: str, start: float,
                rid: str | None = None) -> None:
