@@ -375,19 +375,26 @@ class Proxy(PurgingMixin, EndpointsMixin):
         lease_key, loop = d.key + "|lease", asyncio.get_running_loop()
         deadline, pause = loop.time() + self.config.coalesce_wait, 0.002
         while True:
+            # The owner token is this fill's own: a release (in the store script or below) can never
+            # drop a lease another fill of this instance took after ours expired.
+            owner = uuid.uuid4().hex
             try:
-                leased = await self.store.acquire_lease(lease_key, self.instance_id, self.config.lease_ms)
+                leased = await self.store.acquire_lease(lease_key, owner, self.config.lease_ms)
             except StoreUnavailable:
                 leased = False
                 deadline = 0.0
             if leased:
+                fetched = None
                 try:
-                    return await self._fetch(d, tokens, origin, store=True)
+                    fetched = await self._fetch(d, tokens, origin, store=True, lease=(lease_key, owner))
+                    return fetched
                 finally:
-                    try:
-                        await self.store.release_lease(lease_key, self.instance_id)
-                    except StoreUnavailable:
-                        pass  # it expires by itself
+                    # "stored" / "generation-changed": store_if_current ran, and dropped the lease with it
+                    if fetched is None or fetched.outcome not in ("stored", "generation-changed"):
+                        try:
+                            await self.store.release_lease(lease_key, owner)
+                        except StoreUnavailable:
+                            pass  # it expires by itself
             if loop.time() >= deadline:
                 return await self._fetch(d, tokens, origin, store=True)
             await asyncio.sleep(pause)
@@ -402,7 +409,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 return Fetched(entry.status, CIMultiDict(entry.headers), entry.body, entry.etag, "collapsed",
                                collapsed=True)
 
-    async def _fetch(self, d: Lookup, tokens: list[str], origin: Origin, store: bool) -> Fetched:
+    async def _fetch(self, d: Lookup, tokens: list[str], origin: Origin, store: bool,
+                     lease: tuple[str, str] | None = None) -> Fetched:
         rule = d.rule
         headers = self.upstream.forward_headers(origin.headers, origin.client_ip, origin.scheme, origin.request_id)
         for name in CONDITIONAL_HEADERS:  # a fill needs the full representation
@@ -435,13 +443,14 @@ class Proxy(PurgingMixin, EndpointsMixin):
         etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
         fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "")
         if refusal is None and store:
-            fetched.outcome = await self._store(d, tokens, fetched)
+            fetched.outcome = await self._store(d, tokens, fetched, lease)
         elif refusal is None:
             fetched.outcome = "not-stored"
         self.metrics.stores.labels(rule.name, fetched.outcome).inc()
         return fetched
 
-    async def _store(self, d: Lookup, tokens: list[str], fetched: Fetched) -> str:
+    async def _store(self, d: Lookup, tokens: list[str], fetched: Fetched, lease: tuple[str, str] | None = None) -> str:
+        """Guarded write of a fill; with ``lease`` (the fill's), the same store call drops the lease."""
         if self.pending and any(g in self.pending for g in d.gen_keys):
             return "pending-purge"
         stored_headers = tuple((k, v) for k, v in self._replayable(fetched.headers, d.rule).items())
@@ -453,7 +462,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             entry = replace(entry, generations=tuple(expected))
         try:
             ok = await self.store.store_if_current(d.key, entry.encode(), policy.store_ttl(d.rule), d.gen_keys,
-                                                   expected, self.gen_ttl)
+                                                   expected, self.gen_ttl, lease)
         except StoreUnavailable:
             return "store-error"
         return "stored" if ok else "generation-changed"

@@ -32,8 +32,13 @@ class Store(Protocol):
         """Current tokens, creating missing generations with fresh random tokens."""
 
     async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
-                               expected: Sequence[str], gen_ttl: int) -> bool:
-        """Write ``value`` with ``ttl`` seconds only if every generation still holds ``expected``."""
+                               expected: Sequence[str], gen_ttl: int,
+                               lease: tuple[str, str] | None = None) -> bool:
+        """Write ``value`` with ``ttl`` seconds only if every generation still holds ``expected``.
+
+        ``lease`` ``(lease key, owner)``: also drop that fill lease if ``owner`` still holds it, whatever
+        the outcome, in the same round trip (the key is in the entry's slot: ``<key>|lease``). Released
+        whenever this returns; if it raises, the caller may ``release_lease`` (or let it expire)."""
 
     async def bump(self, gen_keys: Sequence[str], ttl: int) -> None:
         """Give every generation a new random token (the purge)."""

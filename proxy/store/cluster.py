@@ -7,10 +7,10 @@ generation guarding it and its fill lease share one slot, and a hit stays one ``
 
 Round trips, each one command on the slot's primary: ``lookup`` 1 ``MGET`` (auto-pipelined per primary,
 ``pipeline.py``; through redis-py when the node answers ``MOVED``/``ASK``/``TRYAGAIN``), ``ensure_generations``
-and ``store_if_current`` 1 ``EVALSHA``, ``bump`` 1 ``EVALSHA`` per slot named, leases 1 command;
-``stats`` and ``ping`` ask every primary. redis-py's cluster client fails a command rather than wait for a
-free connection of a node, so every call but the pipelined lookups waits for one of ``max_connections``
-slots first (a wait longer than ``timeout`` is a store failure).
+and ``store_if_current`` 1 ``EVALSHA`` (with ``lease``, the same script drops the fill lease), ``bump`` 1
+``EVALSHA`` per slot named, leases 1 command; ``stats`` and ``ping`` ask every primary. redis-py's cluster
+client fails a command rather than wait for a free connection of a node, so every call but the pipelined
+lookups waits for one of ``max_connections`` slots first (a wait longer than ``timeout`` is a store failure).
 
 *Global keys* (no hash tag: the epoch ``prefix:epoch``, which every entry records) live in no entry's
 slot. Their tokens are cached in this process and refreshed in the background every ``global_refresh``
@@ -188,6 +188,7 @@ class RedisClusterStore:
 
     LUA_ENSURE_GENERATIONS = RedisStore.LUA_ENSURE_GENERATIONS
     LUA_STORE_IF_CURRENT = RedisStore.LUA_STORE_IF_CURRENT
+    LUA_STORE_AND_RELEASE = RedisStore.LUA_STORE_AND_RELEASE
     LUA_BUMP = RedisStore.LUA_BUMP
     LUA_RELEASE_LEASE = RedisStore.LUA_RELEASE_LEASE
 
@@ -240,6 +241,7 @@ class RedisClusterStore:
         self._verified_digest: str | None = None
         self._ensure_generations = client.register_script(self.LUA_ENSURE_GENERATIONS)
         self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
+        self._store_and_release = client.register_script(self.LUA_STORE_AND_RELEASE)
         self._bump = client.register_script(self.LUA_BUMP)
         self._release_lease = client.register_script(self.LUA_RELEASE_LEASE)
         # every connection the client opens, to any node, goes through _on_connect
@@ -545,21 +547,37 @@ class RedisClusterStore:
 
     @_unavailable
     async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
-                               expected: Sequence[str], gen_ttl: int) -> bool:
-        if len(expected) != len(gen_keys):
+                               expected: Sequence[str], gen_ttl: int,
+                               lease: tuple[str, str] | None = None) -> bool:
+        slot = _slot(key)
+        if lease is not None and _slot(lease[0]) != slot:  # never from keys.py: released on its own
+            try:
+                return await self.store_if_current(key, value, ttl, gen_keys, expected, gen_ttl)
+            finally:
+                await self._limited(self._release_lease(keys=[lease[0]], args=[lease[1]]))
+        refused = len(expected) != len(gen_keys)
+        if not refused:
+            local, glob, other = self._split(slot, gen_keys)
+            if glob:
+                current = await self._global_tokens([gen_keys[i] for i in glob])
+                refused = any(current[n] is None or current[n] != expected[i] for n, i in enumerate(glob))
+            for other_slot, positions in other.items():
+                if refused:
+                    break
+                values = await self._mget(other_slot, [gen_keys[i] for i in positions])
+                refused = any(_text(v) != expected[i] for i, v in zip(positions, values))
+        if refused:
+            if lease is not None:
+                await self._limited(self._release_lease(keys=[lease[0]], args=[lease[1]]))
             return False
-        local, glob, other = self._split(_slot(key), gen_keys)
-        if glob:
-            current = await self._global_tokens([gen_keys[i] for i in glob])
-            if any(current[n] is None or current[n] != expected[i] for n, i in enumerate(glob)):
-                return False
-        for other_slot, positions in other.items():
-            values = await self._mget(other_slot, [gen_keys[i] for i in positions])
-            if any(_text(v) != expected[i] for i, v in zip(positions, values)):
-                return False
-        written = await self._limited(self._store_if_current(
-            keys=[key, *(gen_keys[i] for i in local)],
-            args=[value, int(ttl), int(gen_ttl), *(expected[i] for i in local)]))
+        if lease is not None:  # same slot: the script drops the lease too, one round trip
+            written = await self._limited(self._store_and_release(
+                keys=[key, lease[0], *(gen_keys[i] for i in local)],
+                args=[value, int(ttl), int(gen_ttl), lease[1], *(expected[i] for i in local)]))
+        else:
+            written = await self._limited(self._store_if_current(
+                keys=[key, *(gen_keys[i] for i in local)],
+                args=[value, int(ttl), int(gen_ttl), *(expected[i] for i in local)]))
         return bool(written)
 
     @_unavailable

@@ -110,8 +110,13 @@ class MemoryStore:
         return tokens
 
     async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
-                               expected: Sequence[str], gen_ttl: int) -> bool:
+                               expected: Sequence[str], gen_ttl: int,
+                               lease: tuple[str, str] | None = None) -> bool:
         self.commands += 1
+        if lease is not None:
+            held = self._leases.get(lease[0])
+            if held is not None and held[0] == lease[1]:
+                del self._leases[lease[0]]
         if [self._token(g) for g in gen_keys] != list(expected):
             return False
         expires = self.clock() + gen_ttl

@@ -8,7 +8,8 @@ Round trips per operation (each is one command on the server):
 
 * ``lookup``             1  ``MGET key gen...`` (the entry and its guarding tokens together)
 * ``ensure_generations`` 1  ``EVALSHA`` (GET each, SET the missing ones to fresh tokens)
-* ``store_if_current``   1  ``EVALSHA`` (compare every token, then SET the entry and EXPIRE the tokens)
+* ``store_if_current``   1  ``EVALSHA`` (compare every token, then SET the entry and EXPIRE the tokens;
+                            with ``lease``, the same script also drops the fill lease: no extra round trip)
 * ``bump``               1  ``EVALSHA`` (SET every generation to a fresh token), whatever the entry count
 * ``acquire_lease``      1  ``SET key owner NX PX ttl``
 * ``release_lease``      1  ``EVALSHA`` (compare-and-delete)
@@ -18,10 +19,17 @@ Round trips per operation (each is one command on the server):
                             one ``EVAL`` when the server's ``run_id`` is new (start-up, restart, failover)
 
 The first time a server sees a script, ``EVALSHA`` answers ``NOSCRIPT`` and redis-py loads it
-(``SCRIPT LOAD`` + ``EVALSHA``): two extra round trips, once per script per server start. Tokens are
+(``SCRIPT LOAD`` + ``EVALSHA``): two extra round trips, once per script per server start (on the
+pipelined connection, one ``EVAL`` instead). Tokens are
 generated in Python (``new_token``) and passed as ARGV, so the scripts are deterministic. Every key a
 script touches is passed in KEYS, so the cluster variant can hash-tag them into one slot. No ``KEYS``, no
 ``SCAN``: a purge is a token replacement, never a deletion.
+
+A miss costs ``MGET``, ``SET NX PX`` (the fill's lease) and one ``EVALSHA`` (store and drop the lease);
+plus ``ensure_generations`` when a namespace has no generation yet. The lease, ``ensure_generations`` and
+``store_if_current`` go over the hit path's auto-pipelined connection when it is up (far less client CPU
+per call than redis-py's pool, which counts where proxy, Redis and backend share a core), otherwise, and
+for entries over ``PIPELINED_MAX_VALUE``, through redis-py.
 """
 from __future__ import annotations
 
@@ -44,6 +52,9 @@ __all__ = ["RedisStore"]
 
 DEFAULT_TIMEOUT = 0.25
 DEFAULT_MAX_CONNECTIONS = 64
+# Larger entries are written through redis-py: on the pipelined connection they would delay the hits'
+# MGETs queued behind them.
+PIPELINED_MAX_VALUE = 64 << 10
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _SCHEMES = ("redis://", "rediss://")
@@ -129,15 +140,10 @@ class RedisStore:
         return tokens
     """
 
-    # KEYS[1]      - entry key
-    # KEYS[1+i]    - generation keys guarding the entry
-    # ARGV[1]      - encoded entry
-    # ARGV[2]      - entry ttl in seconds (<= 0: the entry is dropped, as if written already expired)
-    # ARGV[3]      - generation ttl in seconds
-    # ARGV[3+i]    - the token KEYS[1+i] held before the origin fetch
-    # return 1 if every generation still holds its token and the entry was written, otherwise 0
-    LUA_STORE_IF_CURRENT = """
-        for i = 2, #KEYS do
+    # The guarded write, shared by both store scripts below: KEYS[FIRST..] are the generation keys and
+    # ARGV[i + 2] the token KEYS[i] held before the origin fetch.
+    _GUARDED_WRITE = """
+        for i = FIRST, #KEYS do
             local token = redis.call('get', KEYS[i])
             if not token or token ~= ARGV[i + 2] then
                 return 0
@@ -149,11 +155,35 @@ class RedisStore:
         else
             redis.call('del', KEYS[1])
         end
-        for i = 2, #KEYS do
+        for i = FIRST, #KEYS do
             redis.call('expire', KEYS[i], ARGV[3])
         end
         return 1
     """
+
+    # KEYS[1]      - entry key
+    # KEYS[1+i]    - generation keys guarding the entry
+    # ARGV[1]      - encoded entry
+    # ARGV[2]      - entry ttl in seconds (<= 0: the entry is dropped, as if written already expired)
+    # ARGV[3]      - generation ttl in seconds
+    # ARGV[3+i]    - the token KEYS[1+i] held before the origin fetch
+    # return 1 if every generation still holds its token and the entry was written, otherwise 0
+    LUA_STORE_IF_CURRENT = _GUARDED_WRITE.replace("FIRST", "2")
+
+    # LUA_STORE_IF_CURRENT that also drops the fill's lease (if ``owner`` still holds it), whatever the
+    # outcome: the fill's last round trip.
+    # KEYS[1]      - entry key
+    # KEYS[2]      - lease key
+    # KEYS[2+i]    - generation keys guarding the entry
+    # ARGV[1..3]   - as LUA_STORE_IF_CURRENT
+    # ARGV[4]      - the lease owner token (one per fill)
+    # ARGV[4+i]    - the token KEYS[2+i] held before the origin fetch
+    # return 1 if every generation still holds its token and the entry was written, otherwise 0
+    LUA_STORE_AND_RELEASE = """
+        if redis.call('get', KEYS[2]) == ARGV[4] then
+            redis.call('del', KEYS[2])
+        end
+    """ + _GUARDED_WRITE.replace("FIRST", "3")
 
     # KEYS[1..n]  - generation keys
     # ARGV[1]     - generation ttl in seconds
@@ -224,6 +254,7 @@ class RedisStore:
         self._pipeline_was_up = False
         self._ensure_generations = client.register_script(self.LUA_ENSURE_GENERATIONS)
         self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
+        self._store_and_release = client.register_script(self.LUA_STORE_AND_RELEASE)
         self._bump = client.register_script(self.LUA_BUMP)
         self._release_lease = client.register_script(self.LUA_RELEASE_LEASE)
 
@@ -352,6 +383,26 @@ class RedisStore:
         except ResponseError:
             return ""
 
+    def _piped(self) -> AutoPipeline | None:
+        """The hit path's pipelined connection if it is up and its server verified (see ``lookup``)."""
+        pipeline = self.pipeline
+        if pipeline is None or pipeline.protocol is None or self._suspect:
+            return None
+        return pipeline
+
+    async def _script(self, script, keys: list, args: list, piped: bool = True) -> Any:
+        """Run a registered script: pipelined when that connection is up (``EVALSHA``, ``EVAL`` once on
+        ``NOSCRIPT``), else through redis-py."""
+        pipeline = self._piped() if piped else None
+        if pipeline is None:
+            return await script(keys=keys, args=args)
+        try:
+            return await pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await pipeline.execute("EVAL", script.script, len(keys), *keys, *args)
+
     # -- the contract ------------------------------------------------------------------------------
     @_unavailable
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
@@ -395,16 +446,24 @@ class RedisStore:
         if not gen_keys:
             return []
         fresh = [new_token() for _ in gen_keys]
-        tokens = await self._ensure_generations(keys=list(gen_keys), args=[int(ttl), *fresh])
+        tokens = await self._script(self._ensure_generations, list(gen_keys), [int(ttl), *fresh])
         return [_text(t) for t in tokens]
 
     @_unavailable
     async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
-                               expected: Sequence[str], gen_ttl: int) -> bool:
+                               expected: Sequence[str], gen_ttl: int,
+                               lease: tuple[str, str] | None = None) -> bool:
+        if lease is not None:
+            if len(expected) != len(gen_keys):
+                expected = ["" for _ in gen_keys]  # a token is never empty: refused, the lease still dropped
+            written = await self._script(self._store_and_release, [key, lease[0], *gen_keys],
+                                         [value, int(ttl), int(gen_ttl), lease[1], *expected],
+                                         len(value) <= PIPELINED_MAX_VALUE)
+            return bool(written)
         if len(expected) != len(gen_keys):
             return False
-        written = await self._store_if_current(keys=[key, *gen_keys],
-                                               args=[value, int(ttl), int(gen_ttl), *expected])
+        written = await self._script(self._store_if_current, [key, *gen_keys],
+                                     [value, int(ttl), int(gen_ttl), *expected], len(value) <= PIPELINED_MAX_VALUE)
         return bool(written)
 
     @_unavailable
@@ -421,11 +480,14 @@ class RedisStore:
 
     @_unavailable
     async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
+        pipeline = self._piped()
+        if pipeline is not None:
+            return await pipeline.execute("SET", key, owner, "NX", "PX", max(1, int(ttl_ms))) is not None
         return bool(await self.client.set(key, owner, nx=True, px=max(1, int(ttl_ms))))
 
     @_unavailable
     async def release_lease(self, key: str, owner: str) -> None:
-        await self._release_lease(keys=[key], args=[owner])
+        await self._script(self._release_lease, [key], [owner])
 
     @_unavailable
     async def stats(self) -> dict:

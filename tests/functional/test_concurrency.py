@@ -191,6 +191,25 @@ async def test_a_crashed_lease_owner_does_not_block_requests(make_proxy, backend
     assert await backend.route_count(*PROFILE_ROUTE) == 1
 
 
+@pytest.mark.parametrize("store_kind", ["redis"], indirect=True)
+async def test_a_miss_costs_three_redis_round_trips(proxy, backend, redis_server):
+    """A miss on existing generations: MGET (lookup), SET NX PX (the fill's lease), one EVALSHA that
+    stores under the guard and drops the lease; no separate release, no other command."""
+    user = new_user()
+    board = f"{API}/achievements/leaderboard?limit=10&offset="
+    assert (await proxy.get(board + "0", user)).x_cache == "MISS"  # creates the generations, loads the script
+    redis_server.reset_stats()
+    reply = await proxy.get(board + "1", user)
+    assert reply.status == 200 and reply.x_cache == "MISS"
+    counts = {k: v for k, v in redis_server.command_counts().items() if k not in ("info", "config|resetstat")}
+    # inside the script: GET and DEL of the lease, GET and EXPIRE of each guarding generation, SET of the entry
+    gens = counts.get("expire", 0)
+    assert gens >= 1
+    assert counts == {"mget": 1, "set": 2, "evalsha": 1, "get": 1 + gens, "del": 1, "expire": gens}
+    assert await backend.route_count("GET", f"{API}/achievements/leaderboard") == 2
+    assert redis_server.admin.keys("*|lease") == []  # dropped by the store script
+
+
 def _profile_key(proxy, user: str) -> str:
     from proxy.keys import escape_value
 

@@ -68,6 +68,10 @@ async def store(request):
         await s.close()
 
 
+NOT_STORE_COMMANDS = frozenset({"info", "cluster|nodes", "cluster|slots", "cluster|shards", "ping", "hello",
+                                "client|setinfo", "client|setname", "readonly", "command|docs", "select"})
+
+
 @pytest.fixture
 def commands(store, request):
     """``commands()`` → a Counter of store commands executed so far (subtract two to get a cost)."""
@@ -76,8 +80,9 @@ def commands(store, request):
     server = request.getfixturevalue("redis_cluster" if store.name == "redis-cluster" else "redis_server")
 
     def snapshot() -> Counter:
-        # our own INFO calls (made by the snapshot itself) and the harness' topology reads are not store commands
-        return Counter({k: v for k, v in server.command_counts().items() if k not in ("info", "cluster|nodes")})
+        # our own INFO calls (made by the snapshot itself), the harness' and the cluster client's topology
+        # reads (redis-py refreshes its slot map when it likes) and connection set-up are not store commands
+        return Counter({k: v for k, v in server.command_counts().items() if k not in NOT_STORE_COMMANDS})
 
     return snapshot
 
@@ -269,6 +274,46 @@ async def test_leases(store, admin):
         assert 0 < admin.pttl(lease) <= 5_000
 
 
+async def test_store_if_current_drops_the_fill_lease(store, commands):
+    """With ``lease``, the guarded write also drops the fill's lease (its owner only), whatever the
+    outcome, in the same round trip: a miss is MGET, SET NX PX, one script."""
+    gens = [gen("user:{17}"), gen("global")]
+    key = entry_key("user:{17}", "profile")
+    lease = key + "|lease"  # what the proxy uses: the entry's slot
+    tokens = await fill(store, gens, [entry_key("user:{17}", "warm-up")])  # scripts loaded, generations made
+    await store.lookup(key, gens)  # the hit path's connection is up, as after the lookup of a miss
+    assert await store.acquire_lease(lease, "fill-1", 5_000)  # the lease command's path is set up too
+    await store.release_lease(lease, "fill-1")
+    await store.store_if_current(entry_key("user:{17}", "w2"), encode(b"{}", tokens), ENTRY_TTL, gens, tokens,
+                                 GEN_TTL, (lease, "nobody"))  # loads the lease-dropping script
+
+    assert await store.acquire_lease(lease, "fill-1", 5_000)
+    before = commands()
+    assert await store.store_if_current(key, encode(b"{}", tokens), ENTRY_TTL, gens, tokens, GEN_TTL,
+                                        (lease, "fill-1")) is True
+    cost = delta(before, commands())
+    assert await store.acquire_lease(lease, "fill-2", 5_000)  # it was dropped
+    if store.name == "memory":
+        assert cost == {"commands": 1}
+    elif store.name == "redis":  # one round trip; inside the script: the lease's GET and DEL, then the guard
+        assert cost == {"evalsha": 1, "get": 3, "del": 1, "set": 1, "expire": 2}
+    else:  # the untagged global generation is compared in process (see test_fill_and_purge_costs)
+        assert cost == {"evalsha": 1, "get": 2, "del": 1, "set": 1, "expire": 1}
+
+    # refused by the guard (a purge moved a generation): the lease is dropped all the same
+    await store.bump(gens[:1], GEN_TTL)
+    assert await store.store_if_current(key, encode(b"{}", tokens), ENTRY_TTL, gens, tokens, GEN_TTL,
+                                        (lease, "fill-2")) is False
+    assert await store.acquire_lease(lease, "fill-3", 5_000)
+
+    # a lease another fill holds (ours expired and was taken again) is left alone
+    current = await store.ensure_generations(gens, GEN_TTL)
+    assert await store.store_if_current(key, encode(b"{}", current), ENTRY_TTL, gens, current, GEN_TTL,
+                                        (lease, "fill-2")) is True
+    assert await store.acquire_lease(lease, "fill-4", 5_000) is False
+    assert recorded((await store.lookup(key, gens))[0]) == tuple(current)
+
+
 async def test_lease_expires(store):
     lease = f"{PREFIX}:lease:x"
     assert await store.acquire_lease(lease, "a", 50)
@@ -388,6 +433,28 @@ def test_open_store_urls(redis_url):
             RedisStore.from_url(url)
     with pytest.raises(ValueError):
         RedisStore.from_url("http://127.0.0.1:1")
+
+
+async def test_pipelined_fill_commands_survive_a_script_flush(redis_server):
+    """Lease and scripts ride the hit path's pipelined connection once it is up; a server that lost its
+    script cache (restart, SCRIPT FLUSH) answers NOSCRIPT once, and the script is sent whole (EVAL)."""
+    store = RedisStore.from_url(redis_server.url)
+    try:
+        gens, key = [gen("user:{18}")], entry_key("user:{18}", "profile")
+        await store.lookup(key, gens)  # the pipelined connection is up
+        redis_server.admin.script_flush()
+        redis_server.reset_stats()
+        tokens = await store.ensure_generations(gens, GEN_TTL)
+        assert await store.acquire_lease(key + "|lease", "fill-1", 5_000)
+        assert await store.store_if_current(key, encode(b"{}", tokens), ENTRY_TTL, gens, tokens, GEN_TTL,
+                                            (key + "|lease", "fill-1"))
+        counts = redis_server.command_counts()
+        assert counts.get("evalsha") == 2 and counts.get("eval") == 2  # NOSCRIPT once per script, then EVAL
+        assert "script|load" not in counts  # not redis-py's pool: it would have loaded them
+        assert await store.acquire_lease(key + "|lease", "fill-2", 5_000)  # dropped by the store script
+        assert recorded((await store.lookup(key, gens))[0]) == tuple(tokens)
+    finally:
+        await store.close()
 
 
 async def test_dead_server_is_store_unavailable(start_redis):
