@@ -71,9 +71,9 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
         ["machine", f"{m['nproc']} CPUs ({m['cpu_model']}), {m.get('mem_gb')} GB RAM, Linux {m['kernel']}"],
         ["command", f"`{run['command']}` ({run['mode']} mode, {run.get('elapsed_s')} s)"],
         ["tools", ", ".join(f"{k}: {v}" for k, v in (run.get("versions") or {}).items())],
-        ["pinning", f"servers (stand-in, redis-server, the cluster's redis-servers, nginx, proxy) on core "
-                    f"{run['server_cores']}, "
-                    f"wrk on core {run['client_cores']} (`taskset`)"],
+        ["pinning", f"servers (redis-server, the cluster's redis-servers, nginx, proxy) on core "
+                    f"{run['server_cores']}; wrk and the stand-in backend (a service on another machine "
+                    f"in a deployment) on core {run['client_cores']} (`taskset`)"],
         ["workers", "`cache-proxy serve --workers` exists: 2-worker rows included" if run.get("workers_flag")
          else "`cache-proxy serve` has no `--workers` option yet: 1 worker only, no 2-worker rows"],
     ]))
@@ -192,7 +192,7 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
                     for r in miss.get("paced", [])]))
         add("")
         if miss.get("unpaced"):
-            add("Unpaced, 50 connections (throughput on misses; the proxy shares core 0 with the backend):\n")
+            add("Unpaced, 50 connections (throughput on misses; the backend runs on the load generator's core):\n")
             add(_table(["target", "req/s", "ratio vs direct", "p50 ms", "p99 ms", "p99.9 ms", "server cpu"],
                        [[r["target"], _f(r["rps"], 0), _f(r.get("ratio_vs_direct"), 3), _lat(r, "50"), _lat(r, "99"),
                          _lat(r, "99.9"), _f(r.get("server_cpu"), 2)] for r in miss["unpaced"]]))
