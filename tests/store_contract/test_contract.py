@@ -58,10 +58,12 @@ async def store(request):
     if request.param == "memory":
         s = MemoryStore(clock=FakeClock())
     elif request.param == "cluster":
-        # untagged keys (gen("global")) are global keys there; no background refresh between counts
-        s = RedisClusterStore.from_url(request.getfixturevalue("cluster_url"), global_refresh=3600)
+        # untagged keys (gen("global")) are global keys there; no background refresh between counts.
+        # A generous timeout: dozens of connections opened at once on a loaded 2-core CI box (six cluster
+        # nodes on it) must not read as a store failure; the failure tests set their own.
+        s = RedisClusterStore.from_url(request.getfixturevalue("cluster_url"), global_refresh=3600, timeout=2.0)
     else:
-        s = RedisStore.from_url(request.getfixturevalue("redis_url"))
+        s = RedisStore.from_url(request.getfixturevalue("redis_url"), timeout=2.0)
     try:
         yield s
     finally:
