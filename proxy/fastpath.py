@@ -86,9 +86,10 @@ def frame(buf: bytearray) -> Head | None | object:
     head = _FRAMED.get(raw)
     if head is None:
         head = _frame(raw, end)
-        if len(_FRAMED) >= FRAMED_MAX:
-            _FRAMED.clear()
-        _FRAMED[raw] = head
+        if len(raw) <= FRAMED_MAX_BYTES:
+            if len(_FRAMED) >= FRAMED_MAX:
+                _FRAMED.clear()
+            _FRAMED[raw] = head
     return head
 
 
@@ -97,6 +98,7 @@ def frame(buf: bytearray) -> Head | None | object:
 # after framing (the headers are read, or copied before anything is added).
 _FRAMED: dict[bytes, Head | object] = {}
 FRAMED_MAX = 4096
+FRAMED_MAX_BYTES = 2048  # a typical head with a JWT is under 1 KiB; larger ones are parsed each time
 
 
 def _frame(raw: bytes, end: int) -> Head | object:

@@ -129,3 +129,14 @@ def test_an_incomplete_head_waits_for_more_unless_it_cannot_be_plain():
     assert frame(bytearray(b"GET / HTTP/1.1\r\nHost: a\r")) is None
     assert frame(bytearray(b"GET / HTTP/1.1\nHost: a\n")) is UNFRAMEABLE  # bare LF: never plain
     assert frame(bytearray(b"G" * (MAX_HEAD + 1))) is UNFRAMEABLE
+
+
+def test_the_frame_cache_is_bounded_in_entries_and_size():
+    from proxy import fastpath
+    fastpath._FRAMED.clear()
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * fastpath.FRAMED_MAX_BYTES + b"\r\n\r\n"
+    assert frame(bytearray(big)).target == "/"
+    assert not fastpath._FRAMED  # parsed, not kept
+    for i in range(fastpath.FRAMED_MAX + 10):
+        frame(bytearray(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i))
+    assert len(fastpath._FRAMED) <= fastpath.FRAMED_MAX
