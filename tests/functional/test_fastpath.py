@@ -150,10 +150,15 @@ async def filled(proxy, user: str) -> None:
     assert (await proxy.get(PROFILE, user)).x_cache == "MISS"
 
 
-async def test_pipelined_hit_write_hit_are_answered_in_order_and_the_write_purges(proxy):
+async def filled_wire(proxy) -> tuple[str, "Wire"]:
+    """A new user whose profile is cached, and a raw connection to the proxy."""
     user = new_user()
     await filled(proxy, user)
-    wire = await Wire.open(proxy)
+    return user, await Wire.open(proxy)
+
+
+async def test_pipelined_hit_write_hit_are_answered_in_order_and_the_write_purges(proxy):
+    user, wire = await filled_wire(proxy)
     await wire.send(get(PROFILE, user) + put_profile(user, "Pipelined") + get(PROFILE, user))
     first, write, last = [await wire.answer() for _ in range(3)]
     assert first[1]["x-cache"] == "HIT" and display_name(first[2]) != "Pipelined"
@@ -163,9 +168,7 @@ async def test_pipelined_hit_write_hit_are_answered_in_order_and_the_write_purge
 
 
 async def test_a_request_sent_a_byte_at_a_time_is_answered_from_the_cache(proxy):
-    user = new_user()
-    await filled(proxy, user)
-    wire = await Wire.open(proxy)
+    user, wire = await filled_wire(proxy)
     for byte in get(PROFILE, user):
         await wire.send(bytes([byte]))
     status, headers, _ = await wire.answer()
@@ -191,9 +194,7 @@ async def test_a_body_split_across_segments_then_a_hit_in_the_same_segment(proxy
 
 
 async def test_a_chunked_request_releases_the_connection_to_the_full_path(proxy):
-    user = new_user()
-    await filled(proxy, user)
-    wire = await Wire.open(proxy)
+    user, wire = await filled_wire(proxy)
     await wire.send(put_profile(user, "Chunked", chunked=True) + get(PROFILE, user))
     write, read = await wire.answer(), await wire.answer()
     assert write[0] == 200 and read[1]["x-cache"] == "MISS" and display_name(read[2]) == "Chunked"
