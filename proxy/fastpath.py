@@ -138,11 +138,13 @@ def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
 @dataclass(slots=True)
 class Prefetched:
     """A fast lookup that found no fresh entry, handed to aiohttp's path with the request so that the
-    miss does not ask the store again (``Proxy._read`` takes it when the key matches)."""
+    miss neither asks the store nor judges the entry again (``Proxy._read`` takes it when the key
+    matches): what the store gave, and ``Proxy.looked_up``'s verdict on it."""
 
     key: str
-    raw: bytes | None
-    tokens: list | None
+    tokens: list | None = None
+    entry: Entry | None = None
+    verdict: Any = None  # policy.Verdict
     store_down: bool = False
 
 
@@ -199,7 +201,7 @@ class HitPath:
         try:
             raw, tokens = await p.store.lookup(d.key, d.gen_keys)
         except StoreUnavailable:
-            return Prefetched(d.key, None, None, store_down=True)
+            return Prefetched(d.key, store_down=True)
         finally:
             p.gate.leave()
         return self._judged(d, head, start, peer, raw, tokens)
@@ -211,7 +213,7 @@ class HitPath:
         try:
             raw, tokens = p.store.lookup_finished(flight.future, flight.started)
         except StoreUnavailable:
-            return Prefetched(flight.d.key, None, None, store_down=True)
+            return Prefetched(flight.d.key, store_down=True)
         return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens)
 
     def _judged(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str], raw: bytes | None,
@@ -228,7 +230,7 @@ class HitPath:
             p.refresh_stale(d, tokens, head.target, head.headers, peer[0], peer[1], rid)
             status = CacheStatus.hit(ttl_left, "stale-while-revalidate")
             return self.render(d, entry, "STALE", status, verdict.age, head, start, rid)
-        return Prefetched(d.key, raw, tokens)
+        return Prefetched(d.key, tokens, entry, verdict)
 
     def render(self, d: Lookup, entry: Entry, label: str, cache_status: str, age: int, head: Head, start: float,
                rid: str | None = None) -> bytes:

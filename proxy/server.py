@@ -276,13 +276,13 @@ class Proxy(PurgingMixin, EndpointsMixin):
             request.protocol.prefetched = None
             if prefetched.store_down:
                 return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
-            raw, tokens = prefetched.raw, prefetched.tokens
+            entry, verdict, tokens = prefetched.entry, prefetched.verdict, prefetched.tokens
         else:
             try:
                 raw, tokens = await self.store.lookup(d.key, d.gen_keys)
             except StoreUnavailable:
                 return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
-        entry, verdict = self.looked_up(d, raw, tokens, origin.path_qs)
+            entry, verdict = self.looked_up(d, raw, tokens, origin.path_qs)
         if not d.revalidate:
             if verdict.usable == "fresh":
                 return self._from_entry(request, entry, "HIT", CacheStatus.hit(rule.ttl - verdict.age), verdict.age), "hit"

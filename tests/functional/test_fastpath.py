@@ -278,3 +278,13 @@ async def test_one_connection_never_gets_another_users_entry(proxy):
     assert [h["x-cache"] for _, h, _ in answers] == ["HIT", "MISS", "HIT", "HIT"]
     assert answers[0][2] == answers[2][2] and answers[1][2] == answers[3][2] and answers[0][2] != answers[1][2]
     await wire.close()
+
+
+async def test_a_miss_handed_on_is_judged_once(proxy):
+    """The fast path's verdict travels with the request: a warm rule counts one read of demand, not two."""
+    reply = await proxy.get(f"{API}/achievements/types")
+    assert reply.x_cache == "MISS"
+    demand = proxy.proxy.demand
+    assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [1]
+    assert (await proxy.get(f"{API}/achievements/types")).x_cache == "HIT"
+    assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [2]
