@@ -48,7 +48,7 @@ class Tally:
         observed, self.observed = self.observed, {}
         for child, pending in observed.items():
             # prometheus_client's Histogram.observe, in bulk: its _sum and _buckets values
-            # (tests/unit/test_metrics.py compares the two, so a change there fails loudly).
+            # (tests/unit/test_metrics_tally.py compares the two, so a change there fails loudly).
             child._sum.inc(pending[-1])
             for bucket, n in zip(child._buckets, pending):
                 if n:

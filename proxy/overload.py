@@ -45,13 +45,11 @@ class Gate:
             self.metrics.overload.labels("inflight").inc()
             self.metrics.count_request("none", "rejected", 503, 0.0)
             return False
-        self.inflight += 1
-        if self.inflight > self.peak:
-            self.peak = self.inflight
+        self.enter()
         return True
 
     def enter(self) -> None:
-        """Count a request admitted elsewhere (the fast path checks ``limit`` itself, before its lookup)."""
+        """Count a request in flight; the fast path calls it directly, having checked ``limit`` itself."""
         self.inflight += 1
         if self.inflight > self.peak:
             self.peak = self.inflight

@@ -234,9 +234,13 @@ class Proxy(PurgingMixin, EndpointsMixin):
             return None
         identity, token_error = self._identify(headers.get("Authorization"))
         d = policy.classify(RequestView("GET", raw_path, query, headers), self.rules, identity, token_error)
-        if type(d) is not Lookup or d.revalidate or (self.pending and any(g in self.pending for g in d.gen_keys)):
+        if type(d) is not Lookup or d.revalidate or self._purge_pending(d):
             return None
         return d
+
+    def _purge_pending(self, d: Lookup) -> bool:
+        """A purge of one of ``d``'s namespaces has not reached the store yet: bypass, never store."""
+        return bool(self.pending) and any(g in self.pending for g in d.gen_keys)
 
     def refresh_stale(self, d: Lookup, tokens: list, path_qs: str, headers: CIMultiDict, client_ip: str | None,
                       scheme: str, rid: str) -> None:
@@ -265,7 +269,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
     async def _read(self, request: web.Request, d: Lookup, origin: Origin) -> tuple[web.StreamResponse, str]:
         rule = d.rule
-        if self.pending and any(g in self.pending for g in d.gen_keys):
+        if self._purge_pending(d):
             return await self._bypass(request, origin, rule, Reason.PENDING_PURGE), "bypass"
         if not self.cache_usable:  # unreachable, or back but not yet verified: don't wait on it each time
             return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
@@ -451,7 +455,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
     async def _store(self, d: Lookup, tokens: list[str], fetched: Fetched, lease: tuple[str, str] | None = None) -> str:
         """Guarded write of a fill; with ``lease`` (the fill's), the same store call drops the lease."""
-        if self.pending and any(g in self.pending for g in d.gen_keys):
+        if self._purge_pending(d):
             return "pending-purge"
         stored_headers = tuple((k, v) for k, v in self._replayable(fetched.headers, d.rule).items())
         entry = Entry(fetched.status, stored_headers, fetched.body, self.clock(), tuple(tokens), d.rule.fingerprint,

@@ -135,8 +135,6 @@ class GuardedStore:
         return self._call("ensure", self.inner.ensure_generations, gen_keys, ttl)
 
     def store_if_current(self, key, value, ttl, gen_keys, expected, gen_ttl, lease=None):
-        if lease is None:
-            return self._call("store", self.inner.store_if_current, key, value, ttl, gen_keys, expected, gen_ttl)
         return self._call("store", self.inner.store_if_current, key, value, ttl, gen_keys, expected, gen_ttl, lease)
 
     def bump(self, gen_keys: Sequence[str], ttl: int):

@@ -422,8 +422,8 @@ class RedisStore:
         """``lookup``'s MGET as the auto-pipeline's future, with no coroutine or task around it, while
         that connection is up and trusted; None otherwise (then ``lookup`` reconnects or refuses).
         ``lookup_outcome`` gives its result."""
-        pipeline = self.pipeline
-        if pipeline is None or pipeline.protocol is None or self._suspect:
+        pipeline = self._piped()
+        if pipeline is None:
             return None
         self._pipeline_was_up = True
         return pipeline.submit("MGET", key, *gen_keys)
