@@ -9,6 +9,7 @@
 ``redis_url``     (function) the session server's URL, FLUSHALLed and with its stats reset first.
 ``start_redis``   (function) a factory: ``start_redis()`` starts another private server (a
                             ``RedisServer``), killed at teardown.
+``rsa_keys``      (session) (private PEM, public PEM) of a fresh RSA key.
 
 A missing ``redis-server`` binary fails the run; it is never a skip. Nothing here touches 127.0.0.1:6379.
 """
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 STARTUP_TIMEOUT = 10.0
 
@@ -195,3 +198,14 @@ def start_redis(tmp_path_factory):
 # The local Redis Cluster (six redis-server processes, tests/cluster/harness.py), here so the store
 # contract runs on it too: ``redis_cluster`` (session), ``cluster_url``, ``start_cluster``.
 from tests.cluster.harness import cluster_url, redis_cluster, start_cluster  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def rsa_keys() -> tuple[str, str]:
+    """(private PEM, public PEM) of a fresh RSA key, once per session (identity and security tests)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public

@@ -7,15 +7,13 @@ The functional suite's fixtures are re-exported as they are (``backend``, ``make
 ``reflector``              the scripted origin of ``helpers.Reflector`` on a loopback server.
 ``make_configured_proxy``  like ``make_proxy`` but every Config field may be given, ``identity`` and
                            ``admin_token`` included (make_proxy fixes those two).
-``rsa_keys``               (private PEM, public PEM) of a fresh RSA key, once per session.
+``rsa_keys``               (from tests/conftest.py) (private PEM, public PEM) of a fresh RSA key, once per session.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.config import Config
 from proxy.identity import IdentityConfig
@@ -49,11 +47,3 @@ def make_configured_proxy(aiohttp_client, backend, make_store):
     return make
 
 
-@pytest.fixture(scope="session")
-def rsa_keys() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public

@@ -10,7 +10,6 @@ import time
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.errors import IdentityError
@@ -20,16 +19,6 @@ SECRET = "unit-test-secret-0123456789abcdef-0123456789abcdef"
 OLD_SECRET = "unit-test-old-secret-fedcba9876543210-fedcba98765"
 OTHER_SECRET = "not-the-secret-at-all-0123456789abcdef-0123456789"
 NOW = int(time.time())
-
-
-@pytest.fixture(scope="module")
-def rsa_keys() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
 
 
 def token(claims: dict | None = None, key: str = SECRET, algorithm: str = "HS256", **extra) -> str:
