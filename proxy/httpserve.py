@@ -430,13 +430,7 @@ def _chain(upstream: CIMultiDict, ours: str) -> str:
 async def _from_got(proxy, request: web.Request, got: Got, status: str) -> web.StreamResponse:
     if got.error is not None:
         return error_response(got.error.status, got.error.detail, "MISS", status)
-    headers = CIMultiDict(got.headers)
-    headers.popall("Content-Length", None)
-    if got.etag and "ETag" not in headers:
-        headers["ETag"] = got.etag
-    headers["X-Cache"] = "MISS"
-    headers["Cache-Status"] = _chain(got.headers, status)
-    headers["X-Request-ID"] = request_id_var.get() or ""
+    headers = _server.miss_headers(got.headers, got.etag, _chain(got.headers, status))
     if got.stream is not None:
         prefix, upstream_response = got.stream
         return await proxy._stream(request, upstream_response, headers, prefix)

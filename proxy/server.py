@@ -552,13 +552,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
     async def _from_fetched(self, request: web.Request, fetched: Fetched, status: str) -> web.StreamResponse:
         if fetched.error is not None:
             return error_response(fetched.error.status, fetched.error.detail, "MISS", status)
-        headers = CIMultiDict(fetched.headers)
-        headers.popall("Content-Length", None)
-        if fetched.etag and "ETag" not in headers:
-            headers["ETag"] = fetched.etag
-        headers["X-Cache"] = "MISS"
-        headers["Cache-Status"] = status
-        headers["X-Request-ID"] = request_id_var.get() or ""
+        headers = miss_headers(fetched.headers, fetched.etag, status)
         if fetched.stream is not None:
             prefix, upstream_response = fetched.stream
             return await self._stream(request, upstream_response, headers, prefix)
@@ -707,6 +701,19 @@ def _is_failure(fetched: Fetched, rule) -> bool:
 
 def _content_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def miss_headers(upstream: CIMultiDict, etag: str | None, cache_status: str) -> CIMultiDict:
+    """The headers of an answer fetched for this request (a miss): the backend's, with our ETag when it
+    sent none, and our X-Cache, Cache-Status and request id. Content-Length is the server's to set."""
+    headers = CIMultiDict(upstream)
+    headers.popall("Content-Length", None)
+    if etag and "ETag" not in headers:
+        headers["ETag"] = etag
+    headers["X-Cache"] = "MISS"
+    headers["Cache-Status"] = cache_status
+    headers["X-Request-ID"] = request_id_var.get() or ""
+    return headers
 
 
 def _not_modified_headers(headers: CIMultiDict) -> CIMultiDict:
