@@ -47,7 +47,6 @@ fail fast while the other primaries keep serving; no call is retried (the proxy 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import time
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
@@ -66,7 +65,8 @@ from ..errors import StoreUnavailable
 from .base import new_token
 from ..l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
-from .redis import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text, connection_run_id
+from .redis import (DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text, connection_run_id,
+                    raising_unavailable)
 
 __all__ = ["RedisClusterStore", "CLUSTER_SCHEMES", "parse_cluster_url"]
 
@@ -77,25 +77,20 @@ _TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "
 T = TypeVar("T")
 
 
-def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Any Redis, cluster, socket or timeout failure of ``method`` -> ``StoreUnavailable``."""
+def _as_unavailable(exc: BaseException) -> StoreUnavailable:
+    error = StoreUnavailable(str(exc) or type(exc).__name__)
+    # Answered by a healthy server (e.g. OOM): not a sign of a topology change. Cluster states
+    # (CLUSTERDOWN, TRYAGAIN, redirections left over) and READONLY are.
+    error.answered = isinstance(exc, ResponseError) and not isinstance(
+        exc, (ReadOnlyError, ClusterError, AskError, TryAgainError))
+    return error
 
-    @functools.wraps(method)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError, RuntimeError) as exc:
-            # RuntimeError: redis-py closes every connection of the client on some cluster errors
-            # (CLUSTERDOWN during a failover); a command then in flight on another task finds its
-            # transport closed under it ("unable to perform operation on <TCPTransport closed=True>")
-            error = StoreUnavailable(str(exc) or type(exc).__name__)
-            # Answered by a healthy server (e.g. OOM): not a sign of a topology change. Cluster states
-            # (CLUSTERDOWN, TRYAGAIN, redirections left over) and READONLY are.
-            error.answered = isinstance(exc, ResponseError) and not isinstance(
-                exc, (ReadOnlyError, ClusterError, AskError, TryAgainError))
-            raise error from exc
 
-    return wrapper
+# Any Redis, cluster, socket or timeout failure. RuntimeError: redis-py closes every connection of the
+# client on some cluster errors (CLUSTERDOWN during a failover); a command then in flight on another task
+# finds its transport closed under it ("unable to perform operation on <TCPTransport closed=True>").
+_unavailable = raising_unavailable(
+    (RedisError, RedisClusterException, OSError, asyncio.TimeoutError, RuntimeError), _as_unavailable)
 
 
 def parse_cluster_url(url: str) -> dict[str, Any]:

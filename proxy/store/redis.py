@@ -62,17 +62,21 @@ _SCHEMES = ("redis://", "rediss://")
 T = TypeVar("T")
 
 
-def _unavailable(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Re-raise any Redis, socket or timeout failure of ``method`` as ``StoreUnavailable``."""
+def raising_unavailable(failures: tuple[type[BaseException], ...], convert: Callable[[BaseException], StoreUnavailable]):
+    """A decorator re-raising any of ``failures`` from the coroutine method as ``convert(exc)``, a
+    ``StoreUnavailable`` (this store's, and the cluster store's with its own failures)."""
 
-    @functools.wraps(method)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except STORE_FAILURES as exc:
-            raise as_unavailable(exc) from exc
+    def decorate(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(method)
+        async def wrapper(*args: Any, **kwargs: Any) -> T:
+            try:
+                return await method(*args, **kwargs)
+            except failures as exc:
+                raise convert(exc) from exc
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 STORE_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
@@ -84,6 +88,9 @@ def as_unavailable(exc: BaseException) -> StoreUnavailable:
     # READONLY is: we are talking to a replica, i.e. a failover happened.
     error.answered = isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError)
     return error
+
+
+_unavailable = raising_unavailable(STORE_FAILURES, as_unavailable)  # any Redis, socket or timeout failure
 
 
 async def connection_run_id(connection) -> str:
