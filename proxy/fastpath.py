@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class Head:
     headers: CIMultiDict
     body_length: int
     fast: bool
+    lookup: tuple | None = None  # HitPath._lookup's memo: (rules, verifier, valid until, Lookup)
 
 
 UNFRAMEABLE = object()
@@ -95,7 +97,8 @@ def frame(buf: bytearray) -> Head | None | object:
 
 # Frames by their exact bytes: clients repeat byte-identical requests (same token, same fields), and a
 # frame is a pure function of its bytes, so each distinct head is parsed once. Heads are never changed
-# after framing (the headers are read, or copied before anything is added).
+# after framing (the headers are read, or copied before anything is added), except for the memo of
+# what the rules make of them (``Head.lookup``).
 _FRAMED: dict[bytes, Head | object] = {}
 FRAMED_MAX = 4096
 FRAMED_MAX_BYTES = 2048  # a typical head with a JWT is under 1 KiB; larger ones are parsed each time
@@ -177,9 +180,8 @@ class HitPath:
         gate = p.gate
         if gate.limit and gate.inflight >= gate.limit:
             return None  # aiohttp's path refuses it, and counts that once
-        raw_path, _, query = head.target.partition("?")
-        d = p.fast_lookup(raw_path, query, head.headers)
-        if d is None:
+        d = self._lookup(head)
+        if d is None or p._purge_pending(d):
             return None
         start = time.perf_counter()
         hit = p.l1_fresh(d)
@@ -194,6 +196,19 @@ class HitPath:
         if begun is not None:
             return InFlight(d, head, start, peer, *begun)
         return self._from_store(d, head, start, peer)
+
+    def _lookup(self, head: Head) -> Lookup | None:
+        """``Proxy.fast_lookup``, remembered on the head. The same bytes make the same Lookup for as long
+        as the rules, the verifier and the token's validity are the same: that is checked each time."""
+        p = self.proxy
+        memo = head.lookup
+        if memo is not None and memo[0] is p.rules and memo[1] is p.verifier \
+                and (memo[2] == math.inf or p.verifier.clock() < memo[2]):
+            return memo[3]
+        raw_path, _, query = head.target.partition("?")
+        d, until = p.fast_lookup(raw_path, query, head.headers)
+        head.lookup = (p.rules, p.verifier, until, d) if d is not None else None
+        return d
 
     async def _from_store(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str]) -> bytes | Prefetched:
         """The lookup where the store offers no future (memory, cluster, or a connection being made)."""

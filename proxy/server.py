@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -228,15 +229,18 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
     # ------------------------------------------------------------------------------- reads
 
-    def fast_lookup(self, raw_path: str, query: str, headers: CIMultiDict) -> Lookup | None:
-        """For proxy/fastpath.py: the Lookup of a plain GET, when nothing but a fresh entry is needed."""
+    def fast_lookup(self, raw_path: str, query: str, headers: CIMultiDict) -> tuple[Lookup | None, float]:
+        """For proxy/fastpath.py: the Lookup of a plain GET when a fresh entry could answer it, and until
+        when (the verifier's clock) the same request keeps that Lookup: its token's expiry. Pending
+        purges are the caller's to check, each time."""
         if self._internal("GET", raw_path) is not None:
-            return None
+            return None, 0.0
         identity, token_error = self._identify(headers.get("Authorization"))
         d = policy.classify(RequestView("GET", raw_path, query, headers), self.rules, identity, token_error)
-        if type(d) is not Lookup or d.revalidate or self._purge_pending(d):
-            return None
-        return d
+        if type(d) is not Lookup or d.revalidate:
+            return None, 0.0
+        until = identity.expires_at + self.verifier.config.leeway if identity is not None else math.inf
+        return d, until
 
     def _purge_pending(self, d: Lookup) -> bool:
         """A purge of one of ``d``'s namespaces has not reached the store yet: bypass, never store."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from pathlib import Path
 
 import pytest
 
 from proxy.store.memory import MemoryStore
 
-from .conftest import API, auth, new_user
+from .conftest import API, RULES_PATH, auth, mint, new_user
 
 PROFILE = f"{API}/users/profile"
 VOLATILE = {"date", "x-request-id", "age"}
@@ -288,3 +290,32 @@ async def test_a_miss_handed_on_is_judged_once(proxy):
     assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [1]
     assert (await proxy.get(f"{API}/achievements/types")).x_cache == "HIT"
     assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [2]
+
+
+async def test_a_request_repeated_byte_for_byte_is_refused_once_its_token_expires(proxy):
+    """The fast path remembers what the rules make of a request's exact bytes; the token's expiry still
+    applies to every one of them (the verifier's clock moves here, the bytes stay the same)."""
+    user = new_user()
+    headers = {"Authorization": f"Bearer {mint(user, ttl=600)}"}
+    assert [(await proxy.get(PROFILE, headers=headers)).x_cache for _ in range(3)] == ["MISS", "HIT", "HIT"]
+    assert fast_counts(await proxy.metrics())["answered"] == 2
+    verifier = proxy.proxy.verifier
+    verifier.clock = lambda: time.time() + 601
+    reply = await proxy.get(PROFILE, headers=headers)
+    assert reply.x_cache == "BYPASS" and "invalid-token" in reply.cache_status, reply.headers
+    assert fast_counts(await proxy.metrics())["answered"] == 2
+
+
+async def test_a_request_repeated_byte_for_byte_follows_reloaded_rules(make_proxy, tmp_path):
+    """Rules reloaded: the same bytes are judged by the new rules at once (here: the route is gone)."""
+    rules = tmp_path / "rules.yaml"
+    text = Path(RULES_PATH).read_text()
+    rules.write_text(text)
+    proxy = await make_proxy(rules_path=rules)
+    user = new_user()
+    headers = auth(user)
+    assert [(await proxy.get(PROFILE, headers=headers)).x_cache for _ in range(2)] == ["MISS", "HIT"]
+    rules.write_text(text.replace("match: GET /api/v1/users/profile\n", "match: GET /api/v1/users/profile/gone\n", 1))
+    assert proxy.proxy.reload_rules() is True
+    reply = await proxy.get(PROFILE, headers=headers)
+    assert reply.x_cache == "BYPASS", reply.headers
