@@ -64,8 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("L1_MAX_BYTES", str(64 << 20), "byte budget of the in-process L1 in front of Redis (rules with l1_ttl)"),
     Setting("WARM_AUTHORIZATION", "", "Authorization header sent with warming requests (a service token)"),
     Setting("ACCESS_LOG", "0", "1: one log line per request"),
-    Setting("FAST_PATH", "1", "0: answer fresh hits through aiohttp's full request path too (proxy/fastpath.py "
-            "answers plain GETs that hit straight off the socket)"),
+    Setting("FAST_PATH", "1", "0: answer cached reads through aiohttp's full request path too (proxy/fastpath.py "
+            "answers plain GETs of cached routes, hit or miss, straight off the socket)"),
     Setting("PENDING_PURGES_FILE", "", "exists while purges are pending; found at start-up it makes the proxy "
             "bump the global epoch; off disables", shown_default="$TMPDIR/katiba-cache-<port>.pending"),
     # -- the store

@@ -88,6 +88,14 @@ class Fetched:
         return self.error is not None or (self.stream is None and self.outcome not in NOT_SHAREABLE)
 
 
+@dataclass(slots=True)
+class Filled:
+    """How a miss is answered (``Proxy.fill_miss``): ``fetched``, or the stale entry when it is None."""
+
+    cache_status: str
+    fetched: Fetched | None = None
+
+
 @dataclass(frozen=True)
 class Origin:
     """Everything needed to send a request upstream, detached from the client's request object."""
@@ -298,21 +306,33 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 self._refresh_in_background(d, tokens, origin)
                 status = CacheStatus.hit(rule.ttl - verdict.age, "stale-while-revalidate")
                 return self._from_entry(request, entry, "STALE", status, verdict.age), "stale"
-        fallback = entry if verdict.usable in ("stale", "on-error") else None
+        filled = await self.fill_miss(d, origin, entry, verdict, tokens)
+        if filled is None:
+            return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
+        if filled.fetched is None:
+            return self._from_entry(request, entry, "STALE", filled.cache_status, verdict.age), "stale"
+        return await self._from_fetched(request, filled.fetched, filled.cache_status), "miss"
+
+    async def fill_miss(self, d: Lookup, origin: Origin, entry: Entry | None, verdict: policy.Verdict,
+                        tokens: list) -> Filled | None:
+        """A read the cache could not answer fresh: the fill, or ``entry`` if the backend fails and
+        stale-if-error allows it (``Filled.fetched`` None). None: the store is down, nothing was fetched.
+        For both request paths (aiohttp's, and proxy/fastpath.py's)."""
+        rule = d.rule
         if None in tokens:
             try:
                 tokens = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
             except StoreUnavailable:
-                return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
+                return None
         fetched = await self._fill(d, tokens, origin)
-        failed = fallback is not None and _is_failure(fetched, rule)
-        if failed and fallback is not None and verdict.age < rule.ttl + rule.stale_if_error:
+        if verdict.usable in ("stale", "on-error") and _is_failure(fetched, rule) \
+                and verdict.age < rule.ttl + rule.stale_if_error:
+            if fetched.stream is not None:  # a failure with a streamed body: not relayed, so give it back
+                fetched.stream[1].release()
             fwd = fetched.error.status if fetched.error else fetched.status
-            status = CacheStatus.hit(rule.ttl - verdict.age, "stale-if-error", fwd_status=fwd)
-            return self._from_entry(request, fallback, "STALE", status, verdict.age), "stale"
+            return Filled(CacheStatus.hit(rule.ttl - verdict.age, "stale-if-error", fwd_status=fwd))
         fwd = "request" if d.revalidate else {"absent": "uri-miss", "expired": "stale"}.get(verdict.reason, "miss")
-        status = CacheStatus.miss(fwd, fetched.status, fetched.outcome, fetched.collapsed)
-        return await self._from_fetched(request, fetched, status), "miss"
+        return Filled(CacheStatus.miss(fwd, fetched.status, fetched.outcome, fetched.collapsed), fetched)
 
     async def _shadow(self, request: web.Request, d: Lookup, origin: Origin) -> web.StreamResponse:
         """Shadow mode: the backend answers every request; the cache is filled and consulted only to

@@ -13,7 +13,10 @@ from collections import Counter
 import pytest
 from aiohttp import web
 
+from proxy.store.memory import MemoryStore
 from proxy.upstream import UpstreamConfig
+
+from .test_fastpath import fast_counts
 
 PROFILE = "/api/v1/users/profile"
 BIG = b"x" * 5000
@@ -213,3 +216,27 @@ async def test_application_errors_are_not_stored(proxy, backend):
     assert good.status == 200 and good.code == 200 and good.x_cache == "MISS", good  # nothing was stored
     assert (await proxy.get(PROFILE, user)).x_cache == "HIT"
     assert await backend.route_count("GET", PROFILE) == 3
+
+
+@pytest.mark.parametrize("path", ["/scripted/ok", "/scripted/big", "/scripted/slow", "unreachable"],
+                         ids=["stored", "streamed-too-large", "timeout-504", "unreachable-502"])
+async def test_a_miss_is_answered_alike_by_the_fast_path_and_aiohttps_path(make_proxy, origin, tmp_path, path):
+    """proxy/fastpath.py answers misses too: status, headers and body as aiohttp's own path sends them."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(CUSTOM_RULES)
+    url = f"http://127.0.0.1:{closed_port()}" if path == "unreachable" else origin.url
+    replies = []
+    for fast_path in (True, False):
+        proxy = await make_proxy(upstream=UpstreamConfig(url=url, read_timeout=0.2), rules_path=rules,
+                                 store=MemoryStore(), fast_path=fast_path)
+        replies.append(await proxy.get("/scripted/ok" if path == "unreachable" else path))
+        answered = fast_counts(await proxy.metrics()).get("answered", 0)
+        assert answered == (1 if fast_path else 0)
+    fast, full = replies
+    assert fast.x_cache == full.x_cache == "MISS"
+    assert (fast.status, fast.body) == (full.status, full.body)
+    assert fast.status == {"/scripted/slow": 504, "unreachable": 502}.get(path, 200)
+    assert sorted(k.lower() for k in fast.headers) == sorted(k.lower() for k in full.headers)
+    for name in fast.headers:
+        if name.lower() not in {"date", "x-request-id", "age"}:
+            assert fast.headers.getall(name) == full.headers.getall(name), name
