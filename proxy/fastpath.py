@@ -566,6 +566,14 @@ class FastRequestHandler(RequestHandler):
             self._answered += 1
             self._loop.call_soon(self._pump)  # aiohttp has written its answer: queued fast requests may go
 
+    def _process_keepalive(self) -> None:
+        if self._busy and not self._force_close:  # aiohttp sees no request of its own: not idle all the same
+            self._keepalive_handle = None
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            self._keepalive_handle = self._loop.call_at(self._next_keepalive_close_time, self._process_keepalive)
+            return
+        super()._process_keepalive()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         self._pump()

@@ -323,3 +323,26 @@ async def test_a_request_repeated_byte_for_byte_follows_reloaded_rules(make_prox
     assert proxy.proxy.reload_rules() is True
     reply = await proxy.get(PROFILE, headers=headers)
     assert reply.x_cache == "BYPASS", reply.headers
+
+
+async def test_a_fill_slower_than_the_keep_alive_timeout_is_still_answered(proxy, backend):
+    """aiohttp closes a connection it sees idle past its keep-alive timeout; a miss being filled on the
+    fast path is not idle, however long the backend takes."""
+    from .test_concurrency import held, hold, release
+
+    wire = await Wire.open(proxy)
+    await wire.send(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    assert (await wire.answer())[0] == 200
+    await hold(backend)
+    await wire.send(get(PROFILE, new_user()))
+    await held(backend)
+    loop = asyncio.get_running_loop()
+    for protocol in proxy.client.server.runner.server._connections:  # aiohttp's timer, due now
+        protocol._keepalive_handle.cancel()
+        protocol._next_keepalive_close_time = loop.time()
+        protocol._keepalive_handle = loop.call_at(loop.time(), protocol._process_keepalive)
+    await asyncio.sleep(0.05)  # it fires while the fill waits at the backend
+    await release(backend)
+    status, headers, _ = await wire.answer()
+    assert (status, headers["x-cache"]) == (200, "MISS")
+    await wire.close()
