@@ -346,3 +346,36 @@ async def test_a_fill_slower_than_the_keep_alive_timeout_is_still_answered(proxy
     status, headers, _ = await wire.answer()
     assert (status, headers["x-cache"]) == (200, "MISS")
     await wire.close()
+
+
+async def test_pipelined_miss_hit_write_miss_are_answered_in_order(proxy, backend):
+    """A miss holds its connection's later requests until it is answered: the second read is the hit
+    the fill stored, the write waits for both, and the read after it is filled anew."""
+    user, wire = new_user(), await Wire.open(proxy)
+    await wire.send(get(PROFILE, user) + get(PROFILE, user) + put_profile(user, "Piped") + get(PROFILE, user))
+    answers = [await wire.answer() for _ in range(4)]
+    assert [(status, headers["x-cache"]) for status, headers, _ in answers] == \
+        [(200, "MISS"), (200, "HIT"), (200, "BYPASS"), (200, "MISS")]
+    assert display_name(answers[0][2]) != "Piped" and display_name(answers[3][2]) == "Piped"
+    assert await backend.route_count("GET", PROFILE) == 2
+    await wire.close()
+
+
+async def test_a_client_gone_during_its_fill_still_leaves_the_entry_stored(proxy, backend, caplog):
+    """The fill finishes and is stored for the next reader; the answer has nowhere to go, and that is
+    no error."""
+    from .test_concurrency import held, hold, release
+
+    user, wire = new_user(), await Wire.open(proxy)
+    await hold(backend)
+    await wire.send(get(PROFILE, user))
+    await held(backend)
+    await wire.close()
+    await release(backend)
+    for _ in range(100):  # the fill completes after the client left; wait for it (bounded)
+        if proxy.proxy.gate.inflight == 0 and not proxy.proxy.inflight:
+            break
+        await asyncio.sleep(0.01)
+    assert (await proxy.get(PROFILE, user)).x_cache == "HIT"
+    assert await backend.route_count("GET", PROFILE) == 1
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
