@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Coroutine
 
 import aiohttp
 from aiohttp import web
@@ -192,8 +192,9 @@ class ReadPath:
         counter = proxy.metrics.fast_path
         self.answered, self.handed, self.released = (counter.labels(o) for o in ("answered", "handed", "released"))
 
-    def answer(self, head: Head, peer: tuple[str | None, str]) -> bytes | Prefetched | asyncio.Future | None:
-        """Bytes: the answer. None: aiohttp's to answer. ``InFlight`` or a coroutine: the store lookup."""
+    def answer(self, head: Head, peer: tuple[str | None, str]) -> bytes | InFlight | Coroutine | None:
+        """Bytes: the answer. None: aiohttp's to answer. ``InFlight`` or a coroutine: the store lookup,
+        whose outcome is the answer, a ``Prefetched`` to hand on, or the miss (``_miss``) to await."""
         p = self.proxy
         if p.mode != "on" or not p.cache_usable or not p.ready:
             return None
@@ -230,7 +231,8 @@ class ReadPath:
         head.lookup = (p.rules, p.verifier, until, d) if d is not None else None
         return d
 
-    async def _from_store(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str]) -> bytes | Prefetched:
+    async def _from_store(self, d: Lookup, head: Head, start: float,
+                          peer: tuple[str | None, str]) -> bytes | Prefetched | Coroutine:
         """The lookup where the store offers no future (memory, cluster, or a connection being made)."""
         p = self.proxy
         try:
@@ -241,7 +243,7 @@ class ReadPath:
             p.gate.leave()
         return self._judged(d, head, start, peer, raw, tokens)
 
-    def finish(self, flight: "InFlight") -> bytes | Prefetched:
+    def finish(self, flight: "InFlight") -> bytes | Prefetched | Coroutine:
         """The answer once ``flight``'s store future is done."""
         p = self.proxy
         p.gate.leave()
@@ -252,7 +254,7 @@ class ReadPath:
         return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens)
 
     def _judged(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str], raw: bytes | None,
-                tokens: list) -> bytes | Prefetched:
+                tokens: list) -> bytes | Coroutine:
         p = self.proxy
         entry, verdict = p.looked_up(d, raw, tokens, head.target)
         ttl_left = d.rule.ttl - verdict.age
@@ -278,10 +280,10 @@ class ReadPath:
             return looked
         rid = p.request_id(head.headers)
         request_id_var.set(rid)  # this task's own context: log lines of the fill carry it
+        origin = _server.Origin(head.target, head.headers, peer[0], peer[1], rid)
         gate.enter()
         try:
-            filled = await p.fill_miss(d, _server.Origin(head.target, head.headers, peer[0], peer[1], rid), looked.entry,
-                                       looked.verdict, looked.tokens)
+            filled = await p.fill_miss(d, origin, looked.entry, looked.verdict, looked.tokens)
         finally:
             gate.leave()
         if filled is None:  # the store failed before anything was fetched
@@ -289,14 +291,14 @@ class ReadPath:
         if filled.fetched is None:
             return self.render(d, looked.entry, "STALE", filled.cache_status, looked.verdict.age, head, start, rid)
         fetched, cache_status = filled.fetched, filled.cache_status
-        record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
         p.metrics.tally.inc(self.answered)
         if fetched.error is not None:
             response = error_response(fetched.error.status, fetched.error.detail, "MISS", cache_status)
             p.record("GET", d.rule.name, "miss", response.status, cache_status, start, rid)
             return wire(response.status, CIMultiDict(response.headers), response.body)
         headers = _server.miss_headers(fetched.headers, fetched.etag, cache_status)
-        if fetched.stream is not None:
+        record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
+        if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
             length = upstream.headers.get("Content-Length")
             chunked = not (length is not None and length.isdigit() and not upstream.headers.get("Transfer-Encoding"))
