@@ -477,7 +477,7 @@ class RedisStore:
     async def bump(self, gen_keys: Sequence[str], ttl: int) -> None:
         if not gen_keys:
             return
-        await self._bump(keys=list(gen_keys), args=[int(ttl), *(new_token() for _ in gen_keys), L1_CHANNEL])
+        await self._script(self._bump, list(gen_keys), [int(ttl), *(new_token() for _ in gen_keys), L1_CHANNEL])
 
     def invalidations(self):
         """The L1 invalidation channel: ``[]`` once subscribed, then each bump's generation keys."""
