@@ -46,6 +46,11 @@ class StoreUnavailable(KatibaError):
     """The store could not answer in time; the request goes to the backend instead."""
 
 
+class LookupRedirected(KatibaError):
+    """A lookup sent as a future reached a node that no longer owns the key (a Redis Cluster slot on the
+    move): the store's awaited ``lookup``, which follows the redirection, has to answer it instead."""
+
+
 class UpstreamError(KatibaError):
     def __init__(self, status: int, detail: str):
         self.status = status

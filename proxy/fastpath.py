@@ -46,7 +46,7 @@ from multidict import CIMultiDict
 
 from . import server as _server  # circular on purpose (as in httpserve): names are looked up at call time
 from .entry import Entry
-from .errors import StoreUnavailable
+from .errors import LookupRedirected, StoreUnavailable
 from .logs import request_id as request_id_var
 from .policy import Lookup
 from .wire import CacheStatus, error_response
@@ -251,6 +251,9 @@ class ReadPath:
             raw, tokens = p.store.lookup_finished(flight.future, flight.started)
         except StoreUnavailable:
             return Prefetched(flight.d.key, store_down=True)
+        except LookupRedirected:  # a cluster slot on the move: the awaited lookup follows it
+            p.gate.enter()
+            return self._from_store(flight.d, flight.head, flight.start, flight.peer)
         return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens)
 
     def _judged(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str], raw: bytes | None,

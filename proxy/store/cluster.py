@@ -6,7 +6,8 @@ carry a hash tag (``keys.py``: ``user:{42}:profile``, ``{achievements:global}:ty
 generation guarding it and its fill lease share one slot, and a hit stays one ``MGET`` on one node.
 
 Round trips, each one command on the slot's primary: ``lookup`` 1 ``MGET`` (auto-pipelined per primary,
-``pipeline.py``; through redis-py when the node answers ``MOVED``/``ASK``/``TRYAGAIN``), ``ensure_generations``
+``pipeline.py``, and offered to the hit path as a future, ``lookup_future``; through redis-py when the
+node answers ``MOVED``/``ASK``/``TRYAGAIN``), ``ensure_generations``
 and ``store_if_current`` 1 ``EVALSHA`` (with ``lease``, the same script drops the fill lease), ``bump`` 1
 ``EVALSHA`` per slot named, leases 1 command; ``stats`` and ``ping`` ask every primary. redis-py's cluster
 client fails a command rather than wait for a free connection of a node, so every call but the pipelined
@@ -49,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -61,7 +63,7 @@ from redis.exceptions import AskError, ClusterError, ReadOnlyError, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TryAgainError
 
-from ..errors import StoreUnavailable
+from ..errors import LookupRedirected, StoreUnavailable
 from .base import new_token
 from ..l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
@@ -509,6 +511,63 @@ class RedisClusterStore:
             for i, value in zip(positions, values_):
                 tokens[i] = _text(value)
         return values[0], tokens
+
+    def lookup_future(self, key: str, gen_keys: Sequence[str]) -> asyncio.Future | None:
+        """``lookup`` as a future of one node pipeline's ``MGET``, with no coroutine or task around it,
+        when that is all it takes: the slots are known, the entry's primary has a checked connection,
+        every tagged guard is in the entry's slot and the global tokens are cached. None otherwise (then
+        ``lookup`` connects, checks, reads what is missing). ``lookup_outcome`` gives its result."""
+        if self._pipeline_url is None or not self._routed:
+            return None
+        slot = _slot(key)
+        local, glob, other = self._split(slot, gen_keys)
+        cached = self._cached([gen_keys[i] for i in glob]) if glob else []
+        if other or cached is None:
+            return None
+        pipeline = self._pipelines.get(self.client.nodes_manager.get_node_from_slot(slot).name)
+        if pipeline is None or not pipeline.checked or pipeline.protocol is None:
+            return None
+        mget = pipeline.submit("MGET", key, *(gen_keys[i] for i in local))
+        if mget is None:
+            return None
+        looked = asyncio.get_running_loop().create_future()
+        mget.add_done_callback(partial(self._mget_done, looked, len(gen_keys), local, list(zip(glob, cached))))
+        return looked
+
+    @staticmethod
+    def _mget_done(looked: asyncio.Future, count: int, local: list[int], cached: list[tuple[int, str]],
+                   mget: asyncio.Future) -> None:
+        if looked.done():
+            return
+        if mget.cancelled():
+            looked.cancel()
+            return
+        exc = mget.exception()
+        if exc is not None:
+            looked.set_exception(exc)
+            return
+        values = mget.result()
+        tokens: list[str | None] = [None] * count
+        for i, value in zip(local, values[1:]):
+            tokens[i] = _text(value)
+        for i, token in cached:
+            tokens[i] = token
+        looked.set_result((values[0], tokens))
+
+    def lookup_outcome(self, looked: asyncio.Future) -> tuple[bytes | None, list[str | None]]:
+        """``lookup``'s result from a done ``lookup_future``; its StoreUnavailable; or LookupRedirected
+        when the node answered ``MOVED``, ``ASK`` or ``TRYAGAIN`` (``lookup`` follows those)."""
+        if looked.cancelled():
+            raise StoreUnavailable("lookup cancelled")
+        exc = looked.exception()
+        if exc is None:
+            return looked.result()
+        if isinstance(exc, ResponseError):
+            raise LookupRedirected(str(exc))
+        if isinstance(exc, (OSError, asyncio.TimeoutError, RedisConnectionError)):
+            self._routed, self._reroute = False, True  # the node may be gone: ask the cluster next time
+        raise _as_unavailable(exc) if isinstance(exc, (RedisError, RedisClusterException, OSError,
+                                                       asyncio.TimeoutError, RuntimeError)) else exc
 
     @_unavailable
     async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:

@@ -123,7 +123,8 @@ class GuardedStore:
         return None if future is None else (future, start)
 
     def lookup_finished(self, future: asyncio.Future, start: float) -> tuple[bytes | None, list[str | None]]:
-        """``lookup``'s result (or its StoreUnavailable) from a done ``lookup_future``."""
+        """``lookup``'s result (or its StoreUnavailable) from a done ``lookup_future``. LookupRedirected
+        passes through: no failure, the caller asks ``lookup`` instead."""
         try:
             result = self.inner.lookup_outcome(future)
         except (StoreUnavailable, TimeoutError, OSError) as exc:

@@ -112,6 +112,35 @@ async def test_a_hit_is_one_mget_on_one_node(make_proxy, backend, redis_cluster,
     assert counts[next(iter(counts))]["mget"] == 2
 
 
+async def test_a_hit_is_answered_from_the_pipelined_mget_without_an_awaited_lookup(make_proxy, backend,
+                                                                                 redis_cluster, cluster_url,
+                                                                                 cluster_store):
+    """The fast path chains its answer on the node pipeline's MGET future (``lookup_future``), as with
+    one Redis: the awaited ``lookup`` is for the first contact with a node and for redirections."""
+    proxy = await make_proxy(store=cluster_store(cluster_url, global_refresh=3600), store_check_interval=3600)
+    user = users_on_distinct_primaries(redis_cluster, 1)[0]
+    assert (await proxy.get(f"{API}/users/profile", user)).x_cache == "MISS"
+    guarded = proxy.proxy.store
+    awaited, futures = [], []
+    lookup, lookup_future = guarded.lookup, guarded.lookup_future
+
+    def counted_lookup(key, gen_keys):
+        awaited.append(key)
+        return lookup(key, gen_keys)
+
+    def counted_future(key, gen_keys):
+        begun = lookup_future(key, gen_keys)
+        if begun is not None:
+            futures.append(key)
+        return begun
+
+    guarded.lookup, guarded.lookup_future = counted_lookup, counted_future
+    replies = [await proxy.get(f"{API}/users/profile", user) for _ in range(5)]
+    assert [r.x_cache for r in replies] == ["HIT"] * 5
+    assert len({r.body for r in replies}) == 1
+    assert len(futures) == 5 and awaited == []
+
+
 async def test_purge_all_through_another_instance_reaches_this_one(make_proxy, backend, redis_cluster, poll):
     here, there = await make_proxy(), await make_proxy()
     user = users_on_distinct_primaries(redis_cluster, 1)[0]

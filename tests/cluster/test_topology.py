@@ -10,6 +10,7 @@ from collections import Counter
 
 from redis.crc import key_slot
 
+from proxy.errors import LookupRedirected
 from tests.cluster.conftest import profile_key, users_on_distinct_primaries
 
 PROFILE = "/api/v1/users/profile"
@@ -64,7 +65,8 @@ async def _epoch_bumps(proxy) -> float:
     return 0.0
 
 
-async def test_resharding_a_users_slot_under_traffic(make_proxy, backend, start_cluster, cluster_store, poll):
+async def test_resharding_a_users_slot_under_traffic(make_proxy, backend, start_cluster, cluster_store, poll,
+                                                     caplog):
     cluster = start_cluster()
     proxy = await make_proxy(store=cluster_store(cluster.url))
     user, other = users_on_distinct_primaries(cluster, 2)
@@ -75,6 +77,17 @@ async def test_resharding_a_users_slot_under_traffic(make_proxy, backend, start_
     slot = key_slot(profile_key(user).encode())
     dst_port = next(p for p in cluster.primaries() if p != cluster.primary_of(profile_key(user)))
 
+    redirected = []  # fast-path lookups that met ASK / MOVED / TRYAGAIN and went to the awaited lookup
+    outcome = proxy.proxy.store.inner.lookup_outcome
+
+    def counted_outcome(looked):
+        try:
+            return outcome(looked)
+        except LookupRedirected:
+            redirected.append(looked)
+            raise
+
+    proxy.proxy.store.inner.lookup_outcome = counted_outcome
     traffic, stop = Traffic(proxy, [user, other]), asyncio.Event()
     runner = asyncio.get_running_loop().create_task(traffic.run(stop))
     try:
@@ -94,6 +107,8 @@ async def test_resharding_a_users_slot_under_traffic(make_proxy, backend, start_
         await runner
     assert not traffic.failed, traffic.failed[:3]
     assert not traffic.stale, traffic.stale[:5]
+    assert redirected  # the fast path met the move, and the requests were answered all the same ...
+    assert not [r for r in caplog.records if getattr(r, "event", "") == "fast_path_error"]  # ... as planned
 
     async def hit_again() -> bool:
         return (await proxy.get(PROFILE, user)).x_cache == "HIT"
