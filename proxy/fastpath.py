@@ -386,11 +386,11 @@ def _status_and_fields(status: int, headers: CIMultiDict, length: int | None,
 
 
 class FastRequestHandler(RequestHandler):
-    """aiohttp's connection protocol with fresh hits answered before aiohttp sees them (module doc)."""
+    """aiohttp's connection protocol with cached reads answered before aiohttp sees them (module doc)."""
 
-    def __init__(self, manager: web.Server, hits: ReadPath, **kwargs: Any):
+    def __init__(self, manager: web.Server, reads: ReadPath, **kwargs: Any):
         super().__init__(manager, **kwargs)
-        self.hits = hits
+        self.reads = reads
         self.prefetched: Prefetched | None = None
         self._buf = bytearray()
         self._body_left = 0  # bytes of a handed-on request's body still to pass through
@@ -442,7 +442,7 @@ class FastRequestHandler(RequestHandler):
     def _try_fast(self, head: Head) -> bool:
         """True once answered here; else either a lookup is in flight (``_busy``) or it is aiohttp's."""
         try:
-            outcome = self.hits.answer(head, self._peer())
+            outcome = self.reads.answer(head, self._peer())
         except Exception:  # noqa: BLE001 - never worse than aiohttp's path: hand it on
             log.exception("fast path failed; handing the request to the full path", extra={"event": "fast_path_error"})
             return False
@@ -478,7 +478,7 @@ class FastRequestHandler(RequestHandler):
 
     def _lookup_done(self, head: Head, flight: InFlight | None, done: asyncio.Future) -> None:
         try:
-            outcome = self.hits.finish(flight) if flight is not None else done.result()
+            outcome = self.reads.finish(flight) if flight is not None else done.result()
         except asyncio.CancelledError:
             outcome = _CANCELLED
         except Exception:  # noqa: BLE001 - never worse than aiohttp's path: hand it on
@@ -489,7 +489,10 @@ class FastRequestHandler(RequestHandler):
             if self.transport is not None:
                 self._wait_for(head, outcome)  # a miss: its fill, then its answer; still busy
                 return
-            outcome.response.release() if isinstance(outcome, Relay) else outcome.close()
+            if isinstance(outcome, Relay):
+                outcome.response.release()
+            else:
+                outcome.close()  # never started: nothing was fetched
         self._busy = False
         self._request_in_progress = False
         waiter = self._handler_waiter
@@ -506,7 +509,7 @@ class FastRequestHandler(RequestHandler):
     async def _relay(self, relay: Relay) -> bytes:
         """A miss's body relayed as it arrives (as ``Proxy._stream`` does it); a backend failure mid-body
         aborts the client connection, the only way left to say the body is incomplete."""
-        p = self.hits.proxy
+        p = self.reads.proxy
         try:
             self._write_answer(relay.head)
             chunks = relay.response.content.iter_any()
@@ -546,7 +549,7 @@ class FastRequestHandler(RequestHandler):
     def _hand(self, head: Head, prefetched: Prefetched | None = None) -> None:
         self.prefetched = prefetched  # only ever for the request handed with it (Proxy._read checks the key)
         self._handed += 1
-        self.hits.handed.inc()
+        self.reads.handed.inc()
         available = min(len(self._buf), head.body_length)
         chunk = head.raw + bytes(self._buf[:available]) if available else head.raw
         del self._buf[:available]
@@ -555,7 +558,7 @@ class FastRequestHandler(RequestHandler):
 
     def _give_up(self) -> None:
         self._owned = True
-        self.hits.released.inc()
+        self.reads.released.inc()
         data = bytes(self._buf)
         self._buf.clear()
         if self._reading_held and self.transport is not None:
@@ -587,23 +590,23 @@ class FastRequestHandler(RequestHandler):
 class FastServer(web.Server):
     """aiohttp's connection factory, making ``FastRequestHandler`` connections."""
 
-    hits: ReadPath
+    reads: ReadPath
 
     def __call__(self) -> RequestHandler:
-        return FastRequestHandler(self, self.hits, loop=self._loop, **self._kwargs)
+        return FastRequestHandler(self, self.reads, loop=self._loop, **self._kwargs)
 
 
 def install(app: web.Application, proxy: Any) -> None:
     """Give every server made for ``app`` fast-path connections. aiohttp has no public hook for its
     connection protocol; ``_make_handler`` is where the Server is made, for ``AppRunner`` and the test
     client alike, and tests/functional/test_fastpath.py fails loudly if that ever changes."""
-    hits = ReadPath(proxy)
+    reads = ReadPath(proxy)
     make_server = app._make_handler
 
     def make_fast_server(**kwargs: Any) -> web.Server:
         server = make_server(**kwargs)
         server.__class__ = FastServer
-        server.hits = hits  # type: ignore[attr-defined]
+        server.reads = reads  # type: ignore[attr-defined]
         return server
 
     app._make_handler = make_fast_server  # type: ignore[method-assign]
