@@ -15,6 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, unquote
 
@@ -166,12 +167,9 @@ def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, to
 def _classify_path(req: RequestView, rules: Rules, identity: Identity | None, token_error: str | None,
                    origin: str | None) -> Decision:
     """The part of a read's decision that depends only on path, query, identity and Origin."""
-    canonical, _ = split_path(req.raw_path)
-    if canonical is None:
-        return Bypass(Reason.NON_CANONICAL)
-    found = rules.match("GET", canonical)
-    if found is None:
-        return Bypass(Reason.NO_RULE)
+    found = _route(req.raw_path, rules)
+    if found is None or found is _NON_CANONICAL:
+        return Bypass(Reason.NO_RULE if found is None else Reason.NON_CANONICAL)
     rule, params = found
     if not rule.enabled:
         return Bypass(Reason.DISABLED, rule)
@@ -193,6 +191,27 @@ def _classify_path(req: RequestView, rules: Rules, identity: Identity | None, to
     key = f"{rules.prefix}:{rendered}{render_query_suffix(rule.vary_query, query)}"
     key += render_origin_suffix(origin)
     return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards))
+
+
+_NON_CANONICAL = object()
+
+
+def _route(raw_path: str, rules: Rules) -> tuple[Rule, Mapping[str, str]] | object | None:
+    """The read rule matching ``raw_path`` and its path parameters, None, or ``_NON_CANONICAL``.
+
+    A pure function of the path and the rules, remembered per path on the rules (bounded): a read of a
+    known path with a query never seen before (a new page, a new key) skips splitting and matching.
+    """
+    found = rules.routes.get(raw_path)
+    if found is None and raw_path not in rules.routes:
+        canonical, _ = split_path(raw_path)
+        found = _NON_CANONICAL if canonical is None else rules.match("GET", canonical)
+        if found is not None and found is not _NON_CANONICAL:
+            found = (found[0], MappingProxyType(found[1]))  # shared by every later caller: read-only
+        if len(rules.routes) >= 50_000:
+            rules.routes.clear()
+        rules.routes[raw_path] = found
+    return found
 
 
 def in_rollout(subject: str, percent: float) -> bool:

@@ -175,6 +175,7 @@ class Rules:
     # Read decisions that depend only on (path, query, identity, Origin), for this rules object only:
     # a reload builds a new Rules, so nothing decided under old rules survives it.
     memo: dict = field(default_factory=dict, compare=False, repr=False)
+    routes: dict = field(default_factory=dict, compare=False, repr=False)  # policy._route's memo
 
     def __post_init__(self) -> None:
         for rule in self.rules:

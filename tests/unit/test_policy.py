@@ -73,6 +73,21 @@ def test_non_canonical_paths_bypass(method, target):
     assert decide(method, target) == Bypass(Reason.NON_CANONICAL)
 
 
+@pytest.mark.parametrize("path", [
+    "/api/v1/achievements/leaderboard", "/api/v1/achievements/a%3ab", "/api/v1/users/../users/profile",
+    "/api/v1/nothing/here", "/api/v1/users%2Fprofile",
+])
+def test_a_remembered_route_decides_as_a_fresh_one_whatever_the_query(path):
+    """Splitting and matching a path are remembered per path (``policy._route``): later queries on the
+    same path decide exactly as under rules that never saw it."""
+    for query in ("", "limit=10&offset=0", "limit=10&offset=7", "zz=1", "limit=%2a"):
+        target = f"{path}?{query}" if query else path
+        fresh = load_rules(RULES.source, environ={})
+        expected = classify(RequestView("GET", path, query, CIMultiDict()), fresh, ALICE, None)
+        assert decide("GET", target) == expected, target
+        assert decide("GET", target) == expected, target  # the second time, from the memo
+
+
 @pytest.mark.parametrize("a, b", [
     ("/api/v1/users/%70rofile", "/api/v1/users/profile"),
     ("/api/v1/achievements/a%3ab", "/api/v1/achievements/a%3Ab"),
