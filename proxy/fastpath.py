@@ -519,17 +519,19 @@ class FastRequestHandler(RequestHandler):
                     if self.transport is None:
                         break
                     self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if relay.chunked else chunk)
-                    await self._drain_helper()
+                    if self._paused:  # the client reads slower than the backend sends
+                        await self._drain_helper()
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
             if relay.chunked and self.transport is not None:
                 self.transport.write(b"0\r\n\r\n")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            p.metrics.upstream_errors.labels("body").inc()
-            log.warning("upstream body failed mid-stream", extra={"event": "upstream_reset", "error": type(exc).__name__})
-            if self.transport is not None:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            if self.transport is not None:  # the backend failed mid-body (a client gone is no error)
+                p.metrics.upstream_errors.labels("body").inc()
+                log.warning("upstream body failed mid-stream",
+                            extra={"event": "upstream_reset", "error": type(exc).__name__})
                 self.transport.close()
         except Exception:  # noqa: BLE001 - part of an answer is out: nothing may follow it on this connection
             log.exception("relaying a miss failed", extra={"event": "fast_path_error"})

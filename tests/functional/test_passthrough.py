@@ -20,6 +20,8 @@ from .test_fastpath import fast_counts
 
 PROFILE = "/api/v1/users/profile"
 BIG = b"x" * 5000
+HUGE = bytes(range(256)) * 8192  # 2 MiB: more than the relay's write buffer, so it must wait for the reader
+VAST = bytes(64 << 20)  # more than the kernel's socket buffers too: the relay is still waiting when the client leaves
 CUSTOM_RULES = """
 version: 1
 prefix: "functest"
@@ -29,6 +31,8 @@ rules:
   - {name: scripted_nostore, match: GET /scripted/nostore, key: "scripted:global:nostore", auth: none}
   - {name: scripted_private, match: GET /scripted/private, key: "scripted:global:private", auth: none}
   - {name: scripted_big, match: GET /scripted/big, key: "scripted:global:big", auth: none, max_body_bytes: 1000}
+  - {name: scripted_huge, match: GET /scripted/huge, key: "scripted:global:huge", auth: none, max_body_bytes: 1000}
+  - {name: scripted_vast, match: GET /scripted/vast, key: "scripted:global:vast", auth: none, max_body_bytes: 1000}
   - {name: scripted_slow, match: GET /scripted/slow, key: "scripted:global:slow", auth: none}
 """
 
@@ -57,7 +61,7 @@ class Origin:
             return web.Response(body=json.dumps(seen).encode(), status=201, headers=headers)
         extra = {"cookie": {"Set-Cookie": "session=abc; Path=/"}, "nostore": {"Cache-Control": "no-store"},
                  "private": {"Cache-Control": "private, max-age=60"}}.get(name, {})
-        body = BIG if name == "big" else b'{"ok": true}'
+        body = {"big": BIG, "huge": HUGE, "vast": VAST}.get(name, b'{"ok": true}')
         return web.Response(body=body, headers={**headers, **extra})
 
 
@@ -240,3 +244,50 @@ async def test_a_miss_is_answered_alike_by_the_fast_path_and_aiohttps_path(make_
     for name in fast.headers:
         if name.lower() not in {"date", "x-request-id", "age"}:
             assert fast.headers.getall(name) == full.headers.getall(name), name
+
+
+async def _raw_get(proxy, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.client.server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer, await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+
+
+async def test_a_miss_too_large_to_store_reaches_a_slow_reader_whole(scripted, origin):
+    """The relay waits for a client that reads slowly (2 MiB, read 64 KiB at a time with pauses) and
+    every byte arrives, in order."""
+    reader, writer, head = await _raw_get(scripted, "/scripted/huge")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"X-Cache: MISS" in head
+    assert f"Content-Length: {len(HUGE)}".encode() in head
+    body = b""
+    while len(body) < len(HUGE):
+        body += await asyncio.wait_for(reader.read(65536), 10)
+        await asyncio.sleep(0.001)
+    assert body == HUGE
+    writer.close()
+    assert fast_counts(await scripted.metrics())["answered"] == 1
+
+
+async def test_a_client_gone_during_a_relayed_miss_is_no_error(scripted, origin, caplog):
+    """A client that leaves half-way through a relayed body ends the relay quietly: no error logged, and
+    no upstream body failure counted (the backend did nothing wrong)."""
+    reader, writer, head = await _raw_get(scripted, "/scripted/vast")
+    assert b"X-Cache: MISS" in head
+    await reader.read(65536)
+    connections = scripted.client.server.runner.server._connections
+    for _ in range(500):  # until the relay waits for this client to read (bounded)
+        if any(protocol._paused for protocol in connections):
+            break
+        await asyncio.sleep(0.01)
+    assert any(protocol._paused for protocol in connections)
+    writer.transport.abort()  # unread data: the proxy sees a reset while it waits to write more
+    done = 'katiba_cache_requests_total{result="miss",rule="scripted_vast"} 1.0'
+    for _ in range(500):  # the relay notices at its next write, then records the request (bounded wait)
+        if done in await scripted.metrics():
+            break
+        await asyncio.sleep(0.01)
+    metrics = await scripted.metrics()
+    assert done in metrics
+    assert 'katiba_cache_upstream_errors_total{kind="body"}' not in metrics or \
+        'katiba_cache_upstream_errors_total{kind="body"} 0.0' in metrics
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")], caplog.records
