@@ -60,6 +60,7 @@ from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_m
 log = logging.getLogger("proxy")
 
 PROXY_KEY = web.AppKey("proxy", "Proxy")
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first (metrics and logs)
 CONDITIONAL_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")
 # Never sent with a fill (a bodyless GET whose answer every client with the key gets): body framing (a
 # Content-Length without its body would desynchronise the pooled upstream connection), cookies, and the
@@ -167,6 +168,9 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 response, result, rule_name = await self._dispatch(request, rid)
             status, cache_status = response.status, response.headers.get("Cache-Status", "")
             return response
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client left before its answer was complete: no 5xx of ours
+            raise
         finally:
             self.gate.leave()
             self.record(request.method, rule_name, result, status, cache_status, start)
