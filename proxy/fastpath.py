@@ -198,8 +198,7 @@ class ReadPath:
         p = self.proxy
         if p.mode != "on" or not p.cache_usable or not p.ready:
             return None
-        gate = p.gate
-        if gate.limit and gate.inflight >= gate.limit:
+        if p.gate.full:
             return None  # aiohttp's path refuses it, and counts that once
         d = self._lookup(head)
         if d is None or p._purge_pending(d):
@@ -279,7 +278,7 @@ class ReadPath:
         lookup, before anything is fetched, and aiohttp's path bypasses or refuses it as usual."""
         p = self.proxy
         gate = p.gate
-        if p._purge_pending(d) or not p.cache_usable or (gate.limit and gate.inflight >= gate.limit):
+        if p._purge_pending(d) or not p.cache_usable or gate.full:
             return looked
         rid = p.request_id(head.headers)
         request_id_var.set(rid)  # this task's own context: log lines of the fill carry it

@@ -39,9 +39,13 @@ class Gate:
         self.inflight = 0
         self.peak = 0
 
+    @property
+    def full(self) -> bool:
+        """As many requests in flight as ``limit`` allows (never, without a limit)."""
+        return bool(self.limit) and self.inflight >= self.limit
+
     def admit(self, raw_path: str) -> bool:
-        if self.limit and self.inflight >= self.limit and not (
-                self.admin_paths_public and wants_admin_exemption(raw_path)):
+        if self.full and not (self.admin_paths_public and wants_admin_exemption(raw_path)):
             self.metrics.overload.labels("inflight").inc()
             self.metrics.count_request("none", "rejected", 503, 0.0)
             return False
@@ -49,7 +53,7 @@ class Gate:
         return True
 
     def enter(self) -> None:
-        """Count a request in flight; the fast path calls it directly, having checked ``limit`` itself."""
+        """Count a request in flight; the fast path calls it directly, having checked ``full`` itself."""
         self.inflight += 1
         if self.inflight > self.peak:
             self.peak = self.inflight
