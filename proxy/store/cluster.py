@@ -91,8 +91,10 @@ def _as_unavailable(exc: BaseException) -> StoreUnavailable:
 # Any Redis, cluster, socket or timeout failure. RuntimeError: redis-py closes every connection of the
 # client on some cluster errors (CLUSTERDOWN during a failover); a command then in flight on another task
 # finds its transport closed under it ("unable to perform operation on <TCPTransport closed=True>").
-_unavailable = raising_unavailable(
-    (RedisError, RedisClusterException, OSError, asyncio.TimeoutError, RuntimeError), _as_unavailable)
+CLUSTER_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError, RuntimeError)
+_unavailable = raising_unavailable(CLUSTER_FAILURES, _as_unavailable)
+# A pipelined call's node did not answer: it may be gone (a failover), so the slots are asked again.
+_NODE_GONE = (OSError, asyncio.TimeoutError, RedisConnectionError)
 
 
 def parse_cluster_url(url: str) -> dict[str, Any]:
@@ -406,8 +408,8 @@ class RedisClusterStore:
             return await pipeline.execute("MGET", *keys)
         except ResponseError:  # MOVED, ASK, TRYAGAIN, CLUSTERDOWN: let redis-py handle it (and learn the slot)
             return await self._limited(self.client.execute_command("MGET", *keys))
-        except (OSError, asyncio.TimeoutError, RedisConnectionError):
-            self._routed, self._reroute = False, True  # the node may be gone: ask the cluster next time
+        except _NODE_GONE:
+            self._routed, self._reroute = False, True  # ask the cluster which primaries own what, next time
             raise
 
     # -- global keys -------------------------------------------------------------------------------------
@@ -564,10 +566,9 @@ class RedisClusterStore:
             return looked.result()
         if isinstance(exc, ResponseError):
             raise LookupRedirected(str(exc))
-        if isinstance(exc, (OSError, asyncio.TimeoutError, RedisConnectionError)):
-            self._routed, self._reroute = False, True  # the node may be gone: ask the cluster next time
-        raise _as_unavailable(exc) if isinstance(exc, (RedisError, RedisClusterException, OSError,
-                                                       asyncio.TimeoutError, RuntimeError)) else exc
+        if isinstance(exc, _NODE_GONE):
+            self._routed, self._reroute = False, True  # as in _mget
+        raise _as_unavailable(exc) if isinstance(exc, CLUSTER_FAILURES) else exc
 
     @_unavailable
     async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:
