@@ -49,6 +49,7 @@ from .entry import Entry
 from .errors import LookupRedirected, StoreUnavailable
 from .logs import request_id as request_id_var
 from .policy import Lookup
+from .upstream import framed_length
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")
@@ -161,7 +162,7 @@ class Prefetched:
 
 @dataclass(slots=True)
 class InFlight:
-    """A lookup sent as a store future (Redis' auto-pipeline): no coroutine or task per hit."""
+    """A lookup sent as a store future (an auto-pipelined ``MGET``): no coroutine or task per hit."""
 
     d: Lookup
     head: Head
@@ -302,10 +303,9 @@ class ReadPath:
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
-            length = upstream.headers.get("Content-Length")
-            chunked = not (length is not None and length.isdigit() and not upstream.headers.get("Transfer-Encoding"))
-            return Relay(wire(fetched.status, headers, None if chunked else int(length), upstream.reason),
-                         chunked, prefix, upstream, record)
+            length = framed_length(upstream.headers)
+            return Relay(wire(fetched.status, headers, length, upstream.reason), length is None, prefix, upstream,
+                         record)
         record()
         return wire(fetched.status, headers, fetched.body)
 

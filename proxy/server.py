@@ -52,7 +52,7 @@ from .policy import Bypass, Lookup, Reason, RequestView, Write
 from .rules import Rules, load_rules
 from .store import open_store
 from .store.guard import CircuitBreaker, GuardedStore
-from .upstream import Upstream, response_headers, strip_hop_by_hop, watch_upstream
+from .upstream import Upstream, framed_length, response_headers, strip_hop_by_hop, watch_upstream
 from .endpoints import EndpointsMixin
 from .purging import PurgingMixin
 from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_matches, is_valid_request_id, read_body
@@ -657,10 +657,10 @@ class Proxy(PurgingMixin, EndpointsMixin):
     async def _stream(self, request: web.Request, response: aiohttp.ClientResponse, headers: CIMultiDict,
                       prefix: bytes = b"") -> web.StreamResponse:
         """Relay ``response``'s body as it arrives; a reset mid-body aborts the client connection."""
-        length = response.headers.get("Content-Length")
+        length = framed_length(response.headers)
         out = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
-        if length is not None and length.isdigit() and not response.headers.get("Transfer-Encoding"):
-            out.content_length = int(length)
+        if length is not None:
+            out.content_length = length
         try:
             await out.prepare(request)
             if prefix:

@@ -271,6 +271,15 @@ async def watch_upstream(upstream: Upstream, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
+def framed_length(upstream_headers: Mapping[str, str]) -> int | None:
+    """The Content-Length the backend framed its body with; None when it is chunked or sent until close
+    (a relayed answer is then chunked in turn)."""
+    length = upstream_headers.get("Content-Length")
+    if length is None or not length.isdigit() or upstream_headers.get("Transfer-Encoding"):
+        return None
+    return int(length)
+
+
 def response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict:
     """The backend's response headers minus hop-by-hop and framing (aiohttp re-frames the body)."""
     out = strip_hop_by_hop(upstream_headers)
