@@ -129,10 +129,21 @@ class LocalCluster:
         """The port of the primary that owns ``key``'s slot (asked of a running node)."""
         return self._owner(key_slot(key.encode()))
 
-    def replica_of(self, primary_port: int) -> int:
-        nodes = self.topology()
-        primary_id = next(n["id"] for n in nodes if n["port"] == primary_port)
-        return next(n["port"] for n in nodes if n["master"] == primary_id and "fail" not in n["flags"])
+    def replica_of(self, primary_port: int, timeout: float = READY_TIMEOUT) -> int:
+        """The port of a replica streaming from ``primary_port``, as that primary itself reports it.
+
+        Asked of the primary (``INFO replication``), not read from gossip: on a loaded machine another
+        node's ``CLUSTER NODES`` can flag a healthy replica ``fail?`` for a moment (node timeout 1 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.node(primary_port).admin.info("replication")
+            online = [v["port"] for k, v in info.items()
+                      if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"]
+            if online:
+                return int(online[0])
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"no online replica of {primary_port} within {timeout}s: {info}")
+            time.sleep(0.05)
 
     def info(self, node: RedisServer) -> dict[str, str]:
         text = node.admin.execute_command("CLUSTER", "INFO")
