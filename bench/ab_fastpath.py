@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--misses", action="store_true", help="paced misses against the backend directly")
     parser.add_argument("--miss-rate", type=float, default=200.0, help="paced misses/s (with --misses)")
+    parser.add_argument("--variant", metavar="VAR=VALUE",
+                        help="instead of the fast path on and off: both on, the second proxy with VAR=VALUE")
     args = parser.parse_args()
     ensure_tools(("wrk",))
     tmp = Path(tempfile.mkdtemp(prefix="katiba-ab-"))
@@ -44,12 +46,17 @@ def main() -> None:
     backend, redis = services
     proxies = {}
     try:
-        for name, flag in (("fast path", "1"), ("full path", "0")):
-            os.environ["FAST_PATH"] = flag
+        arms = (("fast path", {"FAST_PATH": "1"}), ("full path", {"FAST_PATH": "0"}))
+        if args.variant:
+            var, _, value = args.variant.partition("=")
+            arms = (("baseline", {"FAST_PATH": "1"}), ("variant", {"FAST_PATH": "1", var: value}))
+        for name, env in arms:
+            os.environ.update(env)
             proxies[name] = start_proxy(tmp, name.replace(" ", "-"), backend.url, secret, "ab-admin-" + "x" * 32,
                                         redis_url=redis.url, cores=SERVER_CORES)
             services.append(proxies[name])
-        os.environ.pop("FAST_PATH", None)
+            for var in env:
+                os.environ.pop(var, None)
         if args.misses:
             misses(args, backend, redis, proxies, secret)
             return

@@ -248,7 +248,7 @@ class ReadPath:
         p = self.proxy
         p.gate.leave()
         try:
-            raw, tokens = p.store.lookup_finished(flight.future, flight.started)
+            raw, tokens = p.store.lookup_finished(flight.future, flight.started, flight.d.key)
         except StoreUnavailable:
             return Prefetched(flight.d.key, store_down=True)
         except LookupRedirected:  # a cluster slot on the move: the awaited lookup follows it

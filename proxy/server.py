@@ -475,29 +475,51 @@ class Proxy(PurgingMixin, EndpointsMixin):
         etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
         fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "")
         if refusal is None and store:
-            fetched.outcome = await self._store(d, tokens, fetched, lease)
-        elif refusal is None:
+            fetched.outcome = await self._store(d, tokens, fetched, lease)  # counted by _store
+            return fetched
+        if refusal is None:
             fetched.outcome = "not-stored"
         self.metrics.stores.labels(rule.name, fetched.outcome).inc()
         return fetched
 
     async def _store(self, d: Lookup, tokens: list[str], fetched: Fetched, lease: tuple[str, str] | None = None) -> str:
-        """Guarded write of a fill; with ``lease`` (the fill's), the same store call drops the lease."""
+        """Guarded write of a fill; with ``lease`` (the fill's), the same store call drops the lease.
+
+        Sent behind the answer (``GuardedStore.write_behind``): a miss's client does not wait for the
+        store's round trip. ``stored`` in its Cache-Status means the write was sent under the fill guard;
+        the guard refuses it only if a purge landed since the fetch began, which a client cannot tell
+        from the entry being stored and purged just after. ``stores_total{outcome}`` counts what the
+        store answered (``stored``, ``generation-changed``, ``store-error``)."""
+        rule_name = d.rule.name
         if self._purge_pending(d):
+            self.metrics.stores.labels(rule_name, "pending-purge").inc()
             return "pending-purge"
         stored_headers = tuple((k, v) for k, v in self._replayable(fetched.headers, d.rule).items())
         entry = Entry(fetched.status, stored_headers, fetched.body, self.clock(), tuple(tokens), d.rule.fingerprint,
                       fetched.etag or _content_etag(fetched.body))
-        expected = tokens
         if "no-fill-guard" in self.unsafe:  # test-only: store under whatever generations are current now
             expected = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
-            entry = replace(entry, generations=tuple(expected))
-        try:
-            ok = await self.store.store_if_current(d.key, entry.encode(), policy.store_ttl(d.rule), d.gen_keys,
-                                                   expected, self.gen_ttl, lease)
-        except StoreUnavailable:
-            return "store-error"
-        return "stored" if ok else "generation-changed"
+            ok = await self.store.store_if_current(d.key, replace(entry, generations=tuple(expected)).encode(),
+                                                   policy.store_ttl(d.rule), d.gen_keys, expected, self.gen_ttl, lease)
+            self.metrics.stores.labels(rule_name, "stored" if ok else "generation-changed").inc()
+            return "stored" if ok else "generation-changed"
+        write = self.store.write_behind(d.key, entry.encode(), policy.store_ttl(d.rule), d.gen_keys, tokens,
+                                        self.gen_ttl, lease)
+        self.background.add(write)
+        write.fill = True  # type: ignore[attr-defined]  # shutdown lets it finish
+
+        def written(task: asyncio.Task) -> None:
+            self.background.discard(task)
+            if task.cancelled() or isinstance(task.exception(), StoreUnavailable):
+                outcome = "store-error"
+            elif task.exception() is not None:
+                outcome = "store-error"
+                log.error("store write failed", exc_info=task.exception(), extra={"event": "store_write_failed"})
+            else:
+                outcome = "stored" if task.result() else "generation-changed"
+            self.metrics.stores.labels(rule_name, outcome).inc()
+        write.add_done_callback(written)
+        return "stored"
 
     def _replayable(self, headers: CIMultiDict, rule) -> CIMultiDict:
         """Headers any client with the same key may be given: per-caller ones dropped."""

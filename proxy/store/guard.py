@@ -78,6 +78,9 @@ class GuardedStore:
         self.on_unreachable: Callable[[], None] | None = None
         self._observe = {op: functools.partial(metrics.tally.observe, metrics.store_duration.labels(op)) for op in
                          ("lookup", "ensure", "store", "bump", "lease", "release", "stats", "ping")}
+        # Entries sent by write_behind whose store call has not returned: key -> encoded entry.
+        self.writing: dict[str, bytes] = {}
+        self._writes: set[asyncio.Task] = set()
 
     async def _call(self, op: str, fn, *args):
         breaker = self.breaker
@@ -109,8 +112,9 @@ class GuardedStore:
             breaker.succeeded()
             self.metrics.circuit_state.set(CLOSED)
 
-    def lookup(self, key: str, gen_keys: Sequence[str]):
-        return self._call("lookup", self.inner.lookup, key, gen_keys)
+    async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
+        raw, tokens = await self._call("lookup", self.inner.lookup, key, gen_keys)
+        return (self.writing.get(key, raw) if self.writing else raw), tokens
 
     def lookup_future(self, key: str, gen_keys: Sequence[str]) -> tuple[asyncio.Future, float] | None:
         """The lookup as (the store's future, start time) when the store offers one (Redis' auto-pipeline)
@@ -122,21 +126,47 @@ class GuardedStore:
         future = begin(key, gen_keys)
         return None if future is None else (future, start)
 
-    def lookup_finished(self, future: asyncio.Future, start: float) -> tuple[bytes | None, list[str | None]]:
+    def lookup_finished(self, future: asyncio.Future, start: float, key: str) -> tuple[bytes | None, list[str | None]]:
         """``lookup``'s result (or its StoreUnavailable) from a done ``lookup_future``. LookupRedirected
         passes through: no failure, the caller asks ``lookup`` instead."""
         try:
-            result = self.inner.lookup_outcome(future)
+            raw, tokens = self.inner.lookup_outcome(future)
         except (StoreUnavailable, TimeoutError, OSError) as exc:
             raise self._failed("lookup", exc) from None
         self._succeeded("lookup", start)
-        return result
+        return (self.writing.get(key, raw) if self.writing else raw), tokens
 
     def ensure_generations(self, gen_keys: Sequence[str], ttl: int):
         return self._call("ensure", self.inner.ensure_generations, gen_keys, ttl)
 
     def store_if_current(self, key, value, ttl, gen_keys, expected, gen_ttl, lease=None):
         return self._call("store", self.inner.store_if_current, key, value, ttl, gen_keys, expected, gen_ttl, lease)
+
+    def write_behind(self, key, value, ttl, gen_keys, expected, gen_ttl, lease=None) -> asyncio.Task:
+        """``store_if_current`` sent, not awaited: the caller answers its client without waiting for the
+        store's round trip. Until the store call returns, this instance's lookups of ``key`` see ``value``
+        instead of what the store holds (older, if anything), so the next request here is a hit even if
+        the write travels on another connection than the lookup (a large entry, a cluster node), and a
+        stale-while-revalidate refresh that just ended is not started again. That entry is judged like a
+        stored one, against the generations the lookup read: if a purge made the store refuse the
+        write, the lookup reads the bumped generation and the entry is not served."""
+        self.writing[key] = value
+        task = asyncio.get_running_loop().create_task(
+            self.store_if_current(key, value, ttl, gen_keys, expected, gen_ttl, lease))
+
+        self._writes.add(task)
+
+        def written(_: asyncio.Task) -> None:
+            self._writes.discard(task)
+            if self.writing.get(key) is value:
+                del self.writing[key]
+        task.add_done_callback(written)
+        return task
+
+    async def writes_landed(self) -> None:
+        """Return once every write sent by ``write_behind`` so far has had the store's answer."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     def bump(self, gen_keys: Sequence[str], ttl: int):
         return self._call("bump", self.inner.bump, gen_keys, ttl)

@@ -97,6 +97,7 @@ async def test_a_hit_is_one_mget_on_one_node(make_proxy, backend, redis_cluster,
     user = users_on_distinct_primaries(redis_cluster, 1)[0]
     assert (await proxy.get(f"{API}/users/profile", user)).x_cache == "MISS"
     assert (await proxy.get(f"{API}/users/profile", user)).x_cache == "HIT"  # every connection is open
+    await proxy.writes_landed()
 
     redis_cluster.reset_stats()
     hit = await proxy.get(f"{API}/users/profile", user)
@@ -106,6 +107,7 @@ async def test_a_hit_is_one_mget_on_one_node(make_proxy, backend, redis_cluster,
     redis_cluster.reset_stats()
     assert (await proxy.get(LEADERBOARD, user)).x_cache == "MISS"
     assert (await proxy.get(LEADERBOARD, user)).x_cache == "HIT"
+    await proxy.writes_landed()
     # the miss: lookup, lease, store (scripts run their own GET/SET/EXPIRE), all on the global tag's node
     counts = data_commands(redis_cluster)
     assert list(counts) == [redis_cluster.primary_of(f"{PREFIX}:{{achievements:global}}:leaderboard")], counts

@@ -28,6 +28,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
+from prometheus_client.parser import text_string_to_metric_families
 
 import standin
 from proxy.config import Config
@@ -205,6 +206,19 @@ class ProxyClient:
         reply = await self.get("/metrics")
         assert reply.status == 200, reply
         return reply.body.decode()
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of /metrics (0 when absent), e.g. ``metric("katiba_cache_stores_total", outcome=...)``."""
+        for family in text_string_to_metric_families(await self.metrics()):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return 0.0
+
+    async def writes_landed(self) -> None:
+        """A miss is answered before its store write lands (write-behind): wait for those writes, for
+        tests that look at the store or count its commands right after a miss."""
+        await self.proxy.store.writes_landed()
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -198,9 +198,11 @@ async def test_a_miss_costs_three_redis_round_trips(proxy, backend, redis_server
     user = new_user()
     board = f"{API}/achievements/leaderboard?limit=10&offset="
     assert (await proxy.get(board + "0", user)).x_cache == "MISS"  # creates the generations, loads the script
+    await proxy.writes_landed()
     redis_server.reset_stats()
     reply = await proxy.get(board + "1", user)
     assert reply.status == 200 and reply.x_cache == "MISS"
+    await proxy.writes_landed()  # the answer left before its store write
     counts = {k: v for k, v in redis_server.command_counts().items() if k not in ("info", "config|resetstat")}
     # inside the script: GET and DEL of the lease, GET and EXPIRE of each guarding generation, SET of the entry
     gens = counts.get("expire", 0)

@@ -39,7 +39,8 @@ async def test_fill_guard_refuses_the_old_body(proxy, backend, poll):
     # It began before the write: old data is a correct answer for it; storing it is not.
     assert first.status == 200 and first.x_cache == "MISS", first
     assert first.version == old_version and b"After The Write" not in first.body
-    assert "detail=generation-changed" in first.cache_status, first
+    await proxy.writes_landed()  # the answer left before its write; the guard's verdict comes after
+    assert await proxy.metric("katiba_cache_stores_total", rule="user_profile", outcome="generation-changed") == 1
 
     after = await proxy.get(PROFILE, user)
     assert after.x_cache == "MISS", after  # never a HIT of the old body

@@ -46,6 +46,7 @@ async def test_a_newer_entry_under_the_same_key_is_a_miss_then_refilled(make_pro
     proxy = await make_proxy(store=store)
     user = str(uuid.uuid4())
     assert (await proxy.get(PROFILE, user)).x_cache == "MISS"
+    await proxy.writes_landed()
     rules = load_rules(RULES_PATH)
     rule = rules.by_name("user_profile")
     key = f"{rules.prefix}:user:{{{user}}}:profile"
