@@ -455,7 +455,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         self.metrics.upstream_requests.labels(rule.name).inc()
         start = time.perf_counter()
         try:
-            response = await self.upstream.send("GET", origin.path_qs, headers)
+            response = await self.upstream.fetch(origin.path_qs, headers)
         except UpstreamError as exc:
             self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
             return Fetched(error=exc, outcome="upstream-error")
