@@ -158,6 +158,7 @@ class Prefetched:
     entry: Entry | None = None
     verdict: Any = None  # policy.Verdict
     store_down: bool = False
+    lease: tuple[str, str] | None = None  # the fill's lease, taken by the lookup (never handed on)
 
 
 @dataclass(slots=True)
@@ -170,6 +171,8 @@ class InFlight:
     peer: tuple[str | None, str]
     future: asyncio.Future
     started: float
+    lease: tuple[str, str] | None  # asked for with the lookup (``Proxy.lease_for``)
+    written: bytes | None  # the entry this instance was writing when the lookup was sent
 
 
 @dataclass(slots=True)
@@ -201,6 +204,7 @@ class ReadPath:
             return None
         if p.gate.full:
             return None  # aiohttp's path refuses it, and counts that once
+        first_sight = head.lookup is None
         d = self._lookup(head)
         if d is None or p._purge_pending(d):
             return None
@@ -210,7 +214,10 @@ class ReadPath:
             return self.render(d, hit[0], "HIT", hit[1], hit[2], head, start)
         p.gate.enter()  # left in finish() or _from_store()
         try:
-            begun = p.store.lookup_future(d.key, d.gen_keys)
+            # A request never seen before is mostly a miss: its lookup takes the fill's lease if the entry
+            # is absent, one round trip instead of two. Repeated requests are mostly hits: a plain MGET.
+            lease = p.lease_for(d) if first_sight else None
+            begun = p.store.lookup_future(d.key, d.gen_keys, lease, p.config.lease_ms)
         except BaseException:
             p.gate.leave()
             raise
@@ -248,18 +255,21 @@ class ReadPath:
         p = self.proxy
         p.gate.leave()
         try:
-            raw, tokens = p.store.lookup_finished(flight.future, flight.started, flight.d.key)
-        except StoreUnavailable:
+            raw, tokens, lease = p.store.lookup_finished(flight.future, flight.started, flight.d.key, flight.lease,
+                                                         flight.written)
+        except StoreUnavailable:  # a lease taken expires by itself (lease_ms): the store is failing
             return Prefetched(flight.d.key, store_down=True)
         except LookupRedirected:  # a cluster slot on the move: the awaited lookup follows it
             p.gate.enter()
             return self._from_store(flight.d, flight.head, flight.start, flight.peer)
-        return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens)
+        return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens, lease)
 
     def _judged(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str], raw: bytes | None,
-                tokens: list) -> bytes | Coroutine:
+                tokens: list, lease: tuple[str, str] | None = None) -> bytes | Coroutine:
         p = self.proxy
         entry, verdict = p.looked_up(d, raw, tokens, head.target)
+        if verdict.usable in ("fresh", "stale"):
+            p.drop_lease(lease)  # taken for an entry absent from the store, found being written here
         ttl_left = d.rule.ttl - verdict.age
         if verdict.usable == "fresh":
             return self.render(d, entry, "HIT", CacheStatus.hit(ttl_left), verdict.age, head, start)
@@ -270,7 +280,7 @@ class ReadPath:
             p.refresh_stale(d, tokens, head.target, head.headers, peer[0], peer[1], rid)
             status = CacheStatus.hit(ttl_left, "stale-while-revalidate")
             return self.render(d, entry, "STALE", status, verdict.age, head, start, rid)
-        return self._miss(d, head, start, peer, Prefetched(d.key, tokens, entry, verdict))
+        return self._miss(d, head, start, peer, Prefetched(d.key, tokens, entry, verdict, lease=lease))
 
     async def _miss(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
                     looked: Prefetched) -> bytes | Relay | Prefetched:
@@ -280,13 +290,15 @@ class ReadPath:
         p = self.proxy
         gate = p.gate
         if p._purge_pending(d) or not p.cache_usable or gate.full:
+            p.drop_lease(looked.lease)
+            looked.lease = None
             return looked
         rid = p.request_id(head.headers)
         request_id_var.set(rid)  # this task's own context: log lines of the fill carry it
         origin = _server.Origin(head.target, head.headers, peer[0], peer[1], rid)
         gate.enter()
         try:
-            filled = await p.fill_miss(d, origin, looked.entry, looked.verdict, looked.tokens)
+            filled = await p.fill_miss(d, origin, looked.entry, looked.verdict, looked.tokens, looked.lease)
         finally:
             gate.leave()
         if filled is None:  # the store failed before anything was fetched
@@ -491,7 +503,7 @@ class FastRequestHandler(RequestHandler):
             if isinstance(outcome, Relay):
                 outcome.response.release()
             else:
-                outcome.close()  # never started: nothing was fetched
+                outcome.close()  # never started: nothing was fetched (a lease taken expires: lease_ms)
         self._busy = False
         self._request_in_progress = False
         waiter = self._handler_waiter

@@ -58,6 +58,7 @@ from .purging import PurgingMixin
 from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_matches, is_valid_request_id, read_body
 
 log = logging.getLogger("proxy")
+_UNSEEN = object()  # no poll has looked at the entry yet
 
 PROXY_KEY = web.AppKey("proxy", "Proxy")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first (metrics and logs)
@@ -318,17 +319,18 @@ class Proxy(PurgingMixin, EndpointsMixin):
         return await self._from_fetched(request, filled.fetched, filled.cache_status), "miss"
 
     async def fill_miss(self, d: Lookup, origin: Origin, entry: Entry | None, verdict: policy.Verdict,
-                        tokens: list) -> Filled | None:
+                        tokens: list, lease: tuple[str, str] | None = None) -> Filled | None:
         """A read the cache could not answer fresh: the fill, or ``entry`` if the backend fails and
         stale-if-error allows it (``Filled.fetched`` None). None: the store is down, nothing was fetched.
-        For both request paths (aiohttp's, and proxy/fastpath.py's)."""
+        For both request paths (aiohttp's, and proxy/fastpath.py's). ``lease``: the fill's lease, taken
+        by the lookup already (``lease_for``); this fill uses it or drops it."""
         rule = d.rule
         if None in tokens:
             try:
                 tokens = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
             except StoreUnavailable:
-                return None
-        fetched = await self._fill(d, tokens, origin)
+                return None  # a lease taken expires by itself (lease_ms): the store is failing
+        fetched = await self._fill(d, tokens, origin, lease)
         if verdict.usable in ("stale", "on-error") and _is_failure(fetched, rule) \
                 and verdict.age < rule.ttl + rule.stale_if_error:
             if fetched.stream is not None:  # a failure with a streamed body: not relayed, so give it back
@@ -371,9 +373,15 @@ class Proxy(PurgingMixin, EndpointsMixin):
             return await self._stream(request, upstream_response, headers, prefix)
         return web.Response(status=fetched.status, body=fetched.body, headers=headers)
 
-    async def _fill(self, d: Lookup, tokens: list[str], origin: Origin) -> Fetched:
+    async def _fill(self, d: Lookup, tokens: list[str], origin: Origin, lease: tuple[str, str] | None = None
+                    ) -> Fetched:
         flight = (d.key, tuple(tokens))
         leader = self.inflight.get(flight)
+        if leader is not None and lease is not None:
+            # The lease was free when our lookup took it, so this instance's fill of the key holds none:
+            # it is waiting for one. Fill under ours; it finds our entry (dropping the lease instead
+            # would let another instance fetch as well).
+            return await self._fetch_under_lease(d, tokens, origin, lease)
         if leader is not None:
             self.metrics.coalesced.labels(d.rule.name).inc()
             try:
@@ -386,7 +394,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         future = asyncio.get_running_loop().create_future()
         self.inflight[flight] = future
         try:
-            fetched = await self._fetch_under_lease(d, tokens, origin)
+            fetched = await self._fetch_under_lease(d, tokens, origin, lease)
         except BaseException:
             future.set_result(None)
             raise
@@ -396,50 +404,90 @@ class Proxy(PurgingMixin, EndpointsMixin):
             future.set_result(fetched)
         return fetched
 
-    async def _fetch_under_lease(self, d: Lookup, tokens: list[str], origin: Origin) -> Fetched:
+    def lease_for(self, d: Lookup) -> tuple[str, str] | None:
+        """A fill lease for ``d`` (lease key, owner token), where other instances share the store. The
+        owner token is this fill's own: a release (in the store script or ``drop_lease``) can never drop
+        a lease another fill took after ours expired."""
+        return (d.key + "|lease", uuid.uuid4().hex) if self.shared_store else None
+
+    def drop_lease(self, lease: tuple[str, str] | None) -> None:
+        """Give back a lease this request holds but will not fill under (sent, not awaited)."""
+        if lease is not None:
+            self._spawn(self._release_lease(lease))
+
+    async def _release_lease(self, lease: tuple[str, str]) -> None:
+        try:
+            await self.store.release_lease(*lease)
+        except StoreUnavailable:
+            pass  # it expires by itself
+
+    async def _fetch_under_lease(self, d: Lookup, tokens: list[str], origin: Origin,
+                                 lease: tuple[str, str] | None = None) -> Fetched:
         """Across instances sharing a store: one fetch per key under a short lease, the others poll.
 
         A waiter takes the entry the lease holder stored, or the lease once it is free; a lost or
         expired lease costs at most one extra fetch, never a stuck request (``coalesce_wait`` bounds it).
+        ``lease``: taken already, by the lookup.
         """
         if not self.shared_store:
             return await self._fetch(d, tokens, origin, store=True)
-        lease_key, loop = d.key + "|lease", asyncio.get_running_loop()
-        deadline, pause = loop.time() + self.config.coalesce_wait, 0.002
-        while True:
-            # The owner token is this fill's own: a release (in the store script or below) can never
-            # drop a lease another fill of this instance took after ours expired.
-            owner = uuid.uuid4().hex
+        if lease is None:
+            lease = self.lease_for(d)
             try:
-                leased = await self.store.acquire_lease(lease_key, owner, self.config.lease_ms)
+                leased = await self.store.acquire_lease(*lease, self.config.lease_ms)
             except StoreUnavailable:
-                leased = False
-                deadline = 0.0
-            if leased:
-                fetched = None
-                try:
-                    fetched = await self._fetch(d, tokens, origin, store=True, lease=(lease_key, owner))
-                    return fetched
-                finally:
-                    # "stored" / "generation-changed": store_if_current ran, and dropped the lease with it
-                    if fetched is None or fetched.outcome not in ("stored", "generation-changed"):
-                        try:
-                            await self.store.release_lease(lease_key, owner)
-                        except StoreUnavailable:
-                            pass  # it expires by itself
-            if loop.time() >= deadline:
                 return await self._fetch(d, tokens, origin, store=True)
+            if not leased:
+                waited = await self._wait_for_lease_holder(d, tokens)
+                if isinstance(waited, Fetched):
+                    return waited
+                if waited is None:  # the wait is over, or the store failed: fetch, unguarded by a lease
+                    return await self._fetch(d, tokens, origin, store=True)
+                lease = waited
+        fetched = None
+        try:
+            fetched = await self._fetch(d, tokens, origin, store=True, lease=lease)
+            return fetched
+        finally:
+            # "stored" / "generation-changed": store_if_current ran, and dropped the lease with it
+            if fetched is None or fetched.outcome not in ("stored", "generation-changed"):
+                await self._release_lease(lease)
+
+    async def _wait_for_lease_holder(self, d: Lookup, tokens: list[str]) -> Fetched | tuple[str, str] | None:
+        """Another instance holds the fill's lease: poll the store for its entry (a collapsed Fetched),
+        or for the lease (returned) once it is free; None after ``coalesce_wait`` or a store failure.
+
+        Where the store can (``leases_with_lookups``), each poll after the first takes the lease only
+        if the entry is still the one the previous poll found unusable, atomically: a holder that
+        stores and releases between a poll's lookup and its lease never causes a second fetch."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.config.coalesce_wait, 0.002
+        atomic, seen = self.store.leases_with_lookups, _UNSEEN
+        while loop.time() < deadline:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
+            lease = self.lease_for(d)
             try:
-                raw, current = await self.store.lookup(d.key, d.gen_keys)
+                if atomic and seen is not _UNSEEN:
+                    raw, current, leased = await self.store.lookup_or_lease(d.key, d.gen_keys, lease,
+                                                                            self.config.lease_ms, seen)
+                else:
+                    (raw, current), leased = await self.store.lookup(d.key, d.gen_keys), False
+                entry = decode_entry(raw)
+                if current == list(tokens) and policy.judge(entry, current, d.rule, self.clock()).usable == "fresh":
+                    if leased:
+                        self.drop_lease(lease)
+                    self.metrics.coalesced.labels(d.rule.name).inc()
+                    return Fetched(entry.status, CIMultiDict(entry.headers), entry.body, entry.etag, "collapsed",
+                                   collapsed=True)
+                if not atomic and not leased:
+                    leased = await self.store.acquire_lease(*lease, self.config.lease_ms)
             except StoreUnavailable:
-                return await self._fetch(d, tokens, origin, store=True)
-            entry = decode_entry(raw)
-            if current == list(tokens) and policy.judge(entry, current, d.rule, self.clock()).usable == "fresh":
-                self.metrics.coalesced.labels(d.rule.name).inc()
-                return Fetched(entry.status, CIMultiDict(entry.headers), entry.body, entry.etag, "collapsed",
-                               collapsed=True)
+                return None
+            if leased:
+                return lease
+            seen = raw
+        return None
 
     async def _fetch(self, d: Lookup, tokens: list[str], origin: Origin, store: bool,
                      lease: tuple[str, str] | None = None) -> Fetched:

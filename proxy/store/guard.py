@@ -113,28 +113,63 @@ class GuardedStore:
             self.metrics.circuit_state.set(CLOSED)
 
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
+        written = self.writing.get(key) if self.writing else None
         raw, tokens = await self._call("lookup", self.inner.lookup, key, gen_keys)
-        return (self.writing.get(key, raw) if self.writing else raw), tokens
+        return self._seen(key, raw, written), tokens
 
-    def lookup_future(self, key: str, gen_keys: Sequence[str]) -> tuple[asyncio.Future, float] | None:
-        """The lookup as (the store's future, start time) when the store offers one (Redis' auto-pipeline)
-        and the breaker is closed; None: await ``lookup``. ``lookup_finished`` gives its result."""
-        begin = getattr(self.inner, "lookup_future", None)
-        if begin is None or self.breaker.state != CLOSED:
+    def _seen(self, key: str, raw: bytes | None, written: bytes | None) -> bytes | None:
+        """The entry a lookup should judge: one this instance is writing (``write_behind``) or was
+        writing when the lookup was sent (``written``), else what the store gave. Whether the store read
+        the key before or after such a write landed is a race the lookup must not lose: the write may
+        travel on another connection, and its answer may come back first."""
+        if self.writing:
+            return self.writing.get(key) or written or raw
+        return raw if written is None else written
+
+    def lookup_future(self, key: str, gen_keys: Sequence[str], lease: tuple[str, str] | None = None,
+                      lease_ms: int = 0) -> tuple[asyncio.Future, float, tuple[str, str] | None, bytes | None] | None:
+        """The lookup as (the store's future, start time, ``lease``, the entry being written here) when
+        the store offers one (Redis' auto-pipeline) and the breaker is closed; None: await ``lookup``.
+        With ``lease`` (key, owner), a store that can (single-node Redis) also takes the fill's lease if
+        the entry is absent; the third item is then ``lease``, else None. ``lookup_finished`` takes
+        them back and gives the result."""
+        if self.breaker.state != CLOSED:
             return None
+        leasing = getattr(self.inner, "lookup_leasing_future", None) if lease is not None else None
         start = time.perf_counter()
-        future = begin(key, gen_keys)
-        return None if future is None else (future, start)
+        if leasing is not None:
+            future = leasing(key, gen_keys, lease[0], lease[1], lease_ms)
+        else:
+            begin = getattr(self.inner, "lookup_future", None)
+            future, lease = (None if begin is None else begin(key, gen_keys)), None
+        return None if future is None else (future, start, lease, self.writing.get(key) if self.writing else None)
 
-    def lookup_finished(self, future: asyncio.Future, start: float, key: str) -> tuple[bytes | None, list[str | None]]:
-        """``lookup``'s result (or its StoreUnavailable) from a done ``lookup_future``. LookupRedirected
-        passes through: no failure, the caller asks ``lookup`` instead."""
+    def lookup_finished(self, future: asyncio.Future, start: float, key: str, lease: tuple[str, str] | None,
+                        written: bytes | None) -> tuple[bytes | None, list[str | None], tuple[str, str] | None]:
+        """``lookup``'s result (or its StoreUnavailable) from a done ``lookup_future``, with the lease if
+        it was asked for and taken. LookupRedirected passes through: no failure, the caller asks
+        ``lookup`` instead."""
         try:
-            raw, tokens = self.inner.lookup_outcome(future)
+            if lease is not None:
+                raw, tokens, taken = self.inner.lookup_leasing_outcome(future)
+                lease = lease if taken else None
+            else:
+                raw, tokens = self.inner.lookup_outcome(future)
         except (StoreUnavailable, TimeoutError, OSError) as exc:
             raise self._failed("lookup", exc) from None
         self._succeeded("lookup", start)
-        return (self.writing.get(key, raw) if self.writing else raw), tokens
+        return self._seen(key, raw, written), tokens, lease
+
+    @property
+    def leases_with_lookups(self) -> bool:
+        """The store can take a fill's lease in the lookup's round trip (``lookup_or_lease``)."""
+        return hasattr(self.inner, "lookup_or_lease")
+
+    def lookup_or_lease(self, key: str, gen_keys: Sequence[str], lease: tuple[str, str], lease_ms: int,
+                        unusable: bytes | None):
+        """(entry, tokens, leased): the store's own entry, never one being written here (the caller
+        compares it with what it saw before)."""
+        return self._call("lookup", self.inner.lookup_or_lease, key, gen_keys, *lease, lease_ms, unusable)
 
     def ensure_generations(self, gen_keys: Sequence[str], ttl: int):
         return self._call("ensure", self.inner.ensure_generations, gen_keys, ttl)

@@ -130,8 +130,8 @@ async def test_a_hit_is_answered_from_the_pipelined_mget_without_an_awaited_look
         awaited.append(key)
         return lookup(key, gen_keys)
 
-    def counted_future(key, gen_keys):
-        begun = lookup_future(key, gen_keys)
+    def counted_future(key, gen_keys, *lease):
+        begun = lookup_future(key, gen_keys, *lease)
         if begun is not None:
             futures.append(key)
         return begun

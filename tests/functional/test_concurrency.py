@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import API, RULES_PATH, new_user
+from .conftest import API, RULES_PATH, mint, new_user
 
 PROFILE = f"{API}/users/profile"
 PROFILE_ROUTE = ("GET", f"{API}/users/profile")
@@ -191,24 +191,39 @@ async def test_a_crashed_lease_owner_does_not_block_requests(make_proxy, backend
     assert await backend.route_count(*PROFILE_ROUTE) == 1
 
 
+def _data_commands(redis_server) -> dict[str, int]:
+    return {k: v for k, v in redis_server.command_counts().items() if k not in ("info", "config|resetstat")}
+
+
 @pytest.mark.parametrize("store_kind", ["redis"], indirect=True)
-async def test_a_miss_costs_three_redis_round_trips(proxy, backend, redis_server):
-    """A miss on existing generations: MGET (lookup), SET NX PX (the fill's lease), one EVALSHA that
-    stores under the guard and drops the lease; no separate release, no other command."""
+async def test_a_miss_costs_two_redis_round_trips_three_for_a_request_seen_before(proxy, backend, redis_server):
+    """A request seen for the first time (mostly a miss): one EVAL that looks up and, the entry being
+    absent, takes the fill's lease; one EVALSHA that stores under the guard and drops the lease. The
+    same bytes again (mostly a hit, so a plain MGET) missing: MGET, SET NX PX (the lease), the EVALSHA."""
     user = new_user()
-    board = f"{API}/achievements/leaderboard?limit=10&offset="
-    assert (await proxy.get(board + "0", user)).x_cache == "MISS"  # creates the generations, loads the script
+    assert (await proxy.get(PROFILE, user)).x_cache == "MISS"  # creates the generations
     await proxy.writes_landed()
+    redis_server.admin.delete(_profile_key(proxy, user))  # evicted
+    token = mint(user, ttl=7200)  # a request not seen before
     redis_server.reset_stats()
-    reply = await proxy.get(board + "1", user)
-    assert reply.status == 200 and reply.x_cache == "MISS"
+    first = await proxy.get(PROFILE, token=token)
+    assert first.status == 200 and first.x_cache == "MISS"
     await proxy.writes_landed()  # the answer left before its store write
-    counts = {k: v for k, v in redis_server.command_counts().items() if k not in ("info", "config|resetstat")}
-    # inside the script: GET and DEL of the lease, GET and EXPIRE of each guarding generation, SET of the entry
+    counts = _data_commands(redis_server)
+    # inside the scripts: MGET and SET NX of the lease; GET and DEL of the lease, GET and EXPIRE of
+    # each guarding generation, SET of the entry
     gens = counts.get("expire", 0)
     assert gens >= 1
-    assert counts == {"mget": 1, "set": 2, "evalsha": 1, "get": 1 + gens, "del": 1, "expire": gens}
-    assert await backend.route_count("GET", f"{API}/achievements/leaderboard") == 2
+    assert counts == {"eval": 1, "mget": 1, "set": 2, "evalsha": 1, "get": 1 + gens, "del": 1, "expire": gens}
+
+    redis_server.admin.delete(_profile_key(proxy, user))  # evicted
+    redis_server.reset_stats()
+    again = await proxy.get(PROFILE, token=token)  # byte for byte the request above
+    assert again.status == 200 and again.x_cache == "MISS"
+    await proxy.writes_landed()
+    assert _data_commands(redis_server) == {"mget": 1, "set": 2, "evalsha": 1, "get": 1 + gens, "del": 1,
+                                            "expire": gens}
+    assert await backend.route_count(*PROFILE_ROUTE) == 3
     assert redis_server.admin.keys("*|lease") == []  # dropped by the store script
 
 

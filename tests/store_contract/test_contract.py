@@ -516,3 +516,27 @@ async def test_survives_a_restart(redis_server, redis_url):
         assert fresh != tokens
     finally:
         await store.close()
+
+
+async def test_lookup_or_lease_leases_only_an_entry_still_as_the_caller_saw_it(redis_url):
+    """The waiting fill's poll: the lease only if the entry is still absent (``unusable`` None) or still
+    the bytes it found unusable; an entry stored meanwhile comes back instead, and no lease is taken.
+    (The race it closes: a holder storing and releasing between a poll's lookup and its lease.)"""
+    store = RedisStore.from_url(redis_url)
+    gens = [gen("user:{31}")]
+    key, lease = entry_key("user:{31}", "profile"), entry_key("user:{31}", "profile") + "|lease"
+    try:
+        tokens = await store.ensure_generations(gens, GEN_TTL)
+        assert await store.lookup_or_lease(key, gens, lease, "a", 1000, None) == (None, tokens, True)
+        assert await store.lookup_or_lease(key, gens, lease, "b", 1000, None) == (None, tokens, False)  # held
+        await store.release_lease(lease, "a")
+
+        old = b"an entry found unusable"
+        assert await store.store_if_current(key, old, 60, gens, tokens, GEN_TTL)
+        assert await store.lookup_or_lease(key, gens, lease, "c", 1000, None) == (old, tokens, False)  # stored
+        assert await store.lookup_or_lease(key, gens, lease, "c", 1000, old) == (old, tokens, True)  # unchanged
+        assert await store.store_if_current(key, b"stored by c", 60, gens, tokens, GEN_TTL, (lease, "c"))
+        assert await store.lookup_or_lease(key, gens, lease, "d", 1000, old) == (b"stored by c", tokens, False)
+        assert not await store.client.exists(lease)
+    finally:
+        await store.close()
