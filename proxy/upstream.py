@@ -19,12 +19,13 @@ start-up probe (``watch_upstream``): an unreachable backend is a warning, and wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import aiohttp
 from multidict import CIMultiDict
@@ -204,21 +205,9 @@ class Upstream:
         assert self.session is not None, "Upstream.start() was not awaited"
         url = URL(self.base + path_qs, encoded=True)
         slot = await self.slots.take()  # UpstreamBusy (503) when every slot stays taken
-        try:
+        with _failures_mapped(slot):
             response = await self.session.request(method, url, headers=headers, data=body, allow_redirects=False,
                                                   compress=None, chunked=None)
-        except asyncio.TimeoutError:
-            slot.release()
-            raise UpstreamError(504, "upstream timed out") from None
-        except aiohttp.ServerTimeoutError:
-            slot.release()
-            raise UpstreamError(504, "upstream timed out") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            slot.release()
-            raise UpstreamError(502, f"upstream unreachable: {type(exc).__name__}") from None
-        except BaseException:
-            slot.release()
-            raise
         self.answered = True
         hold(slot, response)
         return response
@@ -228,17 +217,8 @@ class Upstream:
         caller releases it. Failures as ``send``'s: UpstreamError 502 or 504, UpstreamBusy 503."""
         head = self._request_head(path_qs, headers)
         slot = await self.slots.take()
-        try:
-            response = await self.fills.get(head, slot.release)
-        except asyncio.TimeoutError:
-            slot.release()
-            raise UpstreamError(504, "upstream timed out") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            slot.release()
-            raise UpstreamError(502, f"upstream unreachable: {type(exc).__name__}") from None
-        except BaseException:
-            slot.release()
-            raise
+        with _failures_mapped(slot):
+            response = await self.fills.get(head, slot.release)  # the slot is given back with the response
         self.answered = True
         return response
 
@@ -279,6 +259,22 @@ class Upstream:
             return str(exc) or type(exc).__name__
         self.answered = True
         return None
+
+
+@contextlib.contextmanager
+def _failures_mapped(slot: "_Slot") -> Iterator[None]:
+    """Either client's failures as UpstreamError (504 on a timeout, else 502), the slot given back."""
+    try:
+        yield
+    except asyncio.TimeoutError:  # aiohttp.ServerTimeoutError included
+        slot.release()
+        raise UpstreamError(504, "upstream timed out") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        slot.release()
+        raise UpstreamError(502, f"upstream unreachable: {type(exc).__name__}") from None
+    except BaseException:
+        slot.release()
+        raise
 
 
 def hold(slot: "_Slot", response: aiohttp.ClientResponse) -> None:
