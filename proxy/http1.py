@@ -274,8 +274,9 @@ class FillClient:
         try:
             await response.head()
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            response.release(notify=not connection.reused or response._got_bytes)
-            if connection.reused and not response._got_bytes:
+            stale = connection.reused and not response._got_bytes
+            response.release(notify=not stale)  # a stale connection's request is sent again
+            if stale:
                 raise _Stale() from exc
             raise
         except BaseException:

@@ -558,11 +558,11 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
         def written(task: asyncio.Task) -> None:
             self.background.discard(task)
-            if task.cancelled() or isinstance(task.exception(), StoreUnavailable):
+            failure = None if task.cancelled() else task.exception()
+            if task.cancelled() or failure is not None:
                 outcome = "store-error"
-            elif task.exception() is not None:
-                outcome = "store-error"
-                log.error("store write failed", exc_info=task.exception(), extra={"event": "store_write_failed"})
+                if failure is not None and not isinstance(failure, StoreUnavailable):  # GuardedStore logs those
+                    log.error("store write failed", exc_info=failure, extra={"event": "store_write_failed"})
             else:
                 outcome = "stored" if task.result() else "generation-changed"
             self.metrics.stores.labels(rule_name, outcome).inc()

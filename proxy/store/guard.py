@@ -188,7 +188,6 @@ class GuardedStore:
         self.writing[key] = value
         task = asyncio.get_running_loop().create_task(
             self.store_if_current(key, value, ttl, gen_keys, expected, gen_ttl, lease))
-
         self._writes.add(task)
 
         def written(_: asyncio.Task) -> None:

@@ -480,21 +480,28 @@ class RedisStore:
         if pipeline is None:
             return None
         self._pipeline_was_up = True
-        return pipeline.submit("EVAL", self.LUA_LOOKUP_OR_LEASE, 2 + len(gen_keys), key, lease_key, *gen_keys,
-                               owner, max(1, int(ttl_ms)), "")
+        return pipeline.submit(*self._lookup_or_lease_command(key, gen_keys, lease_key, owner, ttl_ms, None))
 
     @_unavailable
     async def lookup_or_lease(self, key: str, gen_keys: Sequence[str], lease_key: str, owner: str, ttl_ms: int,
                               unusable: bytes | None) -> tuple[bytes | None, list[str | None], bool]:
         """The lookup, and the lease for ``owner`` if the entry is still ``unusable`` (None: absent), in
         one atomic step: what a fill waiting for another instance's asks each time it polls."""
-        seen = "" if unusable is None else hashlib.sha1(unusable).hexdigest()
-        args = (2 + len(gen_keys), key, lease_key, *gen_keys, owner, max(1, int(ttl_ms)), seen)
+        command = self._lookup_or_lease_command(key, gen_keys, lease_key, owner, ttl_ms, unusable)
         pipeline = self._piped()
         if pipeline is not None:
-            values = await pipeline.execute("EVAL", self.LUA_LOOKUP_OR_LEASE, *args)
+            values = await pipeline.execute(*command)
         else:
-            values = await self.client.eval(self.LUA_LOOKUP_OR_LEASE, *args)
+            values = await self.client.eval(*command[1:])
+        return self._leased_result(values)
+
+    def _lookup_or_lease_command(self, key: str, gen_keys: Sequence[str], lease_key: str, owner: str, ttl_ms: int,
+                                 unusable: bytes | None) -> tuple:
+        seen = "" if unusable is None else hashlib.sha1(unusable).hexdigest()
+        return ("EVAL", self.LUA_LOOKUP_OR_LEASE, 2 + len(gen_keys), key, lease_key, *gen_keys, owner,
+                max(1, int(ttl_ms)), seen)
+
+    def _leased_result(self, values: list) -> tuple[bytes | None, list[str | None], bool]:
         return (*self.lookup_result(values[:-1]), values[-1] == 1)
 
     def lookup_outcome(self, future: asyncio.Future) -> tuple[bytes | None, list[str | None]]:
@@ -503,8 +510,7 @@ class RedisStore:
 
     def lookup_leasing_outcome(self, future: asyncio.Future) -> tuple[bytes | None, list[str | None], bool]:
         """(entry, tokens, whether the lease was taken) from a done ``lookup_leasing_future``."""
-        values = _reply(future)
-        return (*self.lookup_result(values[:-1]), values[-1] == 1)
+        return self._leased_result(_reply(future))
 
     @staticmethod
     def lookup_result(values: list) -> tuple[bytes | None, list[str | None]]:

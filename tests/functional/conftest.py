@@ -184,6 +184,15 @@ async def backend(aiohttp_client) -> Backend:
 
 # ---------------------------------------------------------------------------------------- proxy
 
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample of a /metrics text (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
 class ProxyClient:
     admin_token = ADMIN_TOKEN
 
@@ -209,11 +218,7 @@ class ProxyClient:
 
     async def metric(self, name: str, **labels: str) -> float:
         """One sample of /metrics (0 when absent), e.g. ``metric("katiba_cache_stores_total", outcome=...)``."""
-        for family in text_string_to_metric_families(await self.metrics()):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        return 0.0
+        return sample(await self.metrics(), name, **labels)
 
     async def writes_landed(self) -> None:
         """A miss is answered before its store write lands (write-behind): wait for those writes, for

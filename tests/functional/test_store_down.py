@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.store.redis import RedisStore
+
+from .conftest import sample
 
 PROFILE = "/api/v1/users/profile"
 
@@ -17,15 +18,6 @@ PROFILE = "/api/v1/users/profile"
 def store_kind() -> str:
     """Every test here brings its own RedisStore on a private server: run each once."""
     return "private-redis"
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the /metrics text (0 when absent)."""
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
 
 
 async def warm(proxy, user: str):

@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.store.redis import RedisStore
 from tests.functional.conftest import (API, backend, make_proxy, make_store, mint_token, new_user,  # noqa: F401
-                                       poll, proxy)
+                                       poll, proxy, sample)
 
 PROFILE = f"{API}/users/profile"
 
@@ -26,15 +25,6 @@ class CountingRedisStore(RedisStore):
     async def lookup(self, key, gen_keys):
         self.lookups += 1
         return await super().lookup(key, gen_keys)
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """One sample of a /metrics text (0 when absent)."""
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
 
 
 async def warm(proxy, user: str, path: str = PROFILE, attempts: int = 20):
