@@ -602,6 +602,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
         Bounded work: at most ``budget`` refreshes per call. Only rules whose key needs no identity can
         be warmed (the proxy keeps no users' tokens); the request carries ``WARM_AUTHORIZATION`` if set.
+        A rule with ``auth: required`` is not warmed without it: the backend would refuse the refresh.
         """
         if not self.cache_usable:
             return 0
@@ -611,6 +612,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
         for _, d, path_qs in ranked:
             rule = self.rules.by_name(d.rule.name)
             if rule is None or not rule.warm or rule.fingerprint != d.rule.fingerprint:
+                continue
+            if rule.auth == "required" and not self.config.warm_authorization:
                 continue
             try:
                 raw, tokens = await self.store.lookup(d.key, d.gen_keys)

@@ -50,7 +50,7 @@ def lookup(target: str, identity: Identity | None = ALICE, **headers) -> Lookup:
     ("/api/v1/achievements/summary", ALICE, "achievements_summary", "achievements:{alice}:summary",
      ("achievements:{alice}", "achievements:{alice}:summary")),
     # literal first segments are braced: the Redis Cluster hash tag of the entry and its guards
-    ("/api/v1/achievements/types", None, "achievement_types", "{achievements:global}:types",
+    ("/api/v1/achievements/types", BOB, "achievement_types", "{achievements:global}:types",
      ("{achievements:global}", "{achievements:global}:types")),
     ("/api/v1/achievements/leaderboard?limit=10&offset=0", ALICE, "leaderboard",
      "{achievements:global}:leaderboard|q:limit=10&offset=0",
@@ -106,7 +106,7 @@ def test_equivalent_requests_share_a_key(a, b):
     (("/api/v1/users/profile", ALICE, {}), ("/api/v1/users/profile", ALICE, {"Origin": "https://a.example"})),
     (("/api/v1/users/profile", ALICE, {"Origin": "https://a.example"}),
      ("/api/v1/users/profile", ALICE, {"Origin": "https://b.example"})),
-    (("/api/v1/achievements/types", None, {}), ("/api/v1/achievements/types", None, {"origin": "https://a.example"})),
+    (("/api/v1/achievements/types", ALICE, {}), ("/api/v1/achievements/types", ALICE, {"origin": "https://a.example"})),
     (("/api/v1/achievements/leaderboard?limit=10", ALICE, {}), ("/api/v1/achievements/leaderboard?limit=20", ALICE, {})),
     (("/api/v1/achievements/leaderboard?limit=", ALICE, {}), ("/api/v1/achievements/leaderboard", ALICE, {})),
     (("/api/v1/achievements/leaderboard?limit=1%26offset%3D2", ALICE, {}),
@@ -120,7 +120,7 @@ def test_different_requests_get_different_keys(a, b):
 
 def test_global_rules_share_one_key_across_users():
     assert lookup("/api/v1/achievements/leaderboard", ALICE).key == lookup("/api/v1/achievements/leaderboard", BOB).key
-    assert lookup("/api/v1/achievements/types", None).key == lookup("/api/v1/achievements/types", ALICE).key
+    assert lookup("/api/v1/achievements/types", BOB).key == lookup("/api/v1/achievements/types", ALICE).key
 
 
 @pytest.mark.parametrize("method, target, identity, token_error, headers, reason", [
@@ -135,7 +135,9 @@ def test_global_rules_share_one_key_across_users():
     ("GET", "/api/v1/users/profile", None, "expired", {}, Reason.INVALID_TOKEN),
     ("GET", "/api/v1/users/profile", None, "bad_signature", {}, Reason.INVALID_TOKEN),
     ("GET", "/api/v1/users/profile", ALICE, None, {"Range": "bytes=0-10"}, Reason.RANGE),
-    ("GET", "/api/v1/achievements/types", None, None, {"range": "bytes=0-1"}, Reason.RANGE),
+    ("GET", "/api/v1/achievements/types", ALICE, None, {"range": "bytes=0-1"}, Reason.RANGE),
+    ("GET", "/api/v1/achievements/types", None, None, {}, Reason.NO_IDENTITY),  # shared, but only for a token
+    ("GET", "/api/v1/achievements/recent", None, "expired", {}, Reason.INVALID_TOKEN),
     ("GET", "/api/v1/users/profile", ALICE, None, {"X-HTTP-Method-Override": "DELETE"}, Reason.OVERRIDE_HEADER),
     ("GET", "/api/v1/users/profile", ALICE, None, {"X-Original-URL": "/admin"}, Reason.OVERRIDE_HEADER),
     ("GET", "/api/v1/users/profile", ALICE, None, {"x-rewrite-url": "/x"}, Reason.OVERRIDE_HEADER),
@@ -183,11 +185,12 @@ def gens(*namespaces: str) -> tuple[str, ...]:
     ("PUT", "/api/v1/users/./profile", ALICE, "update_profile", gens("user:{alice}")),
     ("PUT", "/api/v1//users/profile", BOB, "update_profile", gens("user:{bob}")),
     ("POST", "/api/v1/users/preferences", ALICE, "update_preferences",
-     gens("user:{alice}:preferences", "user:{alice}:full_profile")),
+     gens("user:{alice}:preferences", "user:{alice}:full_profile", "user:{alice}:me")),
     ("DELETE", "/api/v1/users/languages/7", ALICE, "delete_language",
-     gens("user:{alice}:languages", "user:{alice}:full_profile")),
+     gens("user:{alice}:languages", "user:{alice}:full_profile", "user:{alice}:me")),
     ("POST", "/api/v1/achievements", ALICE, "create_achievement",
-     gens("achievements:{alice}", "user:{alice}:stats", "user:{alice}:full_profile", "{achievements:global}")),
+     gens("achievements:{alice}", "user:{alice}:stats", "user:{alice}:full_profile", "user:{alice}:me",
+          "{achievements:global}")),
     ("PUT", "/api/v1/users/profile", None, "update_profile", ()),  # unauthenticated: the backend refuses
     ("POST", "/api/v1/achievements", None, "create_achievement", ()),
     ("POST", "/api/v1/achievements/award", None, "award_achievement", ()),
@@ -196,7 +199,7 @@ def test_ruled_writes_purge_their_namespaces(method, target, identity, rule, key
     assert decide(method, target, identity) == Write(RULES.by_name(rule), keys)
 
 
-AWARD_KEYS = ("achievements:{%s}", "user:{%s}:stats", "user:{%s}:full_profile")
+AWARD_KEYS = ("achievements:{%s}", "user:{%s}:stats", "user:{%s}:full_profile", "user:{%s}:me")
 
 
 @pytest.mark.parametrize("body, user", [
