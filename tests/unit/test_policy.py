@@ -16,8 +16,8 @@ from multidict import CIMultiDict
 from proxy.entry import Entry
 from proxy.errors import RulesError
 from proxy.identity import Identity
-from proxy.policy import (Bypass, Lookup, Reason, RequestView, Write, classify, judge, refuse_to_store,
-                          resolve_write)
+from proxy.policy import (Bypass, Lookup, Reason, RequestView, Write, classify, judge, purges_after,
+                          reads_answer, refuse_to_store, resolve_write)
 from proxy.rules import RULE_FIELDS, Rules, load_rules, parse_rules
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "rules.yaml", environ={})
@@ -232,8 +232,72 @@ def test_award_resolves_the_body_user_and_falls_back_to_the_caller(body, user):
     ("PATCH", "/api/v1/nothing", ALICE, ()),
 ])
 def test_unruled_writes_purge_their_own_uri(method, target, identity, keys):
-    """RFC 9111 §4.4: the exact key of the GET rule at that path (every page of a varied rule)."""
-    assert decide(method, target, identity) == Write(None, keys)
+    """RFC 9111 §4.4: the exact key of the GET rule at that path (every page of a varied rule); with a
+    verified caller, also the caller's unmatched_writes namespaces."""
+    decision = decide(method, target, identity)
+    assert (decision.rule, decision.gen_keys) == (None, keys)
+    mine = () if identity is None else gens(f"user:{{{identity.user_id}}}", f"achievements:{{{identity.user_id}}}")
+    assert decision.unmatched == mine
+
+
+REFUSALS = [(422, b'{"detail": []}'), (401, b""), (404, b"{}"), (429, b""),
+            (200, b'{"header": {"responseCode": 400}, "body": {}}'),
+            (200, b'{"header": {"responseCode": 404}, "body": {}}'),
+            (201, b'{"header": {"responseCode": 499}}')]
+PURGING = [(None, None),  # no answer: timeout, connection lost
+           (200, b'{"header": {"responseCode": 200}, "body": {}}'),
+           (200, b'{"header": {"responseCode": 500}, "body": {}}'),
+           (200, None),  # the envelope was not read (too large, streamed): unknown
+           (200, b"not json"), (200, b'{"header": {"responseCode": "400"}}'), (200, b'{"header": null}'),
+           (204, b""), (307, b""), (500, b'{"detail": "x"}'), (502, b""), (503, b""),
+           (301, b'{"header": {"responseCode": 400}}')]  # an envelope is judged on a 2xx only
+
+
+@pytest.mark.parametrize("status, body", REFUSALS)
+def test_a_refused_write_purges_nothing(status, body):
+    ruled = decide("POST", "/api/v1/achievements", ALICE)
+    assert purges_after(ruled, RULES, status, body) == ((), "create_achievement")
+    unmatched = decide("PUT", "/api/v1/onboarding/progress", ALICE)
+    assert purges_after(unmatched, RULES, status, body) == ((), "rfc9111-4.4")
+
+
+@pytest.mark.parametrize("status, body", PURGING)
+def test_a_successful_or_unknown_write_purges(status, body):
+    ruled = decide("POST", "/api/v1/achievements", ALICE)
+    assert purges_after(ruled, RULES, status, body) == (ruled.gen_keys, "create_achievement")
+    unmatched = decide("PUT", "/api/v1/onboarding/progress", ALICE)
+    assert purges_after(unmatched, RULES, status, body) == (unmatched.unmatched, "unmatched")
+
+
+def test_an_unmatched_write_on_a_cached_uri_purges_both_and_only_on_non_errors():
+    write = decide("DELETE", "/api/v1/users/profile", ALICE)
+    both = write.unmatched + gens("user:{alice}:profile")
+    assert purges_after(write, RULES, 200, b"{}") == (both, "unmatched")
+    assert purges_after(write, RULES, 503, b"") == (write.unmatched, "unmatched")  # §4.4: not on errors
+    anonymous = decide("DELETE", "/api/v1/users/profile", None)
+    assert purges_after(anonymous, RULES, 200, b"{}") == ((), "rfc9111-4.4")
+
+
+def test_purge_when_variants():
+    always = parse_rules(_with_defaults("  purge_when: always\n"), "t.yaml", {})
+    always_write = classify(RequestView("POST", "/w", "", CIMultiDict()), always, ALICE)
+    assert purges_after(always_write, always, 422, b"") == (always_write.gen_keys, "w") and always_write.gen_keys
+    assert purges_after(always_write, always, 200, b'{"header": {"responseCode": 400}}')[0]
+    custom = parse_rules(_with_defaults('  purge_when: {refused: [409], envelope: {path: status.code}}\n'),
+                         "t.yaml", {})
+    write = classify(RequestView("POST", "/w", "", CIMultiDict()), custom, ALICE)
+    assert purges_after(write, custom, 409, b"")[0] == ()
+    assert purges_after(write, custom, 422, b"")[0] == write.gen_keys  # not listed: purges
+    assert purges_after(write, custom, 200, b'{"status": {"code": 404}}')[0] == ()
+    assert purges_after(write, custom, 200, b'{"header": {"responseCode": 404}}')[0] == write.gen_keys
+    assert reads_answer(write, custom, 200) and not reads_answer(write, custom, 500)
+    assert not reads_answer(always_write, always, 200)  # nothing in the body can change the decision
+
+
+def _with_defaults(extra: str) -> str:
+    return ("version: 1\ndefaults:\n" + extra + "rules:\n"
+            '  - {name: r, match: GET /r, key: "user:{user_id}:r"}\n'
+            '  - {name: w, match: POST /w, purge: ["user:{user_id}:*"]}\n')
 
 
 def test_purge_keys_are_among_the_guards_of_the_entries_they_invalidate():
