@@ -207,3 +207,49 @@ async def test_purge_list_empty_turns_the_fail_safe_off(make_proxy, backend, tmp
     assert written.status == 200 and written.code == 200, written
     await still_hits(proxy, user, warm_replies)  # /auth/me is stale: what the fail-safe exists to prevent
     assert await purges(proxy, "unmatched") == 0
+
+
+# ------------------------------------------------------------------- answers too large to judge
+
+async def test_an_answer_too_large_to_read_counts_as_unknown_and_is_relayed_whole(make_proxy, aiohttp_client):
+    """The envelope of a write's answer is read up to 64 KiB; past that the outcome is unknown (it
+    purges), and the client still gets the answer byte for byte, streamed."""
+    from aiohttp import web
+    import orjson
+
+    pad = "x" * (200 << 10)
+    refused_big = orjson.dumps({"header": {"responseCode": 400}, "body": {"pad": pad}})
+    refused_small = orjson.dumps({"header": {"responseCode": 400}, "body": {}})
+    reads = []
+
+    async def profile(request: web.Request) -> web.Response:
+        reads.append(1)
+        return web.json_response({"header": {"responseCode": 200}, "body": {"version": len(reads)}})
+
+    async def put_profile(request: web.Request) -> web.StreamResponse:
+        big = request.query.get("size") == "big"
+        out = web.StreamResponse(headers={"Content-Type": "application/json"})
+        out.enable_chunked_encoding()
+        await out.prepare(request)
+        body = refused_big if big else refused_small
+        for i in range(0, len(body), 16 << 10):
+            await out.write(body[i:i + (16 << 10)])
+        await out.write_eof()
+        return out
+
+    app = web.Application()
+    app.router.add_get(PROFILE, profile)
+    app.router.add_put(PROFILE, put_profile)
+    scripted = await aiohttp_client(app)
+    proxy = await make_proxy(upstream_url=f"http://127.0.0.1:{scripted.server.port}")
+    user = new_user()
+    await warm(proxy, user, (PROFILE,))
+
+    small = await proxy.request("PUT", PROFILE + "?size=small", user, json={})
+    assert small.status == 200 and small.body == refused_small, small
+    assert (await proxy.get(PROFILE, user)).x_cache == "HIT"  # read whole: refused, nothing purged
+
+    big = await proxy.request("PUT", PROFILE + "?size=big", user, json={})
+    assert big.status == 200 and big.body == refused_big  # the unread rest followed the part read
+    assert (await proxy.get(PROFILE, user)).x_cache == "MISS"  # unknown outcome: purged
+    assert await purges(proxy, "update_profile") == 1
