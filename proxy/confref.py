@@ -21,7 +21,8 @@ RULE_FIELD_DOCS = {
            "`{query.x}`); without it the rule is a write rule",
     "ttl": "seconds an entry is fresh (`15m`, `1h`, `${ENV:-default}`); the current value applies to stored entries",
     "vary_query": "query parameters that are part of the key (normalised); any other parameter -> BYPASS",
-    "auth": "`required`: served from cache only with a valid token; `none`: a public route",
+    "auth": "`required`: served from cache only with a valid token (also for a shared key without `{user_id}`, whose "
+            "fill carries the requester's Authorization); `none`: a public route (the fill drops Authorization)",
     "cache_when": "which backend answers are stored: `status` list and a JSON condition "
                   "(`{path, between | one_of}`)",
     "purge": "write rules: namespaces (`user:{user_id}:*`) or exact keys purged before the answer is released; "
@@ -42,6 +43,10 @@ RULE_FIELD_DOCS = {
     "error_when": "backend answers that count as failures for stale_if_error (same shape as cache_when)",
     "l1_ttl": "seconds an entry may also be answered from the in-process L1 in front of Redis (0: off); "
               "invalidated by a message from every purge",
+    "purge_when": "write rules: when the purge applies. `success_or_unknown`: unless the backend refused the "
+                  "write (HTTP 4xx, or a 2xx whose `header.responseCode` is 400-499; the answer is read up to "
+                  "64 KiB to see it); `always`; or `{refused: [\"4xx\" or 4xx statuses], envelope: {path: ...} "
+                  "| null}`",
 }
 TOP_FIELD_DOCS = {
     "version": ("1", "format version of the file (1)"),
@@ -49,6 +54,10 @@ TOP_FIELD_DOCS = {
     "defaults": ("{}", "values of any defaultable rule field for every rule"),
     "rules": ("(required)", "the list of rules"),
     "http_cache": ("{enabled: false}", "the RFC 9111 shared cache for routes no rule matches"),
+    "unmatched_writes": ("{purge: []}", "the fail-safe: what a POST/PUT/PATCH/DELETE no write rule matches purges "
+                         "when its token verifies: `purge` ({user_id} namespaces or keys only; shipped: "
+                         "`user:{user_id}:*`, `achievements:{user_id}:*`) and `purge_when` (as on write rules); "
+                         "counted as `katiba_cache_purges_total{rule=\"unmatched\"}`"),
 }
 HTTP_CACHE_DOCS = {
     "enabled": "turn the RFC 9111 cache on for GET/HEAD requests no rule matches",
@@ -165,7 +174,8 @@ def reference() -> str:
     shown = {"cache_when": "status [200] (the shipped defaults add header.responseCode 200-299)",
              "key": "none (a write rule)", "purge": "[]", "name": "(required)", "match": "(required)",
              "error_when": "none (5xx and unreachable only)", "drop_headers": "[]", "volatile": "[]",
-             "vary_query": "[]", "max_body_bytes": str(1 << 20), "rollout": "100"}
+             "vary_query": "[]", "max_body_bytes": str(1 << 20), "rollout": "100",
+             "purge_when": "success_or_unknown"}
     for name in sorted(RULE_FIELDS, key=list(RULE_FIELD_DOCS).index):
         default = shown.get(name, rule_defaults.get(name, ""))
         if isinstance(default, bool):

@@ -132,21 +132,7 @@ def explain(rules: Rules, method: str, url: str, identity_or_error: Identity | s
         out["rule_line"] = f"{rules.source}:{rule.line}"
 
     if isinstance(decision, Write):
-        out["decision"] = "write"
-        out["x_cache"] = "BYPASS"
-        if rule is not None:
-            out["purge_patterns"] = [t.text + ("" if exact else ":*") for t, exact in zip(rule.purge, rule.purge_exact)]
-        resolved = policy.resolve_write(decision, None) if decision.needs_body else decision
-        out["purges"] = [_guard_text(g, rules, show) for g in resolved.gen_keys]
-        if rule is None:
-            out["why"] = ("no write rule matches: forwarded; RFC 9111 §4.4 invalidates the cached entry of this "
-                          "URI, if any" if decision.gen_keys else "no write rule matches: forwarded, nothing purged")
-        elif rule.auth == "required" and identity is None:
-            out["why"] = "forwarded without purging: the rule needs a verified token (the backend refuses it)"
-        else:
-            out["why"] = "forwarded; once the backend answers, the rule's purge patterns are applied before " \
-                         "the answer is released" + (" (placeholders from the JSON body resolve with the "
-                                                     "request's body)" if decision.needs_body else "")
+        _write_fields(out, decision, rules, identity, show)
         return out
 
     if isinstance(decision, Bypass):
@@ -195,6 +181,59 @@ def explain(rules: Rules, method: str, url: str, identity_or_error: Identity | s
         return out
     out.update(_outcome(entry_state, decision, rule, now))
     return out
+
+
+def _write_fields(out: dict, decision: Write, rules: Rules, identity: Identity | None, show) -> None:
+    """A write: which generations it bumps once the backend answers, and when (``purge_when``)."""
+    rule = decision.rule
+    out["decision"] = "write"
+    out["x_cache"] = "BYPASS"
+    resolved = policy.resolve_write(decision, None) if decision.needs_body else decision
+    when = policy.purge_when(decision, rules)
+    if rule is not None:
+        out["purge_patterns"] = [t.text + ("" if exact else ":*") for t, exact in zip(rule.purge, rule.purge_exact)]
+        out["purges"] = [_guard_text(g, rules, show) for g in resolved.gen_keys]
+    else:
+        unmatched = rules.unmatched
+        out["rule"] = "unmatched" if decision.unmatched else None
+        if decision.unmatched:
+            out["match"] = "unmatched_writes"
+            out["rule_line"] = f"{rules.source}:{unmatched.line}"
+        out["purge_patterns"] = [t.text + ("" if exact else ":*")
+                                 for t, exact in zip(unmatched.purge, unmatched.purge_exact)]
+        out["purges"] = [_guard_text(g, rules, show) for g in decision.unmatched + decision.gen_keys]
+    out["purge_when"] = describe_purge_when(when)
+    after = "once the backend answers, and before the answer is released, unless the backend refused the " \
+            "write (purge_when)"
+    own_uri = "; RFC 9111 §4.4 also invalidates the cached entry of this URI on a non-error answer" \
+        if decision.gen_keys else ""
+    if rule is None and decision.unmatched:
+        out["why"] = ("no write rule matches: the fail-safe (unmatched_writes) purges the caller's own "
+                      f"namespaces {after}{own_uri}")
+    elif rule is None:
+        reason = ("the request has no verified token, so no one's namespaces can be named"
+                  if identity is None and rules.unmatched.purge else "unmatched_writes purges nothing")
+        out["why"] = (f"no write rule matches and {reason}: forwarded"
+                      + (own_uri.replace(";", ",", 1) if own_uri else ", nothing purged"))
+    elif rule.auth == "required" and identity is None:
+        out["why"] = "forwarded without purging: the rule needs a verified token (the backend refuses it)"
+    else:
+        out["why"] = f"forwarded; the rule's purge patterns are applied {after}" + (
+            " (placeholders from the JSON body resolve with the request's body)" if decision.needs_body else "")
+
+
+def describe_purge_when(when) -> str:
+    """``purge_when`` in words: what counts as a refusal (no purge)."""
+    if not when.refused and when.envelope is None:
+        return "always (whatever the backend answers)"
+    parts = []
+    if when.refused == frozenset(range(400, 500)):
+        parts.append("HTTP 4xx")
+    elif when.refused:
+        parts.append("HTTP " + ", ".join(str(c) for c in sorted(when.refused)))
+    if when.envelope is not None:
+        parts.append(f"{'.'.join(when.envelope)} 400-499 in a 2xx")
+    return "success or unknown outcome; not when refused: " + " or ".join(parts)
 
 
 def _rule_fields(out: dict, rule) -> None:
@@ -292,6 +331,8 @@ def format_text(result: Mapping[str, Any]) -> str:
     if result.get("purge_patterns") is not None:
         row("purges", ", ".join(result.get("purges") or ()) or "nothing")
         row("patterns", ", ".join(result["purge_patterns"]) or "none")
+    if result.get("purge_when"):
+        row("when", result["purge_when"])
     entry = result.get("entry")
     if entry is not None:
         text = entry["state"]

@@ -7,7 +7,10 @@ Invariants named where they are enforced:
 * a rule whose key needs ``{user_id}`` never yields a lookup without a verified identity (``classify``);
 * an entry answers only while every generation it recorded is still current (``judge``): a purged
   entry is gone, not stale, and is never served, not even on backend errors;
-* only a response every client with the same key would get is stored (``refuse_to_store``).
+* only a response every client with the same key would get is stored (``refuse_to_store``);
+* a write the backend refused (HTTP 4xx, envelope 4xx) purges nothing; one that succeeded or whose
+  outcome is unknown purges (``purges_after``); an unmatched write purges only a verified caller's
+  own namespaces (``unmatched_writes``).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import orjson
 from .entry import Entry
 from .identity import Identity
 from .keys import Source, Template, render_origin_suffix, render_query_suffix
-from .rules import WRITE_METHODS, Rule, Rules
+from .rules import WRITE_METHODS, PurgeWhen, Rule, Rules
 
 
 class Reason(str, Enum):
@@ -81,6 +84,7 @@ class Write:
     gen_keys: tuple[str, ...]  # generations to bump once the backend has answered
     needs_body: bool = False  # purge placeholders read the JSON body: resolve with ``resolve_write``
     context: Any = None
+    unmatched: tuple[str, ...] = ()  # no rule matched: the verified caller's ``unmatched_writes`` generations
 
 
 Decision = Lookup | Bypass | Write
@@ -315,15 +319,22 @@ def _classify_write(req: RequestView, rules: Rules, identity: Identity | None) -
         needs_body = any(src.kind == "body" for t in rule.purge for src in t.sources)
         return resolve_write(Write(rule, (), needs_body, ctx), None) if not needs_body else Write(
             rule, (), True, ctx)
+    # No rule: the fail-safe purges the verified caller's own namespaces (never anyone else's: without an
+    # identity there is no one to name).
+    unmatched: tuple[str, ...] = ()
+    if identity is not None and rules.unmatched.purge:
+        values = _values(identity, {}, {}, None)
+        unmatched = tuple(dict.fromkeys(namespace_gen_key(rules.prefix, t.render(values))
+                                        for t in rules.unmatched.purge))
     # RFC 9111 §4.4: an unsafe request invalidates its own URI: the GET rule's entry at this path.
     read = rules.match("GET", segments)
     if read is None:
-        return Write(None, ())
+        return Write(None, (), unmatched=unmatched)
     rule, params = read
     rendered = rule.key.render(_values(identity, params, parsed[0], None))
     if rendered is None:
-        return Write(None, ())
-    return Write(None, (namespace_gen_key(rules.prefix, rendered),))
+        return Write(None, (), unmatched=unmatched)
+    return Write(None, (namespace_gen_key(rules.prefix, rendered),), unmatched=unmatched)
 
 
 def resolve_write(write: Write, body: Any) -> Write:
@@ -336,6 +347,48 @@ def resolve_write(write: Write, body: Any) -> Write:
         if rendered is not None:
             keys.append(namespace_gen_key(ctx.prefix, rendered))
     return Write(write.rule, tuple(dict.fromkeys(keys)), False, None)
+
+
+def purge_when(write: Write, rules: Rules) -> PurgeWhen:
+    """The ``purge_when`` that judges ``write``'s answer: its rule's, or ``unmatched_writes``'."""
+    return write.rule.purge_when if write.rule is not None else rules.unmatched.purge_when
+
+
+def reads_answer(write: Write, rules: Rules, status: int) -> bool:
+    """Whether the answer's body must be read before purging: a 2xx whose envelope may say "refused"."""
+    return 200 <= status < 300 and (bool(write.gen_keys) if write.rule else bool(write.unmatched)) \
+        and purge_when(write, rules).envelope is not None
+
+
+def refused(when: PurgeWhen, status: int | None, body: bytes | None) -> bool:
+    """The backend refused the write, so it changed nothing (upstream-api.md): an HTTP status in
+    ``when.refused``, or a 2xx whose envelope status is 400-499. ``status`` None: no answer; ``body``
+    None: not read (too large, streamed, failed): both leave the outcome unknown, which is no refusal."""
+    if status is None:
+        return False
+    if status in when.refused:
+        return True
+    if not 200 <= status < 300 or when.envelope is None or body is None:
+        return False
+    try:
+        value: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    for part in when.envelope:
+        value = value.get(part) if isinstance(value, dict) else None
+    return isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 499
+
+
+def purges_after(write: Write, rules: Rules, status: int | None, body: bytes | None) -> tuple[tuple[str, ...], str]:
+    """(generations to bump, metric label) once the backend answered ``status`` (None: no answer) with
+    ``body`` (None: not read). A ruled write and an unmatched one purge unless ``refused``; RFC 9111
+    §4.4's own-URI invalidation applies to non-error answers only."""
+    if write.rule is not None:
+        return (() if refused(write.rule.purge_when, status, body) else write.gen_keys), write.rule.name
+    own_uri = write.gen_keys if status is not None and status < 400 else ()
+    if write.unmatched and not refused(rules.unmatched.purge_when, status, body):
+        return tuple(dict.fromkeys(write.unmatched + own_uri)), "unmatched"
+    return own_uri, "rfc9111-4.4"
 
 
 # ------------------------------------------------------------------------------ entries

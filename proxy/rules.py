@@ -5,7 +5,10 @@ and the load-time checks that make bad files fail with ``file:line: field: messa
 once, never the first only). Leaves out: what to do with a request (``policy.py``) and key rendering
 (``keys.py``).
 
-A read rule (GET) has a ``key``; a write rule (POST/PUT/PATCH/DELETE) has ``purge`` patterns. Each read
+A read rule (GET) has a ``key``; a write rule (POST/PUT/PATCH/DELETE) has ``purge`` patterns and a
+``purge_when`` (``PurgeWhen``: which answers count as a refusal that purges nothing). The top-level
+``unmatched_writes`` (``UnmatchedWrites``) names what a verified user's write that no rule matches
+purges: only the writer's own namespaces ({user_id} patterns). Each read
 rule knows, at load time, which namespaces guard its entries (``guards``): its own exact key, every
 declared namespace that covers it, and the global epoch. Its ``fingerprint`` hashes the key template, the
 guards and the entry format, so a reload that changes any of them never serves old entries.
@@ -115,6 +118,34 @@ class CacheWhen:
 
 
 @dataclass(frozen=True)
+class PurgeWhen:
+    """When a write's purges are applied (``purge_when``): unless the backend refused the write.
+
+    Refused: an HTTP status in ``refused`` (default: every 4xx), or a 2xx answer whose JSON integer at
+    ``envelope`` (default ``header.responseCode``) is 400-499. Anything else purges: success, a
+    redirect, an HTTP 5xx, an envelope 5xx, no answer (timeout, connection lost), an answer whose
+    envelope could not be read: the write may have committed.
+    """
+
+    refused: frozenset[int] = frozenset(range(400, 500))
+    envelope: tuple[str, ...] | None = ("header", "responseCode")
+
+
+PURGE_ALWAYS = PurgeWhen(frozenset(), None)
+PURGE_WHEN_CHOICES = ("success_or_unknown", "always")
+
+
+@dataclass(frozen=True)
+class UnmatchedWrites:
+    """``unmatched_writes:``: what an unsafe request no write rule matches purges, for a verified caller."""
+
+    purge: tuple[Template, ...] = ()
+    purge_exact: tuple[bool, ...] = ()  # parallel to purge, as on Rule
+    purge_when: PurgeWhen = PurgeWhen()
+    line: int = 0  # where it is declared (0: absent, nothing is purged)
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     line: int
@@ -141,6 +172,7 @@ class Rule:
     max_body_bytes: int = 1 << 20
     error_when: CacheWhen | None = None  # backend answers that count as failures for stale_if_error
     l1_ttl: int = 0  # seconds an entry may be answered from the in-process L1 (0: off); see l1.py
+    purge_when: PurgeWhen = PurgeWhen()  # write rules: which answers purge (see PurgeWhen)
     guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
     fingerprint: str = ""
 
@@ -171,6 +203,7 @@ class Rules:
     rules: tuple[Rule, ...]
     namespaces: tuple[Template, ...]
     http_cache: HttpCacheConfig = HttpCacheConfig()
+    unmatched: UnmatchedWrites = UnmatchedWrites()
     _index: dict = field(default_factory=dict, compare=False, repr=False)
     # Read decisions that depend only on (path, query, identity, Origin), for this rules object only:
     # a reload builds a new Rules, so nothing decided under old rules survives it.
@@ -221,10 +254,10 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 RULE_FIELDS = frozenset({
     "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
     "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
-    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl",
+    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "purge_when",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
-TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache"})
+TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache", "unmatched_writes"})
 
 
 class _Checker:
@@ -234,7 +267,9 @@ class _Checker:
         self.filename, self.environ, self.problems = filename, environ, []
 
     def fail(self, line: int, fieldname: str, message: str) -> None:
-        self.problems.append(RuleProblem(self.filename, line, fieldname, message))
+        problem = RuleProblem(self.filename, line, fieldname, message)
+        if problem not in self.problems:  # a bad default is parsed once per rule: report it once
+            self.problems.append(problem)
 
     def substitute(self, value: Any, line: int, fieldname: str) -> Any:
         if not isinstance(value, str) or "${" not in value:
@@ -333,10 +368,12 @@ def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str]
         raw_rules = []
     drafts = [d for i, raw in enumerate(raw_rules) if (d := _draft_rule(check, raw, defaults, i, raw_rules))]
     http_cache = _http_cache(check, doc.get("http_cache"), _line_of(doc, "http_cache"))
-    rules, namespaces = _link(check, drafts, prefix)
+    unmatched, unmatched_drafts = _unmatched_writes(check, doc.get("unmatched_writes"),
+                                                    _line_of(doc, "unmatched_writes"), defaults)
+    rules, namespaces = _link(check, drafts, prefix, unmatched_drafts)
     if check.problems:
         raise RulesError(check.problems)
-    return Rules(filename, prefix, rules, namespaces, http_cache)
+    return Rules(filename, prefix, rules, namespaces, http_cache, unmatched)
 
 
 def _report_duplicates(check: _Checker, mapping: Any, where: str) -> None:
@@ -383,8 +420,10 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
         if parsed is not None:
             draft[key] = parsed
     if is_read:
-        if "purge" in raw:
-            check.fail(_line_of(raw, "purge"), f"{name}.purge", "only write rules (POST/PUT/PATCH/DELETE) purge")
+        for write_only in ("purge", "purge_when"):
+            if write_only in raw:
+                check.fail(_line_of(raw, write_only), f"{name}.{write_only}",
+                           "only write rules (POST/PUT/PATCH/DELETE) purge")
         if "key" not in raw:
             check.fail(line, f"{name}.key", "required on a GET rule")
             return None
@@ -409,33 +448,125 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
             check.fail(_line_of(raw, "purge") if "purge" in raw else line, f"{name}.purge",
                        "required on a write rule: a list of patterns (exact key or namespace:*)")
             purges = []
-        templates = []
-        for i, pattern in enumerate(purges):
-            pline = _line_of(purges, i)
-            if not isinstance(pattern, str):
-                check.fail(pline, f"{name}.purge[{i}]", "must be a string")
-                continue
-            is_exact = not pattern.endswith(":*")
-            body = pattern if is_exact else pattern[:-2]
-            if "*" in body or "?" in body or "[" in body:
-                check.fail(pline, f"{name}.purge[{i}]",
-                           f"{pattern!r}: only an exact key or a namespace followed by ':*' is allowed")
-                continue
-            try:
-                template = parse_template(body, path_params, allow_body=True)
-            except TemplateError as exc:
-                check.fail(pline, f"{name}.purge[{i}]", str(exc))
-                continue
-            if not is_exact and len(template.segments) < 2:
-                check.fail(pline, f"{name}.purge[{i}]",
-                           f"{pattern!r} would match every key under {body!r}; name a namespace "
-                           "such as user:{user_id}:* (use 'cache-proxy purge --all' to purge everything)")
-                continue
-            if template.needs_identity and draft.get("auth", "required") != "required":
-                check.fail(pline, f"{name}.purge[{i}]", "uses {user_id}, so the rule needs auth: required")
-            templates.append((template, is_exact, pline, i))
+        templates = _parse_purges(check, purges, f"{name}.purge", path_params, allow_body=True,
+                                  identity_ok=draft.get("auth", "required") == "required")
         draft["purge_drafts"] = templates
     return draft
+
+
+def _parse_purges(check: _Checker, purges: list, fieldname: str, path_params: frozenset[str], allow_body: bool,
+                  identity_ok: bool) -> list[tuple[Template, bool, int, str]]:
+    """(template, is_exact, line, field) of each valid pattern: an exact key or a namespace plus ':*'."""
+    templates = []
+    for i, pattern in enumerate(purges):
+        pline, field_i = _line_of(purges, i), f"{fieldname}[{i}]"
+        if not isinstance(pattern, str):
+            check.fail(pline, field_i, "must be a string")
+            continue
+        is_exact = not pattern.endswith(":*")
+        body = pattern if is_exact else pattern[:-2]
+        if "*" in body or "?" in body or "[" in body:
+            check.fail(pline, field_i, f"{pattern!r}: only an exact key or a namespace followed by ':*' is allowed")
+            continue
+        try:
+            template = parse_template(body, path_params, allow_body=allow_body)
+        except TemplateError as exc:
+            check.fail(pline, field_i, str(exc))
+            continue
+        if not is_exact and len(template.segments) < 2:
+            check.fail(pline, field_i,
+                       f"{pattern!r} would match every key under {body!r}; name a namespace "
+                       "such as user:{user_id}:* (use 'cache-proxy purge --all' to purge everything)")
+            continue
+        if template.needs_identity and not identity_ok:
+            check.fail(pline, field_i, "uses {user_id}, so the rule needs auth: required")
+        templates.append((template, is_exact, pline, field_i))
+    return templates
+
+
+def _unmatched_writes(check: _Checker, raw: Any, line: int, defaults: dict
+                      ) -> tuple[UnmatchedWrites, list[tuple[Template, bool, int, str]]]:
+    """``unmatched_writes: {purge: [...], purge_when: ...}``; absent: an unmatched write purges nothing."""
+    inherited = PurgeWhen()
+    if isinstance(defaults.get("purge_when"), (str, dict)):
+        inherited = _parse_purge_when(check, defaults["purge_when"], _line_of(defaults, "purge_when"),
+                                      "defaults.purge_when") or inherited
+    if raw is None:
+        return UnmatchedWrites(purge_when=inherited), []
+    if not isinstance(raw, dict):
+        check.fail(line, "unmatched_writes", 'must be a mapping, e.g. {purge: ["user:{user_id}:*"]}')
+        return UnmatchedWrites(purge_when=inherited), []
+    _report_duplicates(check, raw, "unmatched_writes.")
+    for unknown in sorted(set(raw) - {"purge", "purge_when"}, key=str):
+        check.fail(_line_of(raw, unknown), f"unmatched_writes.{unknown}", "unknown field")
+    purges = raw.get("purge")
+    if not isinstance(purges, list):
+        check.fail(_line_of(raw, "purge") if "purge" in raw else line, "unmatched_writes.purge",
+                   "required: a list of patterns (the writer's namespace:* or exact key), or [] for none")
+        purges = []
+    drafts = []
+    for template, is_exact, pline, fieldname in _parse_purges(check, purges, "unmatched_writes.purge", frozenset(),
+                                                              allow_body=False, identity_ok=True):
+        # No route, so no path values; and only the writer's own entries: a shared namespace purged by any
+        # unknown write would let every user flush entries other users read.
+        if any(src.kind != "identity" for src in template.sources) or not template.needs_identity:
+            check.fail(pline, fieldname, f"{template.text!r}: an unmatched write has no route: a pattern must "
+                                         "name the writer's own entries with {user_id} and no other placeholder")
+            continue
+        drafts.append((template, is_exact, pline, fieldname))
+    when = inherited
+    if "purge_when" in raw:
+        when = _parse_purge_when(check, raw["purge_when"], _line_of(raw, "purge_when"),
+                                 "unmatched_writes.purge_when") or inherited
+    return UnmatchedWrites(tuple(t for t, *_ in drafts), tuple(e for _, e, *_ in drafts), when, line), drafts
+
+
+def _parse_purge_when(check: _Checker, value: Any, line: int, fieldname: str) -> PurgeWhen | None:
+    """``success_or_unknown`` (the default), ``always``, or ``{refused: [4xx statuses or "4xx"],
+    envelope: {path: header.responseCode} | null}``."""
+    if isinstance(value, str):
+        if value not in PURGE_WHEN_CHOICES:
+            check.fail(line, fieldname, f"must be one of {', '.join(PURGE_WHEN_CHOICES)} or a mapping with "
+                                        f"refused and envelope, got {value!r}")
+            return None
+        return PURGE_ALWAYS if value == "always" else PurgeWhen()
+    if not isinstance(value, dict):
+        check.fail(line, fieldname, "must be success_or_unknown, always, or a mapping with refused and envelope")
+        return None
+    for unknown in sorted(set(value) - {"refused", "envelope"}, key=str):
+        check.fail(_line_of(value, unknown), f"{fieldname}.{unknown}", "unknown field")
+    default = PurgeWhen()
+    refused = default.refused
+    if "refused" in value:
+        items = value["refused"]
+        rline = _line_of(value, "refused")
+        if not isinstance(items, list):
+            check.fail(rline, f"{fieldname}.refused", 'must be a list of 4xx statuses or "4xx"')
+            return None
+        codes: set[int] = set()
+        for item in items:
+            if item == "4xx":
+                codes.update(range(400, 500))
+            elif isinstance(item, int) and not isinstance(item, bool) and 400 <= item <= 499:
+                codes.add(item)
+            else:
+                # a 5xx or no answer leaves the outcome unknown (the write may have committed): never a refusal
+                check.fail(rline, f"{fieldname}.refused", f'{item!r}: only 4xx statuses (400-499) or "4xx" '
+                                                         "mean the backend refused the write")
+                return None
+        refused = frozenset(codes)
+    envelope = default.envelope
+    if "envelope" in value:
+        raw = value["envelope"]
+        eline = _line_of(value, "envelope")
+        if raw is None:
+            envelope = None
+        elif isinstance(raw, dict) and isinstance(raw.get("path"), str) and raw["path"] and set(raw) == {"path"}:
+            envelope = tuple(raw["path"].split("."))
+        else:
+            check.fail(eline, f"{fieldname}.envelope", "must be {path: header.responseCode} or null (no envelope)")
+            return None
+    return PurgeWhen(refused, envelope)
 
 
 def _parse_match(check: _Checker, match: Any, line: int, fieldname: str):
@@ -589,6 +720,7 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "max_body_bytes": _parse_positive_int,
     "l1_ttl": lambda c, v, l, f: _parse_l1_ttl(c, v, l, f),
     "error_when": _parse_cache_when,
+    "purge_when": _parse_purge_when,
 }
 
 
@@ -611,8 +743,10 @@ def _http_cache(check: _Checker, raw: Any, line: int) -> HttpCacheConfig:
                            max_ttl or 86400)
 
 
-def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule, ...], tuple[Template, ...]]:
-    """Cross-rule checks, then guards and fingerprints, which need every rule's purges."""
+def _link(check: _Checker, drafts: list[dict], prefix: str, unmatched: list | None = None
+          ) -> tuple[tuple[Rule, ...], tuple[Template, ...]]:
+    """Cross-rule checks, then guards and fingerprints, which need every rule's purges (and
+    ``unmatched_writes``' patterns: a namespace only they purge must guard the entries it covers)."""
     seen_names: dict[str, int] = {}
     seen_routes: dict[tuple, dict] = {}
     seen_shapes: dict[tuple, dict] = {}
@@ -635,16 +769,15 @@ def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule,
             seen_shapes.setdefault(shape, d)
     keys = [d["key"] for d in drafts if d.get("key") is not None]
     namespaces: dict[tuple, Template] = {}
-    for d in drafts:
-        for template, is_exact, pline, i in d.get("purge_drafts", ()):
-            if is_exact:
-                if not any(k.shape == template.shape for k in keys):
-                    check.fail(pline, f"{d['name']}.purge[{i}]",
-                               f"{template.text!r} is no rule's key (did you mean {template.text}:*?)")
-            elif not any(template.covers(k) for k in keys):
-                check.fail(pline, f"{d['name']}.purge[{i}]", f"{template.text}:* covers no rule's key")
-            else:
-                namespaces.setdefault(template.shape, template)
+    patterns = [p for d in drafts for p in d.get("purge_drafts", ())] + list(unmatched or ())
+    for template, is_exact, pline, fieldname in patterns:
+        if is_exact:
+            if not any(k.shape == template.shape for k in keys):
+                check.fail(pline, fieldname, f"{template.text!r} is no rule's key (did you mean {template.text}:*?)")
+        elif not any(template.covers(k) for k in keys):
+            check.fail(pline, fieldname, f"{template.text}:* covers no rule's key")
+        else:
+            namespaces.setdefault(template.shape, template)
     for text in MANUAL_NAMESPACES:
         template = parse_template(text)
         if any(template.covers(k) for k in keys):

@@ -59,6 +59,9 @@ from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_m
 
 log = logging.getLogger("proxy")
 _UNSEEN = object()  # no poll has looked at the entry yet
+# A write's answer is read up to this size before its purge, to see a refusal in its envelope
+# (purge_when); a larger one is relayed unread and its outcome counts as unknown (it purges).
+WRITE_ANSWER_PEEK = 64 << 10
 
 PROXY_KEY = web.AppKey("proxy", "Proxy")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first (metrics and logs)
@@ -602,6 +605,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
         Bounded work: at most ``budget`` refreshes per call. Only rules whose key needs no identity can
         be warmed (the proxy keeps no users' tokens); the request carries ``WARM_AUTHORIZATION`` if set.
+        A rule with ``auth: required`` is not warmed without it: the backend would refuse the refresh.
         """
         if not self.cache_usable:
             return 0
@@ -611,6 +615,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
         for _, d, path_qs in ranked:
             rule = self.rules.by_name(d.rule.name)
             if rule is None or not rule.warm or rule.fingerprint != d.rule.fingerprint:
+                continue
+            if rule.auth == "required" and not self.config.warm_authorization:
                 continue
             try:
                 raw, tokens = await self.store.lookup(d.key, d.gen_keys)
@@ -677,7 +683,6 @@ class Proxy(PurgingMixin, EndpointsMixin):
             except orjson.JSONDecodeError:
                 document = None
             d = policy.resolve_write(d, document)
-        rule_name = d.rule.name if d.rule else "rfc9111-4.4"
         status = CacheStatus.bypass("write")
         headers = self.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
         self.metrics.upstream_requests.labels(d.rule.name if d.rule else "none").inc()
@@ -685,22 +690,28 @@ class Proxy(PurgingMixin, EndpointsMixin):
             response = await self.upstream.send(request.method, origin.path_qs, headers, body)
         except UpstreamError as exc:
             self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
-            if d.rule is not None:  # it may have committed: purge anyway
-                await self.purge(d.gen_keys, rule_name)
+            await self.purge(*policy.purges_after(d, self.rules, None, None))  # it may have committed
             return error_response(exc.status, exc.detail, "BYPASS", status)
-        if d.rule is None and response.status >= 400:
-            d = replace(d, gen_keys=())  # §4.4 invalidates on non-error answers only
+        prefix, answer = b"", None  # answer: the whole body, when it was read to judge the envelope
+        if policy.reads_answer(d, self.rules, response.status) and not streaming.is_event_stream(response.headers):
+            try:
+                prefix, complete = await _read_limited(response, WRITE_ANSWER_PEEK)
+            except UpstreamError as exc:  # the connection was lost mid-answer: the outcome is unknown
+                self.metrics.upstream_errors.labels("body").inc()
+                await self.purge(*policy.purges_after(d, self.rules, None, None))
+                return error_response(exc.status, exc.detail, "BYPASS", status)
+            answer = prefix if complete else None  # larger: its envelope is unread, so the outcome unknown
+        gen_keys, label = policy.purges_after(d, self.rules, response.status, answer)
         if self.rules.http_cache.enabled:  # §4.4 for the HTTP cache's entries, whether or not a rule matched
-            d = replace(d, gen_keys=d.gen_keys + httpserve.invalidation_keys(self, request, response.status,
-                                                                           response.headers))
+            gen_keys += httpserve.invalidation_keys(self, request, response.status, response.headers)
         if "release-before-purge" in self.unsafe:  # test-only: the ordering bug the checker must catch
-            answer = await self._stream(request, response, self._pass_headers(response, status))
-            await self.purge(d.gen_keys, rule_name)
-            return answer
-        await self.purge(d.gen_keys, rule_name)
-        if d.rule is not None and d.rule.repurge_after and d.gen_keys:
-            self._spawn(self._repurge(d.gen_keys, rule_name, d.rule.repurge_after))
-        return await self._stream(request, response, self._pass_headers(response, status))
+            answer_out = await self._stream(request, response, self._pass_headers(response, status), prefix)
+            await self.purge(gen_keys, label)
+            return answer_out
+        await self.purge(gen_keys, label)
+        if d.rule is not None and d.rule.repurge_after and gen_keys:
+            self._spawn(self._repurge(gen_keys, label, d.rule.repurge_after))
+        return await self._stream(request, response, self._pass_headers(response, status), prefix)
 
     # ------------------------------------------------------------------------- pass-through
 

@@ -8,10 +8,16 @@ the envelope ``{"header": {requestRefId, responseCode, responseMessage, customer
 -> 404 ``{"detail": "Not Found"}``; bad JSON / wrong field types / bad query ints -> 422 ``{"detail":
 [...]}`` (FastAPI-shaped); per-caller ``X-RateLimit-*`` (``user:<sub>``, or client IP for anonymous and
 ``/auth/*`` traffic; over the limit -> 429); CORS echo + ``Vary: Origin`` when ``Origin`` is sent; no
-Cache-Control/ETag/Last-Modified ever. Auth decision: every /api/v1 route needs a valid token except
-``GET /achievements/types`` (public) and ``POST /auth/login`` (issues one); the global reads
-(leaderboard, recent) do require one. Each request that touched the DB sleeps ``delay_ms`` once
-after its DB work (and after the gate, see control.py).
+Cache-Control/ETag/Last-Modified ever. Auth decision: every /api/v1 route needs a valid token, the
+global reads (types, leaderboard, recent) included, except the login routes that issue one:
+``POST /auth/google`` and its stand-in alias ``POST /auth/login`` (body ``{"user_id"}`` in place of a
+Google ID token) and ``POST /auth/refresh-token`` (body ``{"refresh_token"}``: any token this stand-in
+issued). The scheme is matched exactly: ``Bearer <token>`` with one space; ``bearer``, ``BEARER``, two
+spaces or a trailing space -> 401. A path with a trailing slash that names a route without it gets
+``307`` with an absolute ``Location`` built from ``Host`` (FastAPI's redirect_slashes), before any auth.
+A write refused with an HTTP 4xx or an envelope 4xx changes nothing (the checks run before the
+transaction). Each request that touched the DB sleeps ``delay_ms`` once after its DB work (and after
+the gate, see control.py).
 
 Versions (``body.version``; one global counter that only grows, see db.py). After a write answered
 with ``body.version`` = V, every GET that write affects shows ``body.version`` >= V:
@@ -19,7 +25,7 @@ with ``body.version`` = V, every GET that write affects shows ``body.version`` >
 ==========================================  ==========================================================
 GET route                                   body.version = ...           changed by (caller U, or target)
 ==========================================  ==========================================================
-/users/profile, /auth/me                    profile(U)                   PUT /users/profile
+/users/profile                              profile(U)                   PUT /users/profile
 /users/preferences                          preferences(U)               POST /users/preferences
 /users/languages                            languages(U)                 POST/DELETE /users/languages
 /users/interests                            interests(U)                 POST/DELETE /users/interests
@@ -28,10 +34,14 @@ GET route                                   body.version = ...           changed
 /achievements/summary, /achievements/stats,                              POST /achievements/award (target)
 /achievements/type/{t}, /achievements/{id}
   (found: that badge's own version)
-/users/profile/full                         max of the six above         any of the writes above
+/onboarding/progress                        onboarding(U)                PUT /onboarding/progress,
+                                                                         POST /onboarding/complete, /reset
+/users/profile/full, /auth/me               max of the seven above       any of the writes above (the
+                                            (the complete profile)       complete profile)
+/reading/progress                           reading(U)                   PUT /reading/progress
 /achievements/leaderboard, /recent          max(last award to anyone,    any award; a profile update of a
                                             profile(u) of rows shown)    user shown on that page
-/achievements/types                         0 (static)                   nothing
+/achievements/types, /onboarding/steps      0 (static)                   nothing
 ==========================================  ==========================================================
 
 Successful writes answer ``body.version`` = the new counter value; login/refresh answer the caller's
@@ -52,9 +62,9 @@ from aiohttp import web
 
 from . import DEFAULT_RATE_LIMIT, DEFAULT_SECRET
 from .control import STATE, State, add_control_routes
-from .db import BADGE_TYPES, FONT_SIZES, THEMES, UI_LANGUAGES, Conflict, NotFound, Store
+from .db import BADGE_TYPES, FONT_SIZES, ONBOARDING_STEPS, THEMES, UI_LANGUAGES, Conflict, NotFound, Store
 from .wire import (AppError, HTTPFail, detail, envelope, issue_token, read_body, read_int,
-                   token_subject, client_ip)
+                   token_subject, token_subject_of, client_ip)
 
 log = logging.getLogger("standin")
 API = "/api/v1"
@@ -236,7 +246,47 @@ def refresh(c: Ctx) -> Reply:
     return "Token refreshed successfully", "Your session has been extended", out
 
 
-S, B, D = str, bool, dict
+def refresh_token(c: Ctx) -> Reply:
+    """POST /auth/refresh-token: the body carries the token (no Authorization needed)."""
+    c.uid = token_subject_of(c.st, "Bearer " + c.body["refresh_token"])
+    if not c.store.ensure_user(c.uid)["active"]:
+        raise HTTPFail(401, "User account is deactivated")
+    return refresh(c)
+
+
+def put_onboarding(c: Ctx) -> Reply:
+    step = _choice(c, "current_step", ONBOARDING_STEPS)
+    out = c.store.set_onboarding(c.uid, step, step == ONBOARDING_STEPS[-1])
+    return "Onboarding progress updated successfully", "Your progress has been saved", out
+
+
+def complete_onboarding(c: Ctx) -> Reply:
+    if c.store.onboarding(c.uid)["completed"]:
+        raise AppError(400, "Onboarding already completed")
+    out = c.store.set_onboarding(c.uid, ONBOARDING_STEPS[-1], True)
+    return "Onboarding completed successfully", "Welcome to Katiba360", out
+
+
+def reset_onboarding(c: Ctx) -> Reply:
+    out = c.store.set_onboarding(c.uid, ONBOARDING_STEPS[0], False)
+    return "Onboarding reset successfully", "Your onboarding has been restarted", out
+
+
+def onboarding_steps(c: Ctx) -> Reply:
+    return ("Onboarding steps retrieved successfully", "Onboarding steps have been retrieved",
+            {"steps": [{"step": s, "order": i + 1} for i, s in enumerate(ONBOARDING_STEPS)], "version": 0})
+
+
+def put_reading(c: Ctx) -> Reply:
+    section = _text(c, "section", 1, 200)
+    percent = c.body.get("percent", 0)
+    if not 0 <= percent <= 100:
+        raise AppError(400, "percent must be 0 to 100")
+    out = c.store.set_reading(c.uid, section, percent)
+    return "Reading progress updated successfully", "Your reading progress has been saved", out
+
+
+S, B, D, I = str, bool, dict, int
 ROUTES: list[tuple[str, str, Callable]] = [
     ("GET", "/users/profile", endpoint(reader("profile", "User profile retrieved successfully",
                                               "Your profile has been retrieved"))),
@@ -264,7 +314,7 @@ ROUTES: list[tuple[str, str, Callable]] = [
                                                    "have been retrieved"))),
     ("GET", "/achievements/types", endpoint(lambda c: ("Badge types retrieved successfully",
                                                        "Badge types have been retrieved",
-                                                       Store.badge_types()), auth=False)),
+                                                       Store.badge_types()))),
     ("GET", "/achievements/leaderboard", endpoint(leaderboard, query={"limit": (10, 1, 100),
                                                                       "offset": (0, 0, None)})),
     ("GET", "/achievements/recent", endpoint(recent, query={"limit": (20, 1, 50)})),
@@ -285,8 +335,21 @@ ROUTES: list[tuple[str, str, Callable]] = [
                                                                   "achievement_data": (D, False)})),
     ("POST", "/achievements/award", endpoint(award, body={
         "user_id": (S, False), "badge_type": (S, True), "achievement_data": (D, False)})),
+    ("POST", "/auth/google", endpoint(login, auth=False, body={"user_id": (S, True)})),
     ("POST", "/auth/login", endpoint(login, auth=False, body={"user_id": (S, True)})),
+    ("POST", "/auth/refresh-token", endpoint(refresh_token, auth=False, body={"refresh_token": (S, True)})),
     ("POST", "/auth/refresh", endpoint(refresh)),
+    # Per-user groups no shipped rule caches (passed through by the proxy); their writes still change
+    # cached reads: onboarding progress is part of the complete profile (/auth/me, /users/profile/full).
+    ("GET", "/onboarding/progress", endpoint(reader("onboarding", "Onboarding progress retrieved successfully",
+                                                    "Your onboarding progress has been retrieved"))),
+    ("PUT", "/onboarding/progress", endpoint(put_onboarding, body={"current_step": (S, True)})),
+    ("POST", "/onboarding/complete", endpoint(complete_onboarding)),
+    ("POST", "/onboarding/reset", endpoint(reset_onboarding)),
+    ("GET", "/onboarding/steps", endpoint(onboarding_steps)),
+    ("GET", "/reading/progress", endpoint(reader("reading", "Reading progress retrieved successfully",
+                                                 "Your reading progress has been retrieved"))),
+    ("PUT", "/reading/progress", endpoint(put_reading, body={"section": (S, True), "percent": (I, False)})),
 ]
 
 
@@ -323,6 +386,12 @@ async def api_request(request: web.Request, handler: Callable, st: State) -> web
     method, path = request.method, request.path
     route = request.match_info.route
     template = route.resource.canonical if request.match_info.http_exception is None else None
+    if template is None and path.endswith("/") and await _routed(request, path.rstrip("/")):
+        # FastAPI's redirect_slashes: 307 to the route without the slash, absolute, from Host.
+        target = f"{request.scheme}://{request.host}{path.rstrip('/')}"
+        if request.query_string:
+            target += "?" + request.query_string
+        return web.Response(status=307, headers={"Location": target})
     if template is not None:
         st.by_route[f"{method} {template}"] += 1
     failure = st.take_failure(method, path, template)
@@ -356,6 +425,14 @@ async def api_request(request: web.Request, handler: Callable, st: State) -> web
     resp.headers["X-RateLimit-Remaining"] = str(remaining)
     resp.headers["X-RateLimit-Reset"] = str(reset)
     return resp
+
+
+async def _routed(request: web.Request, path: str) -> bool:
+    """Some route (any method) matches ``path``."""
+    if not path:
+        return False
+    found = await request.app.router.resolve(request.clone(rel_url=path))
+    return found.http_exception is None or found.http_exception.status == 405
 
 
 TRUSTED = web.AppKey("standin_trusted_proxies", frozenset)

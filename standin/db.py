@@ -13,6 +13,9 @@ every resource the write changed:
 * ``users.v_interests``     the interests list      (POST, DELETE /users/interests)
 * ``users.v_accessibility`` font_size / contrast    (POST /users/accessibility)
 * ``users.v_achievements``  that user's badges      (POST /achievements, POST /achievements/award)
+* ``users.v_onboarding``    onboarding progress     (PUT /onboarding/progress, POST /onboarding/complete,
+                                                     POST /onboarding/reset)
+* ``users.v_reading``       reading progress        (PUT /reading/progress; no cached read shows it)
 * ``meta('achievements')``  last badge awarded to anyone (same two writes)
 
 A user created on first sight (any ``sub``) starts with every version at 0 and does not bump the
@@ -42,6 +45,8 @@ BADGE_TYPES: dict[str, dict[str, Any]] = {
 THEMES = ("light", "dark")
 UI_LANGUAGES = ("en", "sw")
 FONT_SIZES = ("small", "medium", "large", "x-large")
+# The onboarding flow of the katiba360 app, in order; GET /onboarding/steps lists them.
+ONBOARDING_STEPS = ("welcome", "profile", "languages", "interests", "accessibility", "finish")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -65,7 +70,13 @@ CREATE TABLE IF NOT EXISTS users (
     v_languages INTEGER NOT NULL DEFAULT 0,
     v_interests INTEGER NOT NULL DEFAULT 0,
     v_accessibility INTEGER NOT NULL DEFAULT 0,
-    v_achievements INTEGER NOT NULL DEFAULT 0
+    v_achievements INTEGER NOT NULL DEFAULT 0,
+    onboarding_step TEXT NOT NULL DEFAULT 'welcome',
+    onboarding_completed INTEGER NOT NULL DEFAULT 0,
+    v_onboarding INTEGER NOT NULL DEFAULT 0,
+    reading_section TEXT,
+    reading_percent INTEGER NOT NULL DEFAULT 0,
+    v_reading INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS users_rank ON users (points DESC, badges DESC, id) WHERE badges > 0;
 CREATE TABLE IF NOT EXISTS languages (
@@ -81,6 +92,12 @@ CREATE TABLE IF NOT EXISTS achievements (
 CREATE INDEX IF NOT EXISTS achievements_user ON achievements (user_id, version);
 CREATE INDEX IF NOT EXISTS achievements_recent ON achievements (version);
 """
+
+# Columns added after the first release of the schema: ALTERed into older database files.
+ADDED_COLUMNS = (("onboarding_step", "TEXT NOT NULL DEFAULT 'welcome'"),
+                 ("onboarding_completed", "INTEGER NOT NULL DEFAULT 0"),
+                 ("v_onboarding", "INTEGER NOT NULL DEFAULT 0"), ("reading_section", "TEXT"),
+                 ("reading_percent", "INTEGER NOT NULL DEFAULT 0"), ("v_reading", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def now_iso() -> str:
@@ -102,6 +119,10 @@ class Store:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         self.conn.executescript(SCHEMA)
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(users)")}
+        for name, decl in ADDED_COLUMNS:  # a database file written by an older stand-in
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE users ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self.conn.close()
@@ -156,10 +177,34 @@ class Store:
         return self._profile(self.ensure_user(uid))
 
     def me(self, uid: str) -> dict[str, Any]:
+        """The complete profile, as the backend's /auth/me: every per-user write changes it."""
         u = self.ensure_user(uid)
-        return {"id": u["id"], "user_id": u["id"], "display_name": u["display_name"], "bio": u["bio"],
-                "auth_provider": "google", "is_active": bool(u["active"]), "created_at": u["created_at"],
-                "version": u["v_profile"]}
+        parts = self._complete(uid)
+        out = {"id": u["id"], "user_id": u["id"], "display_name": u["display_name"], "bio": u["bio"],
+               "auth_provider": "google", "is_active": bool(u["active"]), "created_at": u["created_at"],
+               "preferences": parts["preferences"], "languages": parts["languages"]["languages"],
+               "interests": parts["interests"]["interests"], "accessibility": parts["accessibility"],
+               "achievement_points": u["points"], "onboarding": parts["onboarding"]}
+        out["version"] = max(p["version"] for p in parts.values())
+        return out
+
+    def _complete(self, uid: str) -> dict[str, dict[str, Any]]:
+        """The parts of the complete profile (each with its own version)."""
+        return {"profile": self.profile(uid), "preferences": self.preferences(uid),
+                "languages": self.languages(uid), "interests": self.interests(uid),
+                "accessibility": self.accessibility(uid), "stats": self.user_stats(uid),
+                "onboarding": self.onboarding(uid)}
+
+    def onboarding(self, uid: str) -> dict[str, Any]:
+        u = self.ensure_user(uid)
+        step = u["onboarding_step"]
+        done = list(ONBOARDING_STEPS[:ONBOARDING_STEPS.index(step)]) if step in ONBOARDING_STEPS else []
+        return {"current_step": step, "completed_steps": done, "completed": bool(u["onboarding_completed"]),
+                "total_steps": len(ONBOARDING_STEPS), "version": u["v_onboarding"]}
+
+    def reading(self, uid: str) -> dict[str, Any]:
+        u = self.ensure_user(uid)
+        return {"section": u["reading_section"], "percent": u["reading_percent"], "version": u["v_reading"]}
 
     def preferences(self, uid: str) -> dict[str, Any]:
         u = self.ensure_user(uid)
@@ -249,10 +294,9 @@ class Store:
                 "version": u["v_achievements"]}
 
     def full_profile(self, uid: str) -> dict[str, Any]:
-        parts = {"profile": self.profile(uid), "preferences": self.preferences(uid),
-                 "languages": self.languages(uid), "interests": self.interests(uid),
-                 "accessibility": self.accessibility(uid), "stats": self.user_stats(uid)}
+        parts = self._complete(uid)
         body: dict[str, Any] = dict(parts)
+        body["achievement_points"] = parts["stats"]["stats"]["achievement_points"]
         body["version"] = max(p["version"] for p in parts.values())
         return body
 
@@ -307,6 +351,18 @@ class Store:
         with self._write() as v:
             self._update(uid, fields, "v_accessibility", v)
         return self.accessibility(uid)
+
+    def set_onboarding(self, uid: str, step: str, completed: bool) -> dict[str, Any]:
+        self.ensure_user(uid)
+        with self._write() as v:
+            self._update(uid, {"onboarding_step": step, "onboarding_completed": completed}, "v_onboarding", v)
+        return self.onboarding(uid)
+
+    def set_reading(self, uid: str, section: str, percent: int) -> dict[str, Any]:
+        self.ensure_user(uid)
+        with self._write() as v:
+            self._update(uid, {"reading_section": section, "reading_percent": percent}, "v_reading", v)
+        return self.reading(uid)
 
     def _update(self, uid: str, fields: dict[str, Any], vcol: str, v: int) -> None:
         cols = {k: (int(x) if isinstance(x, bool) else x) for k, x in fields.items()}

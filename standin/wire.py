@@ -75,10 +75,15 @@ def token_subject(st: State, request: web.Request) -> str:
     return sub
 
 
+def token_subject_of(st: State, authorization: str) -> str:
+    """The verified ``sub`` of an ``Authorization`` value, or HTTPFail 401 (no request needed)."""
+    return _verify(st, authorization)
+
+
 def _verify(st: State, auth: str) -> str:
+    # The backend's HTTPBearer matches the scheme exactly: "Bearer <token>", one space, nothing after.
     scheme, _, token = auth.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme != "Bearer" or not token or token != token.strip() or " " in token:
         raise HTTPFail(401, "Not authenticated")
     hit = st.token_cache.get(token)
     if hit is not None:
@@ -110,6 +115,7 @@ def issue_token(st: State, uid: str) -> dict[str, Any]:
 # -- validation (FastAPI/pydantic-shaped 422 details) -------------------------------------------
 TYPE_ERRORS = {str: ("string_type", "Input should be a valid string"),
                bool: ("bool_type", "Input should be a valid boolean"),
+               int: ("int_type", "Input should be a valid integer"),
                dict: ("dict_type", "Input should be a valid dictionary")}
 
 

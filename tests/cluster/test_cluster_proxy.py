@@ -72,7 +72,7 @@ async def test_each_user_and_the_global_namespace_live_in_one_slot(proxy, backen
         for path in ("/users/profile", "/users/stats", "/achievements", "/achievements/summary"):
             assert (await proxy.get(API + path, user)).status == 200
     assert (await proxy.get(LEADERBOARD, users[0])).status == 200
-    assert (await proxy.get(f"{API}/achievements/types")).status == 200
+    assert (await proxy.get(f"{API}/achievements/types", users[0])).status == 200
 
     stored: dict[int, list[str]] = {}
     for node in redis_cluster.running():

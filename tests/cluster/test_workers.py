@@ -115,8 +115,9 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_
         _wait_listening(proc, log, 2)
         metrics_dir = next(e["metrics_dir"] for e in _events(log) if e.get("event") == "workers")
         sent = 0
+        reader = _token("types-reader")  # a shared entry, served only to a valid token
         for _ in range(40):
-            status, headers, _body = _get(f"{base}/api/v1/achievements/types")
+            status, headers, _body = _get(f"{base}/api/v1/achievements/types", reader)
             assert status == 200
             sent += 1
         # one entry for all workers (the shared store): one miss, then hits, whoever answers
@@ -196,7 +197,7 @@ def test_a_worker_that_dies_is_replaced(tmp_path, standin_url, redis_url):
         now = _children(proc.pid)
         assert len(now) == 2 and workers[0] not in now and workers[1] in now
         for _ in range(10):
-            assert _get(f"{base}/api/v1/achievements/types")[0] == 200
+            assert _get(f"{base}/api/v1/achievements/types", _token("types-reader"))[0] == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)

@@ -12,6 +12,10 @@ that only grows (``body.version``, see standin/app.py), so "older" is a number c
 stand-in's version table. Effects the rules do not name (a profile update changes the leaderboard's
 display names and its version; rules.yaml leaves that to the TTL) are never flagged. A PUT profile
 purges every ``user:{id}:*`` key, but only profile, auth/me and the full profile carry its version.
+``/auth/me`` and the full profile are the complete profile: every per-user write changes them. The
+workload also makes writes no rule matches (``UNRULED``): onboarding progress (which changes
+``/auth/me`` and the full profile; only ``unmatched_writes`` purges them) and reading progress
+(which changes no cached read). A rules file whose ``unmatched_writes`` purges nothing must be caught.
 
 Use (a pytest test; a bench soak: ``from tests.consistency.checker import ...`` from the repository
 root, or ``python -m tests.consistency.checker --redis URL --ops 100000``)::
@@ -80,18 +84,25 @@ READ_MIX = {"profile": 4, "me": 3, "full_profile": 4, "preferences": 2, "achieve
 READ_NAMES = (*USER_VIEWS, *GLOBAL_VIEWS)
 READ_WEIGHTS = tuple(READ_MIX.get(name, 1) for name in READ_NAMES)
 ACHIEVEMENT_VIEWS = ("achievements", "achievements_summary", "achievements_stats", "user_stats",
-                     "full_profile", *(f"achievements_type_{b}" for b in BADGES))
+                     "full_profile", "me", *(f"achievements_type_{b}" for b in BADGES))
+COMPLETE_PROFILE = ("full_profile", "me")  # every per-user write changes both (upstream-api.md)
+ONBOARDING_STEPS = ("welcome", "profile", "languages", "interests", "accessibility", "finish")
+# Writes no rule of rules.yaml matches: purged by unmatched_writes only (the caller's namespaces).
+UNRULED = ("onboarding_progress", "onboarding_reset", "reading_progress")
 # write -> (views of the affected user, global views): rules.yaml purges ∩ stand-in version table.
 AFFECTS = {
-    "update_profile": (("profile", "me", "full_profile"), ()),
-    "update_preferences": (("preferences", "full_profile"), ()),
-    "add_language": (("languages", "full_profile"), ()),
-    "delete_language": (("languages", "full_profile"), ()),
-    "add_interest": (("interests", "full_profile"), ()),
-    "delete_interest": (("interests", "full_profile"), ()),
-    "update_accessibility": (("accessibility", "full_profile"), ()),
+    "update_profile": (("profile", *COMPLETE_PROFILE), ()),
+    "update_preferences": (("preferences", *COMPLETE_PROFILE), ()),
+    "add_language": (("languages", *COMPLETE_PROFILE), ()),
+    "delete_language": (("languages", *COMPLETE_PROFILE), ()),
+    "add_interest": (("interests", *COMPLETE_PROFILE), ()),
+    "delete_interest": (("interests", *COMPLETE_PROFILE), ()),
+    "update_accessibility": (("accessibility", *COMPLETE_PROFILE), ()),
     "create_achievement": (ACHIEVEMENT_VIEWS, ("leaderboard", "recent")),
     "award_achievement": (ACHIEVEMENT_VIEWS, ("leaderboard", "recent")),
+    "onboarding_progress": (COMPLETE_PROFILE, ()),
+    "onboarding_reset": (COMPLETE_PROFILE, ()),
+    "reading_progress": ((), ()),  # no cached read shows it
 }
 
 
@@ -109,7 +120,8 @@ class Workload:
     writes: tuple[tuple[str, float], ...] = (
         ("update_profile", 3), ("update_preferences", 2), ("add_language", 1), ("delete_language", 1),
         ("add_interest", 1), ("delete_interest", 0.5), ("update_accessibility", 1),
-        ("create_achievement", 1), ("award_achievement", 1.5))
+        ("create_achievement", 1), ("award_achievement", 1.5),
+        ("onboarding_progress", 1), ("onboarding_reset", 0.25), ("reading_progress", 0.25))
     timeout: float = 30.0  # per request
 
 
@@ -171,12 +183,13 @@ class Report:
     errors: int
     violations: list[Violation] = field(default_factory=list)
     elapsed: float = 0.0
+    unruled_writes: int = 0  # acknowledged writes no rule matches (UNRULED)
 
     def line(self, label: str) -> str:
         pct = 100.0 * self.hits / self.reads if self.reads else 0.0
         return (f"stale-read check [{label}]: operations={self.operations} reads={self.reads} "
                 f"writes={self.writes} hits={self.hits} ({pct:.0f}% of reads) violations={len(self.violations)} "
-                f"errors={self.errors} elapsed={self.elapsed:.1f}s")
+                f"errors={self.errors} unruled_writes={self.unruled_writes} elapsed={self.elapsed:.1f}s")
 
 
 def check(ops: list[Op], elapsed: float = 0.0) -> Report:
@@ -195,7 +208,8 @@ def check(ops: list[Op], elapsed: float = 0.0) -> Report:
         index[view] = ([w.end for w in writes], prefix)
     reads = [op for op in ops if op.kind == "read"]
     report = Report(len(ops), len(reads), len(ops) - len(reads), sum(op.x_cache == "HIT" for op in reads),
-                    sum(bool(op.error) for op in ops), elapsed=elapsed)
+                    sum(bool(op.error) for op in ops), elapsed=elapsed,
+                    unruled_writes=sum(op.name in UNRULED and op.version is not None for op in ops))
     for r in reads:
         if r.version is None or r.view not in index:
             continue
@@ -298,6 +312,9 @@ class _Run:
             "add_interest": ("POST", "/users/interests", {"interest": f"interest {n}"}),
             "create_achievement": ("POST", "/achievements", badge),
             "award_achievement": ("POST", "/achievements/award", {**badge, "user_id": target}),
+            "onboarding_progress": ("PUT", "/onboarding/progress", {"current_step": rng.choice(ONBOARDING_STEPS)}),
+            "onboarding_reset": ("POST", "/onboarding/reset", None),
+            "reading_progress": ("PUT", "/reading/progress", {"section": f"Article {n}", "percent": n % 101}),
         }[name]
         return Plan(name, user, method, path, body, target)
 
@@ -311,7 +328,8 @@ class _Run:
         return op
 
     def affected_view(self, rng: random.Random, plan: Plan) -> tuple[str, str]:
-        return rng.choice(plan.views())
+        views = plan.views()
+        return rng.choice(views) if views else self.random_view(rng)  # a write no cached read shows
 
     async def slow_read(self, client: int, rng: random.Random) -> None:
         """A read that misses and is held by the stand-in's gate after reading its data (a slow query)
@@ -416,8 +434,10 @@ class Cluster:
     """One stand-in backend process and ``proxies`` proxy processes on one Redis; a context manager."""
 
     def __init__(self, redis_url: str, proxies: int = 3, unsafe: tuple[str, ...] = (), delay_ms: float = 2.0,
-                 workdir: Path | str | None = None, startup_timeout: float = 20.0, env: dict | None = None):
+                 workdir: Path | str | None = None, startup_timeout: float = 20.0, env: dict | None = None,
+                 rules: Path | str | None = None):
         self.redis_url, self.count, self.unsafe, self.delay_ms = redis_url, proxies, tuple(unsafe), delay_ms
+        self.rules = Path(rules) if rules is not None else REPO / "rules.yaml"  # a mutant's copy, or the shipped
         self.workdir = Path(workdir or os.environ.get("TMPDIR", "/tmp"))
         self.startup_timeout = startup_timeout
         self.extra_env = dict(env or {})
@@ -467,7 +487,7 @@ class Cluster:
         for i, port in enumerate(ports):
             self._spawn(f"proxy{i}", ["-m", "proxy", "serve", "--upstream", self.backend_url, "--listen",
                                       f"127.0.0.1:{port}", "--redis", self.redis_url, "--rules",
-                                      str(REPO / "rules.yaml")], proxy_env)
+                                      str(self.rules)], proxy_env)
             self.urls.append(f"http://127.0.0.1:{port}")
         for i, url in enumerate(self.urls):
             self._wait_ready(self.procs[i + 1], url, deadline)

@@ -233,18 +233,26 @@ def _profile_key(proxy, user: str) -> str:
     return f"{proxy.proxy.rules.prefix}:user:{{{escape_value(user)}}}:profile"
 
 
-async def test_warming_refreshes_hot_public_entries_before_they_expire(make_proxy, backend):
-    proxy = await make_proxy()
+@pytest.mark.parametrize("warm_authorization", [True, False], ids=["service-token", "none"])
+async def test_warming_refreshes_hot_shared_entries_before_they_expire(make_proxy, backend, warm_authorization):
+    """The shared types entry is warmed with WARM_AUTHORIZATION (the backend wants a token on every
+    route); without one configured nothing is warmed: the refresh would only get a 401."""
+    service = f"Bearer {mint('warming-service')}"
+    proxy = await make_proxy(warm_authorization=service if warm_authorization else None)
     clock = proxy.proxy.clock = Clock(1_000_000.0)
     types = f"{API}/achievements/types"
-    assert (await proxy.get(types)).x_cache == "MISS"
-    assert (await proxy.get(types)).x_cache == "HIT"
+    assert (await proxy.get(types, "reader-1")).x_cache == "MISS"
+    assert (await proxy.get(types, "reader-2")).x_cache == "HIT"
     assert await proxy.proxy.warm_once(horizon=30) == 0  # far from expiry: nothing to do
     clock.now += 86400 - 10  # ten seconds before the 24 h TTL ends
-    assert (await proxy.get(types)).headers["Age"] == str(86400 - 10)
+    assert (await proxy.get(types, "reader-1")).headers["Age"] == str(86400 - 10)
+    if not warm_authorization:
+        assert await proxy.proxy.warm_once(horizon=30) == 0
+        assert await backend.route_count("GET", types) == 1
+        return
     assert await proxy.proxy.warm_once(horizon=30) == 1
     assert await backend.route_count("GET", types) == 2
     clock.now += 20  # the original entry would have expired by now
-    again = await proxy.get(types)
-    assert again.x_cache == "HIT" and int(again.headers["Age"]) == 20
+    again = await proxy.get(types, "reader-3")
+    assert again.x_cache == "HIT" and int(again.headers["Age"]) == 20 and again.code == 200
     assert 'katiba_cache_background_refreshes_total{kind="warm",rule="achievement_types"} 1.0' in await proxy.metrics()

@@ -288,11 +288,11 @@ async def test_one_connection_never_gets_another_users_entry(proxy):
 
 async def test_a_miss_handed_on_is_judged_once(proxy):
     """The fast path's verdict travels with the request: a warm rule counts one read of demand, not two."""
-    reply = await proxy.get(f"{API}/achievements/types")
+    reply = await proxy.get(f"{API}/achievements/types", "reader-1")
     assert reply.x_cache == "MISS"
     demand = proxy.proxy.demand
     assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [1]
-    assert (await proxy.get(f"{API}/achievements/types")).x_cache == "HIT"
+    assert (await proxy.get(f"{API}/achievements/types", "reader-2")).x_cache == "HIT"
     assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [2]
 
 

@@ -49,12 +49,14 @@ def _except(*names: str, among: list[str]) -> list[str]:
     return [n for n in among if n not in names]
 
 
+# /auth/me is the complete profile (upstream-api.md "What each read shows"): every per-user write
+# changes it, achievement points included.
 _ACHIEVEMENT_WRITE = dict(
     changed=["achievements", "achievements_summary", "achievements_stats", "achievements_by_type", "user_stats",
-             "user_full_profile", "leaderboard", "recent_achievements"],
+             "user_full_profile", "auth_me", "leaderboard", "recent_achievements"],
     purged=["achievement", "achievement_types"],  # a badge's own version and the static types do not move
-    kept=_except("user_stats", "user_full_profile", among=USER_READS))
-_LIST_KEPT = ["user_profile", "auth_me", "user_preferences", "user_stats", "achievements", "leaderboard"]
+    kept=_except("user_stats", "user_full_profile", "auth_me", among=USER_READS))
+_LIST_KEPT = ["user_profile", "user_preferences", "user_stats", "achievements", "leaderboard"]
 
 CASES = {
     # 1. profile update: every user:{user_id}:* key; the leaderboard keeps the old name until its TTL
@@ -65,20 +67,20 @@ CASES = {
     # 3. preferences: that key and the full profile
     "update_preferences": Case("POST", "/api/v1/users/preferences", {"theme": "light", "language": "sw",
                                                                        "notifications_enabled": False},
-                               changed=["user_preferences", "user_full_profile"],
-                               kept=["user_profile", "auth_me", "user_languages", "user_stats", "achievements"]),
+                               changed=["user_preferences", "user_full_profile", "auth_me"],
+                               kept=["user_profile", "user_languages", "user_stats", "achievements"]),
     # 4. languages / interests / accessibility: that key and the full profile
     "add_language": Case("POST", "/api/v1/users/languages", {"language_code": "en"},
-                         changed=["user_languages", "user_full_profile"], kept=_LIST_KEPT + ["user_interests"]),
+                         changed=["user_languages", "user_full_profile", "auth_me"], kept=_LIST_KEPT + ["user_interests"]),
     "delete_language": Case("DELETE", "/api/v1/users/languages/{language_id}", None,
-                            changed=["user_languages", "user_full_profile"], kept=_LIST_KEPT + ["user_interests"]),
+                            changed=["user_languages", "user_full_profile", "auth_me"], kept=_LIST_KEPT + ["user_interests"]),
     "add_interest": Case("POST", "/api/v1/users/interests", {"interest": "civics"},
-                         changed=["user_interests", "user_full_profile"], kept=_LIST_KEPT + ["user_languages"]),
+                         changed=["user_interests", "user_full_profile", "auth_me"], kept=_LIST_KEPT + ["user_languages"]),
     "delete_interest": Case("DELETE", "/api/v1/users/interests/{interest_id}", None,
-                            changed=["user_interests", "user_full_profile"], kept=_LIST_KEPT + ["user_languages"]),
+                            changed=["user_interests", "user_full_profile", "auth_me"], kept=_LIST_KEPT + ["user_languages"]),
     "update_accessibility": Case("POST", "/api/v1/users/accessibility", {"font_size": "x-large",
                                                                           "high_contrast": True},
-                                 changed=["user_accessibility", "user_full_profile"],
+                                 changed=["user_accessibility", "user_full_profile", "auth_me"],
                                  kept=_LIST_KEPT + ["user_languages"]),
     # 2. achievement award (for the caller): their achievements, stats, full profile, every global key
     "create_achievement": Case("POST", "/api/v1/achievements", {"badge_type": "silver"}, **_ACHIEVEMENT_WRITE),
@@ -156,7 +158,7 @@ async def test_award_to_another_user_purges_theirs_and_global_not_the_callers(pr
     await backend.seed(target)
     mine = ["user_profile", "user_stats", "user_full_profile", "achievements", "achievements_summary"]
     theirs = ["achievements", "achievements_summary", "achievements_stats", "user_stats", "user_full_profile",
-              "user_profile"]
+              "auth_me", "user_profile"]
     warm_caller = await warm(proxy, caller, mine, ids)
     warm_target = await warm(proxy, target, theirs + GLOBAL_READS, ids)
 
@@ -166,7 +168,7 @@ async def test_award_to_another_user_purges_theirs_and_global_not_the_callers(pr
 
     await assert_after(proxy, target, ids, warm_target,
                        changed=["achievements", "achievements_summary", "achievements_stats", "user_stats",
-                                "user_full_profile", "leaderboard", "recent_achievements"],
+                                "user_full_profile", "auth_me", "leaderboard", "recent_achievements"],
                        purged=["achievement_types"], kept=["user_profile"], write_version=written.version)
     await assert_after(proxy, caller, ids, warm_caller, kept=mine)  # the caller's namespaces are untouched
 

@@ -128,13 +128,20 @@ async def test_global_entries_are_shared_between_users(name, proxy, backend):
     assert await backend.route_count("GET", route) - before == 1
 
 
-async def test_public_rule_is_served_from_cache_without_a_token(proxy, backend):
+async def test_achievement_types_is_shared_but_served_only_to_a_valid_token(proxy, backend):
+    """The backend wants a token on every route (upstream-api.md): the fill carries the requester's
+    Authorization, the entry is shared by every valid token, and a request without one gets the
+    backend's 401, never the cached body."""
     url, route = url_for("achievement_types", {}), GET_RULES["achievement_types"].route
-    first = await proxy.get(url)
+    first = await proxy.get(url, new_user())
+    assert first.status == 200 and first.code == 200 and first.x_cache == "MISS", first
     second = await proxy.get(url, new_user())
-    assert (first.x_cache, second.x_cache) == ("MISS", "HIT"), (first, second)
-    assert first.status == 200 and second.body == first.body
-    assert await backend.route_count("GET", route) == 1
+    assert second.x_cache == "HIT" and second.body == first.body, second
+    anonymous = await proxy.get(url)
+    assert anonymous.status == 401 and anonymous.x_cache == "BYPASS", anonymous
+    assert "detail" in anonymous.json and b"badge_types" not in anonymous.body  # the backend's own 401
+    assert await backend.route_count("GET", route) == 2
+    assert (await proxy.get(url, new_user())).x_cache == "HIT"  # the 401 stored nothing over the entry
 
 
 @pytest.mark.parametrize("name", AUTH_REQUIRED)

@@ -82,6 +82,21 @@ def test_write_names_its_purges(offline):
     assert (result["decision"], result["x_cache"], result["purges"]) == ("write", "BYPASS", ["user:{…4242}:*"])
 
 
+def test_an_unmatched_write_shows_the_fail_safe_and_when_it_purges(offline):
+    code, out, _ = offline("POST", "/api/v1/onboarding/progress", "--token", mint(USER))
+    assert code == 0
+    assert "rule:      unmatched (unmatched_writes, " in out
+    assert "purges:    user:{…4242}:*, achievements:{…4242}:*" in out
+    assert "HTTP 4xx or header.responseCode 400-499" in out and USER not in out
+    code, out, _ = offline("PUT", "/api/v1/onboarding/progress", "--json")  # no token: no one to name
+    result = json.loads(out)
+    assert (result["rule"], result["purges"]) == (None, []) and "no verified token" in result["why"]
+    code, out, _ = offline("POST", "/api/v1/users/preferences", "--token", mint(USER), "--json")
+    result = json.loads(out)
+    assert result["rule"] == "update_preferences" and "user:{…4242}:me" in result["purges"]
+    assert result["purge_when"].startswith("success or unknown outcome")
+
+
 def test_without_a_secret_the_token_is_decoded_but_flagged(offline, monkeypatch):
     monkeypatch.delenv("JWT_SECRET_KEY")
     monkeypatch.delenv("JWT_SECRET_KEY_FILE", raising=False)

@@ -11,12 +11,13 @@ import asyncio
 
 import pytest
 
-from tests.functional.conftest import new_user
+from tests.functional.conftest import mint, new_user
 from tests.security.helpers import RawReply, raw_exchange
 
-TYPES = "/api/v1/achievements/types"  # public and cached: a bad request must not fill it
+TYPES = "/api/v1/achievements/types"  # shared and cached: a bad request must not fill it
 AWARD = "/api/v1/achievements/award"
-H = "Host: proxy.test\r\nConnection: close\r\n"
+# With a valid token: the shared types entry is served and filled only for one (the backend wants it).
+H = f"Host: proxy.test\r\nConnection: close\r\nAuthorization: Bearer {mint('hygiene-reader', ttl=86400)}\r\n"
 
 CASES = {
     "content-length-and-chunked": f"GET {TYPES} HTTP/1.1\r\n{H}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -72,9 +73,9 @@ async def test_malformed_requests_get_a_4xx_and_store_nothing(name, proxy, backe
     reply = await raw_exchange(*host_port(proxy), [CASES[name].encode("utf-8", "surrogateescape")])
     assert_hygienic(reply, name)
     before = await backend.route_count("GET", TYPES)
-    clean = await proxy.get(TYPES)
+    clean = await proxy.get(TYPES, new_user())
     assert clean.status == 200 and clean.x_cache == "MISS", (name, clean)  # nothing was stored
-    assert (await proxy.get(TYPES)).x_cache == "HIT"
+    assert (await proxy.get(TYPES, new_user())).x_cache == "HIT"
     assert await backend.route_count("GET", TYPES) - before == 1
     glob = await proxy.get("/api/v1/achievements/leaderboard", new_user())
     assert glob.status == 200, glob  # and the proxy still works
@@ -92,7 +93,7 @@ async def test_a_get_with_a_body_does_not_desynchronise_the_upstream_connection(
         assert login.status == 200 and login.json["body"]["user_id"] == user, login
         mine = await proxy.get("/api/v1/users/profile", user)
         assert mine.status == 200 and mine.code == 200, mine
-    assert (await proxy.get(TYPES)).x_cache == "HIT"
+    assert (await proxy.get(TYPES, user)).x_cache == "HIT"
 
 
 async def test_a_write_body_over_the_limit_is_413_and_never_forwarded(make_proxy, backend):
@@ -140,7 +141,7 @@ async def test_slow_and_stalled_clients_hold_up_nobody(proxy, backend):
             slow.write(bytes([b]))
             await slow.drain()
             await asyncio.sleep(0.001)
-        others = [await proxy.get(TYPES) for _ in range(3)]  # served while both are mid-request
+        others = [await proxy.get(TYPES, new_user()) for _ in range(3)]  # served while both are mid-request
         assert [r.status for r in others] == [200] * 3 and others[0].x_cache == "MISS", others
         for b in request[half:]:
             slow.write(bytes([b]))

@@ -131,12 +131,24 @@ async def test_bad_tokens_get_401_detail(client, header):
     assert (await standin_stats(client))["queries"] == 0  # refused before any DB work
 
 
-async def test_types_is_public_and_login_issues_working_token(client):
-    status, _, data = await get(client, "/achievements/types")
+async def test_global_reads_need_a_token_and_login_issues_working_token(client):
+    for path in ("/achievements/types", "/achievements/leaderboard", "/achievements/recent",
+                 "/onboarding/steps"):
+        status, _, data = await get(client, path)
+        assert status == 401 and set(data) == {"detail"}, path
+    assert (await standin_stats(client))["queries"] == 0
+    status, _, data = await get(client, "/achievements/types", new_user())
     assert status == 200 and {t["badge_type"] for t in data["body"]["badge_types"]} >= {"gold", "bronze"}
+    status, data = await send(client, "POST", "/auth/google", None, {"user_id": "google-user"})
+    assert status == 200 and data["body"]["user_id"] == "google-user"
     status, data = await send(client, "POST", "/auth/login", None, {"user_id": "login-user"})
     assert status == 200
     tok = data["body"]["access_token"]
+    status, data = await send(client, "POST", "/auth/refresh-token", None, {"refresh_token": tok})
+    assert status == 200 and jwt.decode(data["body"]["access_token"], DEFAULT_SECRET,
+                                        algorithms=["HS256"])["sub"] == "login-user"
+    status, data = await send(client, "POST", "/auth/refresh-token", None, {"refresh_token": "forged"})
+    assert status == 401
     assert jwt.decode(tok, DEFAULT_SECRET, algorithms=["HS256"])["sub"] == "login-user"
     resp = await client.get(API + "/auth/me", headers={"Authorization": f"Bearer {tok}"})
     assert (await resp.json())["body"]["user_id"] == "login-user"
@@ -145,6 +157,40 @@ async def test_types_is_public_and_login_issues_working_token(client):
     assert new != tok and jwt.decode(new, DEFAULT_SECRET, algorithms=["HS256"])["sub"] == "login-user"
     status, _ = await send(client, "POST", "/auth/refresh", None)
     assert status == 401
+
+
+@pytest.mark.parametrize("scheme", ["bearer {}", "BEARER {}", "Bearer  {}", "Bearer\t{}", "Token {}", "{}"])
+async def test_authorization_scheme_is_matched_exactly(client, scheme):
+    """``Authorization: Bearer <token>`` with one space, as the backend's HTTPBearer; else 401."""
+    uid = new_user()
+    for path in ("/users/profile", "/achievements/types"):
+        resp = await client.get(API + path, headers={"Authorization": scheme.format(token(uid))})
+        assert resp.status == 401, (scheme, path)
+    assert (await standin_stats(client))["queries"] == 0
+
+
+async def test_trailing_space_after_the_token_is_refused():
+    """A trailing space never survives an HTTP parser (field values lose their OWS), so the check is
+    pinned on the verifier itself."""
+    from standin.control import State
+    from standin.db import Store
+    from standin.wire import HTTPFail, token_subject_of
+
+    st = State(Store(), DEFAULT_SECRET, 0, 10)
+    assert token_subject_of(st, f"Bearer {token('u1')}") == "u1"
+    with pytest.raises(HTTPFail):
+        token_subject_of(st, f"Bearer {token('u1')} ")
+
+
+async def test_trailing_slash_gets_307_to_absolute_url_from_host(client):
+    resp = await client.get(API + "/users/profile/?x=1", headers={"Host": "api.katiba.test:8443"},
+                            allow_redirects=False)
+    assert resp.status == 307
+    assert resp.headers["Location"] == "http://api.katiba.test:8443/api/v1/users/profile?x=1"
+    resp = await client.put(API + "/onboarding/progress/", allow_redirects=False)  # any method, before auth
+    assert resp.status == 307 and resp.headers["Location"].endswith("/api/v1/onboarding/progress")
+    assert (await client.get(API + "/no/such/route/", allow_redirects=False)).status == 404
+    assert (await standin_stats(client))["queries"] == 0
 
 
 async def test_deactivated_user_gets_401_until_activated(client):
@@ -211,6 +257,84 @@ async def test_settings_writes_reflected_in_reads_and_full_profile(client):
     assert (await body_ok(client, "/users/profile/full", uid))["version"] == d2["version"]
     # the preference write did not touch the profile version
     assert (await body_ok(client, "/users/profile", uid))["version"] == 0
+
+
+async def test_complete_profile_aggregates_every_per_user_write(client):
+    """/auth/me and /users/profile/full are the complete profile: each per-user write shows in both,
+    with a version at least the write's; another user's are untouched."""
+    uid, other = new_user(), new_user()
+    writes = [
+        ("PUT", "/users/profile", {"display_name": "Achieng"}, lambda b: b["display_name"] == "Achieng"),
+        ("POST", "/users/preferences", {"theme": "dark"}, lambda b: b["preferences"]["theme"] == "dark"),
+        ("POST", "/users/languages", {"language_code": "sw"},
+         lambda b: [x["language_code"] for x in b["languages"]] == ["sw"]),
+        ("POST", "/users/interests", {"interest": "Devolution"},
+         lambda b: [x["interest"] for x in b["interests"]] == ["Devolution"]),
+        ("POST", "/users/accessibility", {"font_size": "x-large"},
+         lambda b: b["accessibility"]["font_size"] == "x-large"),
+        ("POST", "/achievements", {"badge_type": "gold"}, lambda b: b["achievement_points"] == 50),
+        ("PUT", "/onboarding/progress", {"current_step": "interests"},
+         lambda b: b["onboarding"]["current_step"] == "interests"),
+        ("POST", "/onboarding/complete", None, lambda b: b["onboarding"]["completed"] is True),
+        ("POST", "/onboarding/reset", None, lambda b: b["onboarding"]["current_step"] == "welcome"),
+    ]
+    for method, path, payload, shows in writes:
+        w = await write_ok(client, method, path, uid, payload)
+        me = await body_ok(client, "/auth/me", uid)
+        full = await body_ok(client, "/users/profile/full", uid)
+        assert shows(me) and me["version"] == w["version"], (path, me)
+        assert full["version"] == w["version"] and full["onboarding"] == me["onboarding"], (path, full)
+        assert full["achievement_points"] == me["achievement_points"]
+    award = await write_ok(client, "POST", "/achievements/award", other, {"user_id": uid, "badge_type": "bronze"})
+    me = await body_ok(client, "/auth/me", uid)
+    assert me["achievement_points"] == 60 and me["version"] == award["version"]
+    assert (await body_ok(client, "/auth/me", other))["version"] == 0
+    # reading progress is not part of the complete profile
+    r = await write_ok(client, "PUT", "/reading/progress", uid, {"section": "Chapter 4", "percent": 40})
+    assert (await body_ok(client, "/reading/progress", uid))["version"] == r["version"]
+    assert (await body_ok(client, "/auth/me", uid))["version"] == award["version"] < r["version"]
+
+
+async def test_onboarding_and_reading_groups(client):
+    uid = new_user()
+    steps = await body_ok(client, "/onboarding/steps", uid)
+    assert [s["step"] for s in steps["steps"]][:2] == ["welcome", "profile"] and steps["version"] == 0
+    got = await body_ok(client, "/onboarding/progress", uid)
+    assert (got["current_step"], got["completed"], got["version"]) == ("welcome", False, 0)
+    w = await write_ok(client, "PUT", "/onboarding/progress", uid, {"current_step": "languages"})
+    got = await body_ok(client, "/onboarding/progress", uid)
+    assert got["completed_steps"] == ["welcome", "profile"] and got["version"] == w["version"]
+    await write_ok(client, "POST", "/onboarding/complete", uid)
+    assert (await body_ok(client, "/onboarding/progress", uid))["completed"] is True
+    r = await write_ok(client, "POST", "/onboarding/reset", uid)
+    got = await body_ok(client, "/onboarding/progress", uid)
+    assert (got["current_step"], got["completed"], got["version"]) == ("welcome", False, r["version"])
+    await write_ok(client, "PUT", "/reading/progress", uid, {"section": "Article 10", "percent": 5})
+    assert (await body_ok(client, "/reading/progress", uid))["section"] == "Article 10"
+
+
+@pytest.mark.parametrize("method,path,payload,status,code", [
+    ("PUT", "/onboarding/progress", {"current_step": "nowhere"}, 200, 400),
+    ("PUT", "/onboarding/progress", {"current_step": 3}, 422, None),
+    ("POST", "/onboarding/complete", None, 200, 400),  # completed already (set up below)
+    ("PUT", "/users/profile", {"display_name": ""}, 200, 400),
+    ("PUT", "/users/profile", {"display_name": 7}, 422, None),
+    ("POST", "/users/languages", {"language_code": "sw"}, 200, 400),  # a duplicate (set up below)
+    ("POST", "/achievements/award", {"badge_type": "wooden"}, 200, 400),
+    ("PUT", "/reading/progress", {"section": "x", "percent": 101}, 200, 400),
+    ("DELETE", "/users/interests/999999", None, 200, 404),
+])
+async def test_refused_writes_change_nothing(client, method, path, payload, status, code):
+    """A write refused with an HTTP 4xx or an envelope 4xx changes nothing: no version moves."""
+    uid = new_user()
+    await write_ok(client, "POST", "/onboarding/complete", uid)
+    await write_ok(client, "POST", "/users/languages", uid, {"language_code": "sw"})
+    before = (await standin_stats(client))["counter"]
+    me = await body_ok(client, "/auth/me", uid)
+    got_status, data = await send(client, method, path, uid, payload)
+    assert got_status == status and (code is None or data["header"]["responseCode"] == code), data
+    assert (await standin_stats(client))["counter"] == before
+    assert await body_ok(client, "/auth/me", uid) == me
 
 
 async def test_award_visible_in_achievements_summary_leaderboard_recent(client):

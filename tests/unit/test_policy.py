@@ -16,8 +16,8 @@ from multidict import CIMultiDict
 from proxy.entry import Entry
 from proxy.errors import RulesError
 from proxy.identity import Identity
-from proxy.policy import (Bypass, Lookup, Reason, RequestView, Write, classify, judge, refuse_to_store,
-                          resolve_write)
+from proxy.policy import (Bypass, Lookup, Reason, RequestView, Write, classify, judge, purges_after,
+                          reads_answer, refuse_to_store, resolve_write)
 from proxy.rules import RULE_FIELDS, Rules, load_rules, parse_rules
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "rules.yaml", environ={})
@@ -50,7 +50,7 @@ def lookup(target: str, identity: Identity | None = ALICE, **headers) -> Lookup:
     ("/api/v1/achievements/summary", ALICE, "achievements_summary", "achievements:{alice}:summary",
      ("achievements:{alice}", "achievements:{alice}:summary")),
     # literal first segments are braced: the Redis Cluster hash tag of the entry and its guards
-    ("/api/v1/achievements/types", None, "achievement_types", "{achievements:global}:types",
+    ("/api/v1/achievements/types", BOB, "achievement_types", "{achievements:global}:types",
      ("{achievements:global}", "{achievements:global}:types")),
     ("/api/v1/achievements/leaderboard?limit=10&offset=0", ALICE, "leaderboard",
      "{achievements:global}:leaderboard|q:limit=10&offset=0",
@@ -106,7 +106,7 @@ def test_equivalent_requests_share_a_key(a, b):
     (("/api/v1/users/profile", ALICE, {}), ("/api/v1/users/profile", ALICE, {"Origin": "https://a.example"})),
     (("/api/v1/users/profile", ALICE, {"Origin": "https://a.example"}),
      ("/api/v1/users/profile", ALICE, {"Origin": "https://b.example"})),
-    (("/api/v1/achievements/types", None, {}), ("/api/v1/achievements/types", None, {"origin": "https://a.example"})),
+    (("/api/v1/achievements/types", ALICE, {}), ("/api/v1/achievements/types", ALICE, {"origin": "https://a.example"})),
     (("/api/v1/achievements/leaderboard?limit=10", ALICE, {}), ("/api/v1/achievements/leaderboard?limit=20", ALICE, {})),
     (("/api/v1/achievements/leaderboard?limit=", ALICE, {}), ("/api/v1/achievements/leaderboard", ALICE, {})),
     (("/api/v1/achievements/leaderboard?limit=1%26offset%3D2", ALICE, {}),
@@ -120,7 +120,7 @@ def test_different_requests_get_different_keys(a, b):
 
 def test_global_rules_share_one_key_across_users():
     assert lookup("/api/v1/achievements/leaderboard", ALICE).key == lookup("/api/v1/achievements/leaderboard", BOB).key
-    assert lookup("/api/v1/achievements/types", None).key == lookup("/api/v1/achievements/types", ALICE).key
+    assert lookup("/api/v1/achievements/types", BOB).key == lookup("/api/v1/achievements/types", ALICE).key
 
 
 @pytest.mark.parametrize("method, target, identity, token_error, headers, reason", [
@@ -135,7 +135,9 @@ def test_global_rules_share_one_key_across_users():
     ("GET", "/api/v1/users/profile", None, "expired", {}, Reason.INVALID_TOKEN),
     ("GET", "/api/v1/users/profile", None, "bad_signature", {}, Reason.INVALID_TOKEN),
     ("GET", "/api/v1/users/profile", ALICE, None, {"Range": "bytes=0-10"}, Reason.RANGE),
-    ("GET", "/api/v1/achievements/types", None, None, {"range": "bytes=0-1"}, Reason.RANGE),
+    ("GET", "/api/v1/achievements/types", ALICE, None, {"range": "bytes=0-1"}, Reason.RANGE),
+    ("GET", "/api/v1/achievements/types", None, None, {}, Reason.NO_IDENTITY),  # shared, but only for a token
+    ("GET", "/api/v1/achievements/recent", None, "expired", {}, Reason.INVALID_TOKEN),
     ("GET", "/api/v1/users/profile", ALICE, None, {"X-HTTP-Method-Override": "DELETE"}, Reason.OVERRIDE_HEADER),
     ("GET", "/api/v1/users/profile", ALICE, None, {"X-Original-URL": "/admin"}, Reason.OVERRIDE_HEADER),
     ("GET", "/api/v1/users/profile", ALICE, None, {"x-rewrite-url": "/x"}, Reason.OVERRIDE_HEADER),
@@ -183,11 +185,12 @@ def gens(*namespaces: str) -> tuple[str, ...]:
     ("PUT", "/api/v1/users/./profile", ALICE, "update_profile", gens("user:{alice}")),
     ("PUT", "/api/v1//users/profile", BOB, "update_profile", gens("user:{bob}")),
     ("POST", "/api/v1/users/preferences", ALICE, "update_preferences",
-     gens("user:{alice}:preferences", "user:{alice}:full_profile")),
+     gens("user:{alice}:preferences", "user:{alice}:full_profile", "user:{alice}:me")),
     ("DELETE", "/api/v1/users/languages/7", ALICE, "delete_language",
-     gens("user:{alice}:languages", "user:{alice}:full_profile")),
+     gens("user:{alice}:languages", "user:{alice}:full_profile", "user:{alice}:me")),
     ("POST", "/api/v1/achievements", ALICE, "create_achievement",
-     gens("achievements:{alice}", "user:{alice}:stats", "user:{alice}:full_profile", "{achievements:global}")),
+     gens("achievements:{alice}", "user:{alice}:stats", "user:{alice}:full_profile", "user:{alice}:me",
+          "{achievements:global}")),
     ("PUT", "/api/v1/users/profile", None, "update_profile", ()),  # unauthenticated: the backend refuses
     ("POST", "/api/v1/achievements", None, "create_achievement", ()),
     ("POST", "/api/v1/achievements/award", None, "award_achievement", ()),
@@ -196,7 +199,7 @@ def test_ruled_writes_purge_their_namespaces(method, target, identity, rule, key
     assert decide(method, target, identity) == Write(RULES.by_name(rule), keys)
 
 
-AWARD_KEYS = ("achievements:{%s}", "user:{%s}:stats", "user:{%s}:full_profile")
+AWARD_KEYS = ("achievements:{%s}", "user:{%s}:stats", "user:{%s}:full_profile", "user:{%s}:me")
 
 
 @pytest.mark.parametrize("body, user", [
@@ -229,8 +232,72 @@ def test_award_resolves_the_body_user_and_falls_back_to_the_caller(body, user):
     ("PATCH", "/api/v1/nothing", ALICE, ()),
 ])
 def test_unruled_writes_purge_their_own_uri(method, target, identity, keys):
-    """RFC 9111 §4.4: the exact key of the GET rule at that path (every page of a varied rule)."""
-    assert decide(method, target, identity) == Write(None, keys)
+    """RFC 9111 §4.4: the exact key of the GET rule at that path (every page of a varied rule); with a
+    verified caller, also the caller's unmatched_writes namespaces."""
+    decision = decide(method, target, identity)
+    assert (decision.rule, decision.gen_keys) == (None, keys)
+    mine = () if identity is None else gens(f"user:{{{identity.user_id}}}", f"achievements:{{{identity.user_id}}}")
+    assert decision.unmatched == mine
+
+
+REFUSALS = [(422, b'{"detail": []}'), (401, b""), (404, b"{}"), (429, b""),
+            (200, b'{"header": {"responseCode": 400}, "body": {}}'),
+            (200, b'{"header": {"responseCode": 404}, "body": {}}'),
+            (201, b'{"header": {"responseCode": 499}}')]
+PURGING = [(None, None),  # no answer: timeout, connection lost
+           (200, b'{"header": {"responseCode": 200}, "body": {}}'),
+           (200, b'{"header": {"responseCode": 500}, "body": {}}'),
+           (200, None),  # the envelope was not read (too large, streamed): unknown
+           (200, b"not json"), (200, b'{"header": {"responseCode": "400"}}'), (200, b'{"header": null}'),
+           (204, b""), (307, b""), (500, b'{"detail": "x"}'), (502, b""), (503, b""),
+           (301, b'{"header": {"responseCode": 400}}')]  # an envelope is judged on a 2xx only
+
+
+@pytest.mark.parametrize("status, body", REFUSALS)
+def test_a_refused_write_purges_nothing(status, body):
+    ruled = decide("POST", "/api/v1/achievements", ALICE)
+    assert purges_after(ruled, RULES, status, body) == ((), "create_achievement")
+    unmatched = decide("PUT", "/api/v1/onboarding/progress", ALICE)
+    assert purges_after(unmatched, RULES, status, body) == ((), "rfc9111-4.4")
+
+
+@pytest.mark.parametrize("status, body", PURGING)
+def test_a_successful_or_unknown_write_purges(status, body):
+    ruled = decide("POST", "/api/v1/achievements", ALICE)
+    assert purges_after(ruled, RULES, status, body) == (ruled.gen_keys, "create_achievement")
+    unmatched = decide("PUT", "/api/v1/onboarding/progress", ALICE)
+    assert purges_after(unmatched, RULES, status, body) == (unmatched.unmatched, "unmatched")
+
+
+def test_an_unmatched_write_on_a_cached_uri_purges_both_and_only_on_non_errors():
+    write = decide("DELETE", "/api/v1/users/profile", ALICE)
+    both = write.unmatched + gens("user:{alice}:profile")
+    assert purges_after(write, RULES, 200, b"{}") == (both, "unmatched")
+    assert purges_after(write, RULES, 503, b"") == (write.unmatched, "unmatched")  # §4.4: not on errors
+    anonymous = decide("DELETE", "/api/v1/users/profile", None)
+    assert purges_after(anonymous, RULES, 200, b"{}") == ((), "rfc9111-4.4")
+
+
+def test_purge_when_variants():
+    always = parse_rules(_with_defaults("  purge_when: always\n"), "t.yaml", {})
+    always_write = classify(RequestView("POST", "/w", "", CIMultiDict()), always, ALICE)
+    assert purges_after(always_write, always, 422, b"") == (always_write.gen_keys, "w") and always_write.gen_keys
+    assert purges_after(always_write, always, 200, b'{"header": {"responseCode": 400}}')[0]
+    custom = parse_rules(_with_defaults('  purge_when: {refused: [409], envelope: {path: status.code}}\n'),
+                         "t.yaml", {})
+    write = classify(RequestView("POST", "/w", "", CIMultiDict()), custom, ALICE)
+    assert purges_after(write, custom, 409, b"")[0] == ()
+    assert purges_after(write, custom, 422, b"")[0] == write.gen_keys  # not listed: purges
+    assert purges_after(write, custom, 200, b'{"status": {"code": 404}}')[0] == ()
+    assert purges_after(write, custom, 200, b'{"header": {"responseCode": 404}}')[0] == write.gen_keys
+    assert reads_answer(write, custom, 200) and not reads_answer(write, custom, 500)
+    assert not reads_answer(always_write, always, 200)  # nothing in the body can change the decision
+
+
+def _with_defaults(extra: str) -> str:
+    return ("version: 1\ndefaults:\n" + extra + "rules:\n"
+            '  - {name: r, match: GET /r, key: "user:{user_id}:r"}\n'
+            '  - {name: w, match: POST /w, purge: ["user:{user_id}:*"]}\n')
 
 
 def test_purge_keys_are_among_the_guards_of_the_entries_they_invalidate():

@@ -11,7 +11,7 @@ import pytest
 
 from proxy.cli import main
 from proxy.errors import RulesError
-from proxy.rules import load_rules, parse_rules
+from proxy.rules import PURGE_ALWAYS, PurgeWhen, load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [ROOT / "rules.yaml", ROOT / "proxy" / "rules.yaml"]
@@ -162,6 +162,39 @@ BAD = [
     ("name-not-snake", BASE + '  - name: Bad-Name\n    match: GET /s\n    key: "s"\n', 10, "Bad-Name.name",
      "lower_snake_case"),
     ("version-2", BASE.replace("version: 1", "version: 2"), 1, "version", "must be 1"),
+    # purge_when (write rules, defaults, unmatched_writes)
+    ("purge-when-unknown-word", write_rule("user:{user_id}:*") + "    purge_when: sometimes\n", 14,
+     "w.purge_when", "success_or_unknown, always"),
+    ("purge-when-5xx-refused", write_rule("user:{user_id}:*") + "    purge_when: {refused: [503]}\n", 14,
+     "w.purge_when.refused", "only 4xx statuses"),
+    ("purge-when-unknown-field", write_rule("user:{user_id}:*") + "    purge_when:\n      refused: [409]\n"
+                                 "      when: later\n", 16, "w.purge_when.when", "unknown field"),
+    ("purge-when-bad-envelope", write_rule("user:{user_id}:*") + "    purge_when: {envelope: header.code}\n",
+     14, "w.purge_when.envelope", "{path: header.responseCode} or null"),
+    ("purge-when-on-a-read", read_rule("purge_when: always\n"), 13, "x.purge_when", "only write rules"),
+    ("purge-when-in-defaults", BASE + "defaults:\n  purge_when: 4xx\n", 11, "defaults.purge_when",
+     "success_or_unknown, always"),
+    # unmatched_writes: validated like write-rule purges, only the writer's own entries
+    ("unmatched-not-a-mapping", BASE + "unmatched_writes: [a]\n", 10, "unmatched_writes", "must be a mapping"),
+    ("unmatched-unknown-field", BASE + "unmatched_writes:\n  purge: []\n  purges: []\n", 12,
+     "unmatched_writes.purges", "unknown field"),
+    ("unmatched-without-purge", BASE + "unmatched_writes: {purge_when: always}\n", 10, "unmatched_writes.purge",
+     "required"),
+    ("unmatched-global", BASE.replace('prefix: "t"', 'prefix: "t"\nunmatched_writes:\n  purge:\n'
+                                      '    - "user:{user_id}:*"\n    - "user:global:*"'), 6,
+     "unmatched_writes.purge[1]", "must name the writer's own entries with {user_id}"),
+    ("unmatched-path-placeholder", BASE + 'unmatched_writes:\n  purge: ["user:{item_id}:*"]\n', 11,
+     "unmatched_writes.purge[0]", "not provided by the route"),
+    ("unmatched-body-placeholder", BASE + 'unmatched_writes:\n  purge: ["user:{body.user_id}:*"]\n', 11,
+     "unmatched_writes.purge[0]", "only in purge patterns"),
+    ("unmatched-glob", BASE + 'unmatched_writes:\n  purge: ["user:{user_id}:prof*"]\n', 11,
+     "unmatched_writes.purge[0]", "only an exact key or a namespace"),
+    ("unmatched-covers-nothing", BASE + 'unmatched_writes:\n  purge: ["orders:{user_id}:*"]\n', 11,
+     "unmatched_writes.purge[0]", "covers no rule's key"),
+    ("unmatched-exact-no-key", BASE + 'unmatched_writes:\n  purge: ["user:{user_id}:nothing"]\n', 11,
+     "unmatched_writes.purge[0]", "is no rule's key"),
+    ("unmatched-purge-when", BASE + 'unmatched_writes:\n  purge: []\n  purge_when: {refused: ["5xx"]}\n', 12,
+     "unmatched_writes.purge_when.refused", "only 4xx statuses"),
 ]
 
 
@@ -298,3 +331,29 @@ def test_fingerprint_follows_the_covering_namespaces():
                         "t.yaml", {})
     assert rules.by_name("profile").guards == (3,)
     assert rules.by_name("profile").fingerprint != fingerprint(other)
+
+
+def test_unmatched_writes_and_purge_when_load():
+    rules = parse_rules(BASE + 'unmatched_writes:\n  purge: ["user:{user_id}:*", "user:{user_id}:profile"]\n'
+                               '  purge_when: {refused: ["4xx"], envelope: null}\n', "t.yaml", {})
+    assert [t.text for t in rules.unmatched.purge] == ["user:{user_id}", "user:{user_id}:profile"]
+    assert rules.unmatched.purge_exact == (False, True) and rules.unmatched.line == 10
+    assert rules.unmatched.purge_when == PurgeWhen(frozenset(range(400, 500)), None)
+    assert parse_rules(BASE, "t.yaml", {}).unmatched.purge == ()  # absent: nothing
+    assert parse_rules(BASE + "unmatched_writes: {purge: []}\n", "t.yaml", {}).unmatched.purge == ()
+    inherited = parse_rules(BASE + "defaults: {purge_when: always}\nunmatched_writes: {purge: []}\n", "t.yaml", {})
+    assert inherited.unmatched.purge_when == PURGE_ALWAYS
+    assert inherited.by_name("update_profile").purge_when == PURGE_ALWAYS
+    shipped = load_rules(SHIPPED[0], environ={})
+    assert [t.text for t in shipped.unmatched.purge] == ["user:{user_id}", "achievements:{user_id}"]
+    assert all(r.purge_when == PurgeWhen() for r in shipped.rules if r.method != "GET")
+
+
+def test_a_namespace_only_unmatched_writes_purges_guards_the_entries_it_covers():
+    """Else bumping it would hide nothing: the namespace must be among the entry's guards."""
+    text = ("version: 1\nrules:\n  - {name: r, match: GET /r, key: \"orders:{user_id}:r\"}\n"
+            "  - {name: w, match: POST /w, purge: [\"orders:{user_id}:r\"]}\n")
+    without = parse_rules(text, "t.yaml", {}).by_name("r")
+    with_fail_safe = parse_rules(text + 'unmatched_writes: {purge: ["orders:{user_id}:*"]}\n', "t.yaml", {}).by_name("r")
+    assert without.guards == (3,) and with_fail_safe.guards == (2, 3)
+    assert without.fingerprint != with_fail_safe.fingerprint
