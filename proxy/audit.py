@@ -167,7 +167,8 @@ def _purge_covers(rules: Rules, write: str, read: Rule) -> bool:
 
 def purge_pattern(read: Rule) -> str:
     """The purge pattern to add for ``read``: its key when a write can render it (literals and
-    ``{user_id}`` only), else the namespace of its leading such segments (``achievements:{user_id}:*``)."""
+    ``{user_id}`` only), else the namespace of its leading such segments
+    (``achievements:{user_id}:achievement:*`` for ``achievements:{user_id}:achievement:{achievement_id}``)."""
     parts = read.key.text.split(":")
     renderable = 0
     for segment in read.key.segments:
