@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import jwt
@@ -61,10 +62,11 @@ async def audited(proxy, poll, rule: str, **want: int) -> dict:
 
 
 async def test_the_auditor_names_a_removed_purge_and_replaces_the_stale_entry(
-        make_proxy, backend, poll, tmp_path, monkeypatch, capsys, fast_path):
+        make_proxy, backend, poll, tmp_path, monkeypatch, capsys, caplog, fast_path):
     """THE DONE-WHEN TEST: add_language's purge lacks "user:{user_id}:full_profile"; the stand-in's full
     profile shows languages, so each language added leaves the cached full profile stale."""
     monkeypatch.delenv("CACHE_AUDIT_SAMPLE")  # the file's sample: 1 applies
+    caplog.set_level(logging.WARNING, logger="proxy")
     rules = audit_rules(tmp_path, drop_from_add_language=REMOVED)
     proxy = await make_proxy(rules_path=rules, fast_path=fast_path)
     user = new_user()
@@ -88,6 +90,10 @@ async def test_the_auditor_names_a_removed_purge_and_replaces_the_stale_entry(
     assert result["suggestions"] == [{"write": "add_language", "read_rule": "user_full_profile",
                                       "pattern": REMOVED, "seen": 3, "of": 3}]
     assert await proxy.metric("katiba_cache_audit_total", rule="user_full_profile", result="mismatch") == 3
+    stale_lines = [r for r in caplog.records if getattr(r, "event", None) == "stale_entry"]
+    assert len(stale_lines) == 3 and all(r.levelno == logging.WARNING for r in stale_lines)
+    assert all(r.rule == "user_full_profile" and r.age_s >= 0 for r in stale_lines)
+    assert all(user not in str(vars(r)) for r in stale_lines)  # no user id, and so no key, in the line
 
     # (6) the same report from the command line, as text and as JSON
     base = str(proxy.client.make_url("")).rstrip("/")
