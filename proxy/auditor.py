@@ -40,8 +40,9 @@ log = logging.getLogger("proxy")
 class Auditor:
     def __init__(self, metrics, clock: Callable[[], float], *, lookup: Callable[..., Awaitable],
                  fetch: Callable[..., Awaitable], replace: Callable[..., Awaitable], spawn: Callable,
-                 identify: Callable, monotonic: Callable[[], float] = time.monotonic):
+                 identify: Callable, share: float = 1.0, monotonic: Callable[[], float] = time.monotonic):
         self.metrics, self.clock, self.monotonic = metrics, clock, monotonic
+        self.share = share  # of the per-instance budget: 1 / workers under ``--workers N``
         self.lookup, self.fetch, self.replace, self.spawn, self.identify = lookup, fetch, replace, spawn, identify
         self.sample = 0.0
         self.budget = Budget(1.0)
@@ -54,8 +55,9 @@ class Auditor:
         """The rules' ``audit:`` settings and the write memory's horizon (the longest an entry lives)."""
         self.rules = rules
         self.sample = rules.audit.sample
-        if self.budget.rate != rules.audit.max_per_second:
-            self.budget = Budget(rules.audit.max_per_second)
+        rate = rules.audit.max_per_second * self.share
+        if self.budget.rate != rate:
+            self.budget = Budget(rate)
         self.writes.horizon = max((policy.store_ttl(r) for r in rules.rules if r.key is not None), default=3600)
 
     # ----------------------------------------------------------------------------------- hits

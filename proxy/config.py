@@ -166,6 +166,7 @@ class Config:
     admin_listen: str | None = None  # a separate admin listener; admin paths on the public port go upstream
     max_inflight: int = 0  # requests handled at once, above it 503 + Retry-After (0: no limit)
     redis_max_connections: int = 64
+    audit_share: float = 1.0  # this process's share of audit.max_per_second (1 / workers: per instance)
 
 
 def env_float(environ: dict[str, str], name: str, default: float) -> float:

@@ -117,7 +117,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
                  clock=time.time, unsafe: frozenset[str] = frozenset()):
         self.config, self.store, self.upstream, self.metrics, self.clock = config, store, upstream, metrics, clock
         self.auditor = Auditor(metrics, clock, lookup=store.lookup, fetch=partial(self._fetch, store=False),
-                               replace=self._replace_stale, spawn=self._spawn, identify=self._identify)
+                               replace=self._replace_stale, spawn=self._spawn, identify=self._identify,
+                               share=config.audit_share)
         self.set_rules(rules)
         self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
         self.mode = config.cache_mode

@@ -166,6 +166,14 @@ async def test_the_rate_budget_bounds_audit_fetches(make_proxy, backend, poll, t
     assert await proxy.metric("katiba_cache_audit_total", rule="user_profile", result="match") == 1
 
 
+async def test_each_worker_gets_its_share_of_the_instances_budget(make_proxy, tmp_path, monkeypatch):
+    """--workers N hands each worker audit_share = 1/N (proxy/workers.py): the budget stays per instance."""
+    monkeypatch.setenv("CACHE_AUDIT_SAMPLE", "1")
+    proxy = await make_proxy(rules_path=audit_rules(tmp_path, max_per_second=8), audit_share=1 / 4)
+    assert proxy.proxy.auditor.budget.rate == 2.0
+    assert proxy.proxy.auditor.budget.capacity == 2.0
+
+
 async def test_shadow_mode_comparisons_feed_the_report(make_proxy, backend, poll, tmp_path, monkeypatch):
     monkeypatch.setenv("CACHE_AUDIT_SAMPLE", "0")  # no sampling: the report comes from shadow's comparisons
     proxy = await make_proxy(rules_path=audit_rules(tmp_path, drop_from_add_language=REMOVED), cache_mode="shadow")
