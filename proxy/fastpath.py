@@ -32,11 +32,11 @@ import logging
 import math
 import re
 import time
-from random import random
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
+from random import random
 from typing import Any, Coroutine
 
 import aiohttp

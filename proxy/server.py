@@ -10,6 +10,8 @@ Theory of operation, per request:
   bumped and only then are the answer's headers released. A purge the store does not accept in time is
   kept as *pending*: until it lands, reads of those namespaces bypass the cache on this instance.
 * everything else: passed through, streamed both ways, marked ``X-Cache: BYPASS``.
+* audit: a sampled fresh hit (``audit.sample``) is fetched again in the background and compared with the
+  entry served; a stale entry is replaced and attributed to the writes ``_write`` noted (proxy/auditor.py).
 
 Concurrent misses for one (key, generations) share one fetch (``_fill``); a waiter never receives a
 body fetched under other generations. If the store fails, requests go to the backend.
