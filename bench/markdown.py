@@ -261,6 +261,13 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
             f"{_f(kat.get('throughput_ratio_vs_direct'), 2)}x the backend's alone.\n")
         add(_hopes_table(cmp))
         add("")
+        audit = kat.get("audit")
+        if audit:
+            add(f"Staleness auditor at the shipped values (a 1% sample of hits, at most 5 audit fetches per "
+                f"second per instance): {audit['fetches']:,} audit fetches in the paced run "
+                f"({_f(audit['per_second'], 2)}/s), {_pct(audit['share_of_backend_requests'])} of the requests "
+                f"the backend received; results "
+                + (", ".join(f"{k} {v}" for k, v in sorted(audit["results"].items())) or "none") + ".\n")
         if ceiling:
             add("The workload itself limits the hit rate: a read is a hit only if no write purged its key since "
                 "the previous read; with reads at rate R and purges at rate P per key that is R / (R + P), "

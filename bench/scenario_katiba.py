@@ -133,6 +133,20 @@ def purge_ceiling() -> dict:
     return {"overall": round(weighted / total, 4), "routes": out}
 
 
+def audit_figures(delta: dict[tuple[str, str], float], backend_requests: int, duration: float) -> dict:
+    """The staleness auditor's extra backend requests in a run: one fetch per audit (every result of
+    ``katiba_cache_audit_total`` follows one fetch), per second and as a share of what the backend got."""
+    results: dict[str, int] = {}
+    by_rule: dict[str, dict[str, int]] = {}
+    for (rule, result), n in delta.items():
+        results[result] = results.get(result, 0) + int(n)
+        by_rule.setdefault(rule, {})[result] = int(n)
+    fetches = sum(results.values())
+    return {"fetches": fetches, "per_second": round(fetches / duration, 2) if duration else None,
+            "share_of_backend_requests": _r4(fetches / backend_requests) if backend_requests else None,
+            "results": results, "by_rule": by_rule}
+
+
 def _r4(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
@@ -164,11 +178,14 @@ def scenario(bench: Bench) -> dict:
     log(f"  (c) direct paced: {direct.rps:.0f} req/s, p50 {direct.p(50):.2f} ms")
     before = bench.metrics(proxy)
     before_waiters = bench.metrics(proxy, "katiba_cache_coalesced_waiters", "")
+    before_audits = bench.metrics(proxy, "katiba_cache_audit", "result")
     proxied, proxied_backend = _execute(bench, proxy.url, wl_path, rate=rate, duration=s.katiba_duration,
                                         connections=c, pids=(proxy.pid, redis.pid, standin.pid), seed=14,
                                         label="proxy/paced")
     rule_delta = metric_delta(before, bench.metrics(proxy))
     waiters = metric_delta(before_waiters, bench.metrics(proxy, "katiba_cache_coalesced_waiters", ""))
+    audits = audit_figures(metric_delta(before_audits, bench.metrics(proxy, "katiba_cache_audit", "result")),
+                           proxied_backend["requests"], proxied.duration_s)
     log(f"  (c) proxy paced: {proxied.rps:.0f} req/s, p50 {proxied.p(50):.2f} ms")
 
     d_row, p_row = _summarise(direct, direct_backend, rate), _summarise(proxied, proxied_backend, rate)
@@ -185,7 +202,7 @@ def scenario(bench: Bench) -> dict:
             "probe": _summarise(probe, probe_backend, 0), "direct": d_row, "proxy": p_row,
             "proxy_unpaced": _summarise(top, top_backend, 0),
             "throughput_ratio_vs_direct": round(top.rps / probe.rps, 3) if probe.rps else None,
-            "comparison": cmp}
+            "comparison": cmp, "audit": audits}
 
 
 def run_smoke(bench: Bench) -> dict:
@@ -194,11 +211,14 @@ def run_smoke(bench: Bench) -> dict:
     wl = Workload(bench.secret, users=s.katiba_users, zipf_s=s.katiba_zipf)
     proxy = bench["proxy-redis"]
     before = bench.metrics(proxy)
+    before_audits = bench.metrics(proxy, "katiba_cache_audit", "result")
     b0 = bench.standin_stats()
     run = run_katiba(proxy.url, wl, connections=s.katiba_connections, duration=s.katiba_duration,
                      max_requests=int(s.katiba_duration * 5000), label="proxy/smoke")
     b1 = bench.standin_stats()
     rule_delta = metric_delta(before, bench.metrics(proxy))
+    audits = audit_figures(metric_delta(before_audits, bench.metrics(proxy, "katiba_cache_audit", "result")),
+                           b1["requests"] - b0["requests"], run.duration_s)
     backend = {"requests": b1["requests"] - b0["requests"], "queries": b1["queries"] - b0["queries"], "by_route": {}}
     row = _summarise(run, backend, 0)
     reads = [n for n in wl.read_names() if n in row["routes"]]
@@ -210,4 +230,4 @@ def run_smoke(bench: Bench) -> dict:
     return {"scenario": "c", "title": "katiba workload (smoke: Python load generator, Redis store)",
             "store": "redis", "users": s.katiba_users, "zipf_s": s.katiba_zipf, "connections": s.katiba_connections,
             "duration_s": s.katiba_duration, "proxy": row, "metrics_by_rule": per_rule,
-            "comparison": {"hit_rate": round(hits / total, 4) if total else None}}
+            "comparison": {"hit_rate": round(hits / total, 4) if total else None}, "audit": audits}

@@ -1,4 +1,4 @@
-"""``cache-proxy`` (also ``python -m proxy``): serve, check, demo, explain, purge, stats.
+"""``cache-proxy`` (also ``python -m proxy``): serve, check, demo, explain, purge, stats, audit.
 
 Exit codes: 0 success, 1 invalid input (rules file, pattern), 2 usage. Nothing is printed on stdout
 except what a command is asked for (a summary, the demo's URLs); logs go to stderr.
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--admin-token", help="with --url (env CACHE_ADMIN_TOKEN)")
     stats.add_argument("--json", action="store_true", help="print JSON")
 
+    audit = sub.add_parser("audit", help="the staleness auditor's report: stale entries per read rule and the "
+                                         "purges the write rules seem to miss")
+    audit.add_argument("--url", required=True, help="a running proxy (GET /_cache/audit)")
+    audit.add_argument("--token", "--admin-token", dest="admin_token", metavar="ADMIN",
+                       help="the admin credential (env CACHE_ADMIN_TOKEN)")
+    audit.add_argument("--json", action="store_true", help="print JSON")
+
     sub.add_parser("config-reference", help="print the configuration reference (docs/CONFIGURATION.md): every "
                                             "flag, environment variable and rules field")
     return parser
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_explain(args)
     if args.command == "stats":
         return cmd_stats(args)
+    if args.command == "audit":
+        return cmd_audit(args)
     if args.command == "config-reference":
         from .confref import reference
 
@@ -593,6 +602,36 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = asyncio.run(_redis_stats(url))
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0 if "error" not in stats.get("store", {}) else 1
+
+
+# ---------------------------------------------------------------------------------------- audit
+
+
+def format_audit(report: dict) -> str:
+    from .audit import suggestion_text
+
+    rules = report.get("rules", {})
+    width = max([len("rule")] + [len(name) for name in rules])
+    lines = [f"{'rule':<{width}}  {'audited':>7}  {'match':>7}  {'mismatch':>8}  {'skipped':>7}  mismatch rate"]
+    for name, row in sorted(rules.items(), key=lambda item: (-item[1]["audited"], item[0])):
+        rate = "-" if row["mismatch_rate"] is None else f"{row['mismatch_rate'] * 100:.1f}%"
+        lines.append(f"{name:<{width}}  {row['audited']:>7}  {row['match']:>7}  {row['mismatch']:>8}  "
+                     f"{row['skipped']:>7}  {rate}")
+    suggestions = report.get("suggestions", [])
+    lines.append("suggestions:" if suggestions else "suggestions: none")
+    lines += ["  " + suggestion_text(s) for s in suggestions]
+    return "\n".join(lines)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
+    status, report = _call(args.url, "GET", "/_cache/audit", _admin_token(args))
+    if status != 200:
+        print(f"cache-proxy audit: {_detail(report)}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_audit(report))
+    return 0
 
 
 async def _redis_stats(url: str) -> dict:

@@ -62,6 +62,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(the backend answers, the cache is filled and compared)"),
     Setting("MEMORY_MAX_BYTES", str(256 << 20), "byte budget of the memory store (LRU eviction)"),
     Setting("L1_MAX_BYTES", str(64 << 20), "byte budget of the in-process L1 in front of Redis (rules with l1_ttl)"),
+    Setting("CACHE_AUDIT_SAMPLE", "", "share of cache hits the staleness auditor fetches again and compares "
+            "(0 to 1; 0: off); replaces rules.yaml's audit.sample, read at each rules load",
+            shown_default="rules.yaml audit.sample (shipped: 0.01)", read_by="rules"),
     Setting("WARM_AUTHORIZATION", "", "Authorization header sent with warming requests (a service token)"),
     Setting("ACCESS_LOG", "0", "1: one log line per request"),
     Setting("FAST_PATH", "1", "0: answer cached reads through aiohttp's full request path too (proxy/fastpath.py "
@@ -163,6 +166,7 @@ class Config:
     admin_listen: str | None = None  # a separate admin listener; admin paths on the public port go upstream
     max_inflight: int = 0  # requests handled at once, above it 503 + Retry-After (0: no limit)
     redis_max_connections: int = 64
+    audit_share: float = 1.0  # this process's share of audit.max_per_second (1 / workers: per instance)
 
 
 def env_float(environ: dict[str, str], name: str, default: float) -> float:

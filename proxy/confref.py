@@ -33,7 +33,7 @@ RULE_FIELD_DOCS = {
     "warm": "refresh the most requested entries before they expire (public keys only)",
     "enabled": "`false`: the route goes straight to the backend (writes still purge)",
     "drop_headers": "response headers never replayed from the cache (e.g. `X-RateLimit-*`)",
-    "volatile": "JSON paths shadow mode ignores when comparing cached and fresh bodies",
+    "volatile": "JSON paths shadow mode and the staleness auditor ignore when comparing cached and fresh bodies",
     "rollout": "percentage of users (of keys, for public rules) for which the rule caches; the arm is a "
                "stable hash, per-arm metrics `katiba_cache_rollout_*`",
     "repurge_after": "write rules: seconds after which the purge is repeated (effects applied in the background)",
@@ -58,6 +58,9 @@ TOP_FIELD_DOCS = {
                          "when its token verifies: `purge` ({user_id} namespaces or keys only; shipped: "
                          "`user:{user_id}:*`, `achievements:{user_id}:*`) and `purge_when` (as on write rules); "
                          "counted as `katiba_cache_purges_total{rule=\"unmatched\"}`"),
+    "audit": ("{sample: 0.01, max_per_second: 5}", "the staleness auditor: `sample` = share of cache hits "
+              "fetched again and compared (0: off; env `CACHE_AUDIT_SAMPLE` wins), `max_per_second` = most "
+              "audit fetches per second per instance; report at `GET /_cache/audit`"),
 }
 HTTP_CACHE_DOCS = {
     "enabled": "turn the RFC 9111 cache on for GET/HEAD requests no rule matches",

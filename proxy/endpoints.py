@@ -37,7 +37,7 @@ class EndpointsMixin:
         """/metrics, /healthz, /readyz and /_cache/* (the admin listener serves these: proxy/admin.py)."""
         if raw_path in ("/metrics", "/healthz", "/readyz"):
             return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}[raw_path]
-        if raw_path.startswith("/_cache/"):  # explain, stats, purge (admin only): see proxy/explain.py
+        if raw_path.startswith("/_cache/"):  # explain, stats, purge, audit (admin only): see proxy/explain.py
             from .explain import ENDPOINTS
             handler = ENDPOINTS.get(raw_path)
             if handler is not None:

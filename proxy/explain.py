@@ -14,6 +14,8 @@ The endpoints (``ENDPOINTS``, registered by ``server.Proxy._internal``) all need
   ``X-Explain-Token``): ``explain`` plus one ``store.lookup`` of the entry; the key is shown unmasked.
 * ``GET /_cache/stats``: requests per rule and result with the hit rate (this process's counters), purges,
   reloads and the store's own figures (entries, bytes, evictions).
+* ``GET /_cache/audit``: the staleness auditor's report (this process's audits): per read rule the audits
+  and their results, and the purges the write rules seem to miss (``audit.AuditBook.report``).
 * ``POST /_cache/purge`` ``{"pattern": "user:{ID}:*"}`` or ``{"all": true}``: validated like
   ``cache-proxy purge`` (an exact key or a declared namespace followed by ``:*``), else 400 listing the
   declared namespaces.
@@ -41,6 +43,7 @@ from .rules import Rules
 log = logging.getLogger("proxy")
 
 EXPLAIN_PATH, STATS_PATH, PURGE_PATH = "/_cache/explain", "/_cache/stats", "/_cache/purge"
+AUDIT_PATH = "/_cache/audit"
 RESULTS = ("hit", "stale", "miss", "bypass")
 
 _REASONS = {
@@ -534,4 +537,12 @@ async def purge_endpoint(proxy, request):
     return _json({"purged": shown, "applied": applied})
 
 
-ENDPOINTS = {EXPLAIN_PATH: explain_endpoint, STATS_PATH: stats_endpoint, PURGE_PATH: purge_endpoint}
+async def audit_endpoint(proxy, request):
+    refused = _method(request, "GET") or _refuse(proxy, request)
+    if refused is not None:
+        return refused
+    return _json(proxy.auditor.report())
+
+
+ENDPOINTS = {EXPLAIN_PATH: explain_endpoint, STATS_PATH: stats_endpoint, PURGE_PATH: purge_endpoint,
+             AUDIT_PATH: audit_endpoint}

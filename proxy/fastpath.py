@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
+from random import random
 from typing import Any, Coroutine
 
 import aiohttp
@@ -211,6 +212,8 @@ class ReadPath:
         start = time.perf_counter()
         hit = p.l1_fresh(d)
         if hit is not None:
+            if random() < p.auditor.sample:
+                self._audit(d, hit[0], head, peer)
             return self.render(d, hit[0], "HIT", hit[1], hit[2], head, start)
         p.gate.enter()  # left in finish() or _from_store()
         try:
@@ -272,6 +275,8 @@ class ReadPath:
             p.drop_lease(lease)  # taken for an entry absent from the store, found being written here
         ttl_left = d.rule.ttl - verdict.age
         if verdict.usable == "fresh":
+            if random() < p.auditor.sample:
+                self._audit(d, entry, head, peer)
             return self.render(d, entry, "HIT", CacheStatus.hit(ttl_left), verdict.age, head, start)
         if verdict.usable == "stale":
             # Here rather than handed on: the refresh must start in the same step as the lookup, as on
@@ -281,6 +286,12 @@ class ReadPath:
             status = CacheStatus.hit(ttl_left, "stale-while-revalidate")
             return self.render(d, entry, "STALE", status, verdict.age, head, start, rid)
         return self._miss(d, head, start, peer, Prefetched(d.key, tokens, entry, verdict, lease=lease))
+
+    def _audit(self, d: Lookup, entry: Entry, head: Head, peer: tuple[str | None, str]) -> None:
+        """A sampled hit: the staleness auditor fetches it again in the background (proxy/auditor.py)."""
+        p = self.proxy
+        p.auditor.offer(d, entry, _server.Origin(head.target, head.headers, peer[0], peer[1],
+                                                 p.request_id(head.headers)))
 
     async def _miss(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
                     looked: Prefetched) -> bytes | Relay | Prefetched:

@@ -73,6 +73,11 @@ class L1Cache:
                 if not keys:
                     del self._by_gen[g]
 
+    def discard(self, key: str) -> None:
+        """Forget ``key``'s copy (the staleness auditor replaced the entry in the store)."""
+        if key in self._items:
+            self._drop(key)
+
     def invalidate(self, gen_keys: Sequence[str]) -> int:
         """Evict every entry guarded by any of ``gen_keys`` (an epoch key evicts everything)."""
         dropped = 0

@@ -106,6 +106,10 @@ class Metrics:
         self.reloads = Counter("katiba_cache_reloads_total", "Rules reloads by result", ["result"], registry=r)
         self.shadow = Counter("katiba_cache_shadow_total", "Shadow mode outcomes by rule",
                               ["rule", "outcome"], registry=r)
+        self.audits = Counter("katiba_cache_audit_total",
+                              "Staleness audits of cache hits (and shadow mode's would-be hits) by read rule and "
+                              "result: match, mismatch (the entry was stale: replaced), skipped (a purge raced "
+                              "the fetch, or the backend's answer was not storable)", ["rule", "result"], registry=r)
         self.refreshes = Counter("katiba_cache_background_refreshes_total",
                                  "Background refreshes (stale-while-revalidate and warming)", ["rule", "kind"],
                                  registry=r)

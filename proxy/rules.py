@@ -197,6 +197,16 @@ class HttpCacheConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``audit:``: the staleness auditor (proxy/auditor.py). ``sample``: the share of cache hits fetched
+    again from the backend and compared (0: off; env ``CACHE_AUDIT_SAMPLE`` wins over the file);
+    ``max_per_second``: the most audit fetches one instance sends per second (a token bucket)."""
+
+    sample: float = 0.01
+    max_per_second: float = 5.0
+
+
+@dataclass(frozen=True)
 class Rules:
     source: str
     prefix: str
@@ -204,6 +214,7 @@ class Rules:
     namespaces: tuple[Template, ...]
     http_cache: HttpCacheConfig = HttpCacheConfig()
     unmatched: UnmatchedWrites = UnmatchedWrites()
+    audit: AuditConfig = AuditConfig()
     _index: dict = field(default_factory=dict, compare=False, repr=False)
     # Read decisions that depend only on (path, query, identity, Origin), for this rules object only:
     # a reload builds a new Rules, so nothing decided under old rules survives it.
@@ -257,7 +268,7 @@ RULE_FIELDS = frozenset({
     "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "purge_when",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
-TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache", "unmatched_writes"})
+TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache", "unmatched_writes", "audit"})
 
 
 class _Checker:
@@ -370,10 +381,11 @@ def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str]
     http_cache = _http_cache(check, doc.get("http_cache"), _line_of(doc, "http_cache"))
     unmatched, unmatched_drafts = _unmatched_writes(check, doc.get("unmatched_writes"),
                                                     _line_of(doc, "unmatched_writes"), defaults)
+    audit = _audit(check, doc.get("audit"), _line_of(doc, "audit"))
     rules, namespaces = _link(check, drafts, prefix, unmatched_drafts)
     if check.problems:
         raise RulesError(check.problems)
-    return Rules(filename, prefix, rules, namespaces, http_cache, unmatched)
+    return Rules(filename, prefix, rules, namespaces, http_cache, unmatched, audit)
 
 
 def _report_duplicates(check: _Checker, mapping: Any, where: str) -> None:
@@ -741,6 +753,44 @@ def _http_cache(check: _Checker, raw: Any, line: int) -> HttpCacheConfig:
     max_ttl = check.seconds(raw.get("max_ttl", 86400), _line_of(raw, "max_ttl"), "http_cache.max_ttl", False)
     return HttpCacheConfig(bool(enabled), max_bytes or (64 << 20), bool(heuristic), max_body or (1 << 20),
                            max_ttl or 86400)
+
+
+def _audit(check: _Checker, raw: Any, line: int) -> AuditConfig:
+    """``audit: {sample, max_per_second}``; ``CACHE_AUDIT_SAMPLE`` (when set) replaces ``sample``."""
+    if raw is None:
+        raw = _LineDict()
+    if not isinstance(raw, dict):
+        check.fail(line, "audit", "must be a mapping, e.g. {sample: 0.01, max_per_second: 5}")
+        raw = _LineDict()
+    _report_duplicates(check, raw, "audit.")
+    for unknown in sorted(set(raw) - {"sample", "max_per_second"}, key=str):
+        check.fail(_line_of(raw, unknown), f"audit.{unknown}", "unknown field")
+    default = AuditConfig()
+    env_sample = check.environ.get("CACHE_AUDIT_SAMPLE", "")
+    if env_sample:
+        sample = _number(check, env_sample, _line_of(raw, "sample") if "sample" in raw else line,
+                         "audit.sample (from CACHE_AUDIT_SAMPLE)", 0.0, 1.0, allow_low=True)
+    else:
+        sample = _number(check, raw.get("sample", default.sample), _line_of(raw, "sample"), "audit.sample",
+                         0.0, 1.0, allow_low=True)
+    rate = _number(check, raw.get("max_per_second", default.max_per_second), _line_of(raw, "max_per_second"),
+                   "audit.max_per_second", 0.0, 1e6, allow_low=False)
+    return AuditConfig(default.sample if sample is None else sample,
+                       default.max_per_second if rate is None else rate)
+
+
+def _number(check: _Checker, value: Any, line: int, fieldname: str, low: float, high: float,
+            allow_low: bool) -> float | None:
+    value = check.substitute(value, line, fieldname)
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number != number or not (low <= number <= high) or (number == low and not allow_low):
+        bounds = f"from {low:g} to {high:g}" if allow_low else f"above {low:g}, at most {high:g}"
+        check.fail(line, fieldname, f"must be a number {bounds}, got {value!r}")
+        return None
+    return number
 
 
 def _link(check: _Checker, drafts: list[dict], prefix: str, unmatched: list | None = None

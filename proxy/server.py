@@ -10,6 +10,8 @@ Theory of operation, per request:
   bumped and only then are the answer's headers released. A purge the store does not accept in time is
   kept as *pending*: until it lands, reads of those namespaces bypass the cache on this instance.
 * everything else: passed through, streamed both ways, marked ``X-Cache: BYPASS``.
+* audit: a sampled fresh hit (``audit.sample``) is fetched again in the background and compared with the
+  entry served; a stale entry is replaced and attributed to the writes ``_write`` noted (proxy/auditor.py).
 
 Concurrent misses for one (key, generations) share one fetch (``_fill``); a waiter never receives a
 body fetched under other generations. If the store fails, requests go to the backend.
@@ -31,6 +33,8 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from functools import partial
+from random import random
 from typing import Any
 
 import aiohttp
@@ -40,6 +44,7 @@ from multidict import CIMultiDict
 
 from . import fastpath, httpserve, policy, streaming
 from .arms import rollout_arm
+from .auditor import Auditor
 from .config import Config
 from .entry import Entry, decode_entry
 from .errors import IdentityError, StoreUnavailable, UpstreamError
@@ -116,6 +121,9 @@ class Proxy(PurgingMixin, EndpointsMixin):
     def __init__(self, config: Config, rules: Rules, store: GuardedStore, upstream: Upstream, metrics: Metrics,
                  clock=time.time, unsafe: frozenset[str] = frozenset()):
         self.config, self.store, self.upstream, self.metrics, self.clock = config, store, upstream, metrics, clock
+        self.auditor = Auditor(metrics, clock, lookup=store.lookup, fetch=partial(self._fetch, store=False),
+                               replace=self._replace_stale, spawn=self._spawn, identify=self._identify,
+                               share=config.audit_share)
         self.set_rules(rules)
         self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
         self.mode = config.cache_mode
@@ -147,6 +155,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
     def set_rules(self, rules: Rules) -> None:
         self.rules = rules
+        self.auditor.configure(rules)
         self.rollout_rules = frozenset(r.name for r in rules.rules if r.key is not None and r.rollout < 100)
         longest = max((policy.store_ttl(r) for r in rules.rules if r.key is not None), default=3600)
         if rules.http_cache.enabled:
@@ -294,6 +303,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
         if not self.cache_usable:  # unreachable, or back but not yet verified: don't wait on it each time
             return await self._bypass(request, origin, rule, Reason.STORE_DOWN), "bypass"
         if (hit := self.l1_fresh(d)) is not None:
+            if random() < self.auditor.sample:
+                self.auditor.offer(d, hit[0], origin)
             return self._from_entry(request, hit[0], "HIT", hit[1], hit[2]), "hit"
         prefetched = getattr(request.protocol, "prefetched", None)  # the fast path's lookup (proxy/fastpath.py)
         if prefetched is not None and prefetched.key == d.key:
@@ -309,6 +320,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
             entry, verdict = self.looked_up(d, raw, tokens, origin.path_qs)
         if not d.revalidate:
             if verdict.usable == "fresh":
+                if random() < self.auditor.sample:
+                    self.auditor.offer(d, entry, origin)
                 return self._from_entry(request, entry, "HIT", CacheStatus.hit(rule.ttl - verdict.age), verdict.age), "hit"
             if verdict.usable == "stale":
                 self._refresh_in_background(d, tokens, origin)
@@ -361,6 +374,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
         if verdict.usable in ("fresh", "stale") and fetched.error is None and fetched.stream is None:
             same = policy.same_content(entry.body, fetched.body, rule.volatile)
             outcome = f"would-{'hit' if verdict.usable == 'fresh' else 'stale'}-{'match' if same else 'mismatch'}"
+            if verdict.usable == "fresh":  # the staleness auditor's report counts would-be hits too
+                self.auditor.shadow_compared(d, entry, tokens, fetched, same, origin)
         else:
             outcome = "would-miss"
         self.metrics.shadow.labels(rule.name, outcome).inc()
@@ -375,6 +390,14 @@ class Proxy(PurgingMixin, EndpointsMixin):
             prefix, upstream_response = fetched.stream
             return await self._stream(request, upstream_response, headers, prefix)
         return web.Response(status=fetched.status, body=fetched.body, headers=headers)
+
+    async def _replace_stale(self, d: Lookup, tokens: list[str], fetched: Fetched) -> str:
+        """The staleness auditor found ``d``'s entry stale: store the fresh answer under the fill guard
+        (``tokens``: those the stale entry carried) and drop this process's L1 copy; other instances'
+        copies end within the rule's ``l1_ttl``."""
+        if self.l1 is not None:
+            self.l1.discard(d.key)
+        return await self._store(d, tokens, fetched)
 
     async def _fill(self, d: Lookup, tokens: list[str], origin: Origin, lease: tuple[str, str] | None = None
                     ) -> Fetched:
@@ -692,6 +715,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
             await self.purge(*policy.purges_after(d, self.rules, None, None))  # it may have committed
             return error_response(exc.status, exc.detail, "BYPASS", status)
+        self.auditor.note_write(identity, request.method, origin.path_qs, d.rule, response.status)
         prefix, answer = b"", None  # answer: the whole body, when it was read to judge the envelope
         if policy.reads_answer(d, self.rules, response.status) and not streaming.is_event_stream(response.headers):
             try:

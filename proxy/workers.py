@@ -16,6 +16,7 @@ The supervisor (this process) forks the workers and then only waits:
 * a worker that dies (a crash, an OOM kill) is started again, unless it exited with an error before it
   was listening (a start-up failure such as a port in use): then all workers are stopped and the exit
   code is 1. A worker killed by a signal before it was listening is started again after one second;
+* the staleness auditor's budget (``audit.max_per_second``) is per instance: each worker gets 1/N of it;
 * pending-purges files: each worker keeps its own (``<file>.w<i>``); files left by a previous run with
   another worker count are handed to worker 0, so an unapplied purge still bumps the global epoch.
 """
@@ -98,7 +99,8 @@ def supervise(workers: int, config, rules, serve) -> int:
                 pass
 
     def spawn(index: int) -> None:
-        worker_config = replace(config, pending_file=worker_pending_file(config.pending_file, index, workers))
+        worker_config = replace(config, pending_file=worker_pending_file(config.pending_file, index, workers),
+                                audit_share=1 / workers)  # audit.max_per_second is per instance
         ready_r, ready_w = os.pipe()  # the worker writes one byte once it listens
         os.set_blocking(ready_r, False)
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)

@@ -15,6 +15,7 @@ A missing ``redis-server`` binary fails the run; it is never a skip. Nothing her
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -28,6 +29,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 STARTUP_TIMEOUT = 10.0
+# The staleness auditor re-fetches a random 1% of hits with the shipped rules: tests count backend
+# requests exactly, so it is off for the suite (proxies started as children inherit this too). Tests of
+# the auditor turn it on with monkeypatch.setenv("CACHE_AUDIT_SAMPLE", ...): the variable wins over the file.
+os.environ["CACHE_AUDIT_SAMPLE"] = "0"
 
 
 def _free_port() -> int:
