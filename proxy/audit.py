@@ -157,12 +157,13 @@ class AuditBook:
 
 
 def _purge_covers(rules: Rules, write: str, read: Rule) -> bool:
-    """The write rule named ``write`` purges ``read``'s entries already (an unmatched write: no rule)."""
-    rule = None if is_unmatched(write) else rules.by_name(write)
-    if rule is None:
+    """The write rule named ``write`` purges ``read``'s entries already; an unmatched write purges what
+    ``unmatched_writes`` names."""
+    purges = rules.unmatched if is_unmatched(write) else rules.by_name(write)
+    if purges is None:
         return False
     return any(t.shape == read.key.shape if exact else t.covers(read.key)
-               for t, exact in zip(rule.purge, rule.purge_exact))
+               for t, exact in zip(purges.purge, purges.purge_exact))
 
 
 def purge_pattern(read: Rule) -> str:

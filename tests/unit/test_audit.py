@@ -171,3 +171,12 @@ def test_audit_refusals_name_file_and_line(audit, environ, expected):
     with pytest.raises(RulesError) as info:
         parse_rules(RULES + audit + "\n", "t.yaml", environ)
     assert [str(p) for p in info.value.problems] == [expected]
+
+
+def test_an_unmatched_write_whose_fail_safe_covers_the_read_is_no_suggestion():
+    rules = parse_rules(RULES + 'unmatched_writes: {purge: ["user:{user_id}:*"]}\n', "t.yaml", {})
+    book = AuditBook()
+    book.record("auth_me", "mismatch", {"PUT /api/v1/onboarding/progress"})
+    book.record("achievement", "mismatch", {"PUT /api/v1/onboarding/progress"})
+    assert [(s["write"], s["read_rule"]) for s in book.report(rules)["suggestions"]] == [
+        ("PUT /api/v1/onboarding/progress", "achievement")]  # user:{user_id}:* covers auth_me already
