@@ -427,9 +427,8 @@ class FastRequestHandler(RequestHandler):
             data = data[n:]
         self._buf += data
         self._pump()
-        if len(self._buf) > MAX_BUFFERED and not self._reading_held and self.transport is not None:
-            self._reading_held = True
-            self.transport.pause_reading()
+        if len(self._buf) > MAX_BUFFERED:
+            self._hold_reading()
 
     def _pump(self) -> None:
         while self._buf and not (self._busy or self._body_left or self._owned or self._force_close or self._close):
@@ -446,9 +445,26 @@ class FastRequestHandler(RequestHandler):
                 if self._busy:
                     break
             self._hand(head)
-        if self._reading_held and len(self._buf) <= MAX_BUFFERED and self.transport is not None:
+        if len(self._buf) <= MAX_BUFFERED:
+            self._release_reading()
+
+    # Two parties pause this socket's reading: this module while its own buffer is full, and aiohttp
+    # while its request queue (or a flow-controlled payload) is full. Reading resumes only when neither
+    # holds it, or one party's resume would let the other's buffer grow without bound.
+    def _hold_reading(self) -> None:
+        if not self._reading_held:
+            self._reading_held = True
+            self._pause_transport_reading()
+
+    def _release_reading(self) -> None:
+        if self._reading_held:
             self._reading_held = False
-            self.transport.resume_reading()
+            if not (self._reading_paused or self._buffer_paused):
+                self._resume_transport_reading()
+
+    def _resume_transport_reading(self) -> None:  # aiohttp's resumes come through here too
+        if not self._reading_held:
+            super()._resume_transport_reading()
 
     def _try_fast(self, head: Head) -> bool:
         """True once answered here; else either a lookup is in flight (``_busy``) or it is aiohttp's."""
@@ -574,9 +590,7 @@ class FastRequestHandler(RequestHandler):
         self.reads.released.inc()
         data = bytes(self._buf)
         self._buf.clear()
-        if self._reading_held and self.transport is not None:
-            self._reading_held = False
-            self.transport.resume_reading()
+        self._release_reading()
         if data:
             super().data_received(data)
 
