@@ -76,9 +76,9 @@ def token_subject(st: State, request: web.Request) -> str:
 
 
 def _verify(st: State, auth: str) -> str:
+    # As the real backend: the scheme exactly "Bearer" and one space (bearer, BEARER, two spaces: 401).
     scheme, _, token = auth.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme != "Bearer" or not token or not token.isascii() or any(c.isspace() for c in token):
         raise HTTPFail(401, "Not authenticated")
     hit = st.token_cache.get(token)
     if hit is not None:
