@@ -11,13 +11,12 @@ Requests go on a raw keep-alive socket (``Connection: close`` would keep them of
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
 
 from tests.functional.conftest import API, mint, new_user
-from tests.security.helpers import RawReply
+from tests.security.helpers import RawReply, raw_request
 
 PROFILE = f"{API}/users/profile"
 LEADERBOARD = f"{API}/achievements/leaderboard?limit=10&offset=0"  # global, served only to a valid token
@@ -27,16 +26,8 @@ TYPES = f"{API}/achievements/types"  # public (auth: none): the header is not co
 async def raw_get(proxy, target: str, authorization: bytes) -> RawReply:
     """One GET with ``Authorization: <authorization>`` written byte for byte, on its own keep-alive connection."""
     server = proxy.client.server
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    try:
-        writer.write(b"GET %s HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: %s\r\n\r\n" % (target.encode(),
-                                                                                         authorization))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = RawReply(head).headers.get("content-length")
-        assert length is not None, head
-        return RawReply(head + await asyncio.wait_for(reader.readexactly(int(length)), 10))
-    finally:
-        writer.close()
+    return await raw_request(server.host, server.port, b"GET %s HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: %s\r\n\r\n"
+                             % (target.encode(), authorization))
 
 
 def refused_spellings(token: str) -> dict[str, bytes]:
