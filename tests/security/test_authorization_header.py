@@ -26,8 +26,8 @@ TYPES = f"{API}/achievements/types"  # public (auth: none): the header is not co
 async def raw_get(proxy, target: str, authorization: bytes) -> RawReply:
     """One GET with ``Authorization: <authorization>`` written byte for byte, on its own keep-alive connection."""
     server = proxy.client.server
-    return await raw_request(server.host, server.port, b"GET %s HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: %s\r\n\r\n"
-                             % (target.encode(), authorization))
+    head = b"GET %s HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: %s\r\n\r\n" % (target.encode(), authorization)
+    return await raw_request(server.host, server.port, head)
 
 
 def refused_spellings(token: str) -> dict[str, bytes]:
@@ -82,6 +82,6 @@ async def test_a_non_utf8_authorization_is_an_invalid_token_not_a_500(make_proxy
                 assert await backend.requests() - before == 1  # the backend's to answer
             public = await raw_get(proxy, TYPES, value)
             assert public.status == 200 and public.headers["x-cache"] == "HIT", (value, public)
-    loud = [r for r in caplog.records if r.levelno > logging.DEBUG and r.name.startswith(("proxy", "aiohttp.server", "aiohttp.web"))
-            and getattr(r, "event", None) != "access"]
+    loud = [r for r in caplog.records if r.levelno > logging.DEBUG and getattr(r, "event", None) != "access"
+            and r.name.startswith(("proxy", "aiohttp.server", "aiohttp.web"))]
     assert not loud, [(r.levelname, r.getMessage()) for r in loud]
