@@ -56,6 +56,12 @@ from .wire import CacheStatus, error_response
 log = logging.getLogger("proxy")
 
 MAX_HEAD = 16384  # request line and fields; a longer head is aiohttp's to refuse (431)
+# aiohttp's limits on a request head, as the proxy's server runs it (build_app passes these): a head
+# over any of them gets aiohttp's 400, so the framer never reads one. Its C parser counts the target
+# against max_line_size, its Python parser the whole line; the Python parser counts the request line
+# and the blank line among max_headers, the C parser neither. The framer applies the stricter reading.
+AIOHTTP_LIMITS = {"max_line_size": 8190, "max_headers": 128, "max_field_size": 16384}
+_MAX_LINE, _MAX_FIELDS, _MAX_FIELD = (AIOHTTP_LIMITS[k] for k in ("max_line_size", "max_headers", "max_field_size"))
 MAX_BUFFERED = 256 << 10  # read no more from a client whose earlier requests are still being answered
 _REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[\x21-\x7e]*) HTTP/1\.1")
 _FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
@@ -117,10 +123,15 @@ FRAMED_MAX_BYTES = 2048  # a typical head with a JWT is under 1 KiB; larger ones
 def _frame(raw: bytes, end: int) -> Head | object:
     line_end = raw.find(b"\r\n")
     first = _REQUEST_LINE.fullmatch(raw, 0, line_end)
-    if first is None or _FIELDS.fullmatch(raw, line_end + 2, end + 2) is None:
+    if first is None or line_end > _MAX_LINE or _FIELDS.fullmatch(raw, line_end + 2, end + 2) is None:
         return UNFRAMEABLE
     fields, names = [], set()
-    for line in raw[line_end + 2:end].decode("utf-8", "surrogateescape").split("\r\n") if end > line_end else ():
+    lines = raw[line_end + 2:end].decode("utf-8", "surrogateescape").split("\r\n") if end > line_end else ()
+    if len(lines) > _MAX_FIELDS - 2:
+        return UNFRAMEABLE
+    for line in lines:
+        if len(line) > _MAX_FIELD:
+            return UNFRAMEABLE
         name, _, value = line.partition(":")
         fields.append((name, value.strip(" \t")))
         names.add(name.lower())
@@ -438,9 +449,8 @@ class FastRequestHandler(RequestHandler):
             data = data[n:]
         self._buf += data
         self._pump()
-        if len(self._buf) > MAX_BUFFERED and not self._reading_held and self.transport is not None:
-            self._reading_held = True
-            self.transport.pause_reading()
+        if len(self._buf) > MAX_BUFFERED:
+            self._hold_reading()
 
     def _pump(self) -> None:
         while self._buf and not (self._busy or self._body_left or self._owned or self._force_close or self._close):
@@ -457,9 +467,26 @@ class FastRequestHandler(RequestHandler):
                 if self._busy:
                     break
             self._hand(head)
-        if self._reading_held and len(self._buf) <= MAX_BUFFERED and self.transport is not None:
+        if len(self._buf) <= MAX_BUFFERED:
+            self._release_reading()
+
+    # Two parties pause this socket's reading: this module while its own buffer is full, and aiohttp
+    # while its request queue (or a flow-controlled payload) is full. Reading resumes only when neither
+    # holds it, or one party's resume would let the other's buffer grow without bound.
+    def _hold_reading(self) -> None:
+        if not self._reading_held:
+            self._reading_held = True
+            self._pause_transport_reading()
+
+    def _release_reading(self) -> None:
+        if self._reading_held:
             self._reading_held = False
-            self.transport.resume_reading()
+            if not (self._reading_paused or self._buffer_paused):
+                self._resume_transport_reading()
+
+    def _resume_transport_reading(self) -> None:  # aiohttp's resumes come through here too
+        if not self._reading_held:
+            super()._resume_transport_reading()
 
     def _try_fast(self, head: Head) -> bool:
         """True once answered here; else either a lookup is in flight (``_busy``) or it is aiohttp's."""
@@ -585,9 +612,7 @@ class FastRequestHandler(RequestHandler):
         self.reads.released.inc()
         data = bytes(self._buf)
         self._buf.clear()
-        if self._reading_held and self.transport is not None:
-            self._reading_held = False
-            self.transport.resume_reading()
+        self._release_reading()
         if data:
             super().data_received(data)
 

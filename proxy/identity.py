@@ -12,6 +12,7 @@ deactivated users. The README says what that means for cached entries.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -58,7 +59,9 @@ class Verifier:
         self._cache_size = cache_size
 
     def verify(self, token: str) -> Identity:
-        digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if not token.isascii():  # PyJWT would fail to encode it (a byte that is not UTF-8): a bad token
+            raise IdentityError("malformed")
+        digest = hashlib.blake2b(token.encode("ascii"), digest_size=16).digest()
         cached = self._cache.get(digest)
         now = self.clock()
         if cached is not None:
@@ -105,14 +108,20 @@ class Verifier:
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer`` header, or None."""
-    if not authorization:
+    """The token of ``Authorization: Bearer <token>`` spelled exactly as the backend accepts it, or None.
+
+    The backend takes the scheme ``Bearer`` as written and one space (the contract, Identity): a cached
+    answer must never be given to ``bearer``, ``BEARER``, two spaces or a tab, which it refuses. The
+    token is visible ASCII (a JWT is base64url and dots); anything else, bytes that are not UTF-8
+    included, is no token. Whitespace around the field value is not part of it (RFC 9110 §5.5): both
+    HTTP parsers in front of this have dropped it already."""
+    if not authorization or not authorization.startswith("Bearer "):
         return None
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        return None
-    return token
+    token = authorization[7:]
+    return token if _VISIBLE_ASCII.fullmatch(token) else None
+
+
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 
 def config_from_env(environ: dict[str, str]) -> IdentityConfig:

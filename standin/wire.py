@@ -81,9 +81,10 @@ def token_subject_of(st: State, authorization: str) -> str:
 
 
 def _verify(st: State, auth: str) -> str:
-    # The backend's HTTPBearer matches the scheme exactly: "Bearer <token>", one space, nothing after.
+    # As the real backend: the scheme exactly "Bearer" and one space (bearer, BEARER, two spaces: 401).
     scheme, _, token = auth.partition(" ")
-    if scheme != "Bearer" or not token or token != token.strip() or " " in token:
+    if scheme != "Bearer" or not token or not token.isascii() or any(c.isspace() for c in token) \
+            or token != token.strip():
         raise HTTPFail(401, "Not authenticated")
     hit = st.token_cache.get(token)
     if hit is not None:

@@ -1,5 +1,12 @@
 """The embedded store: one process, a byte budget with LRU eviction, TTLs on everything.
 
+The budget covers entries and generations alike, in one least-recently-used order: generations live
+far longer than entries (``generation_ttl``), and namespaces are as many as users, so left outside the
+budget they would grow without bound. Evicting a generation is safe: a missing generation never equals
+the token an entry recorded, and ``ensure_generations`` recreates it with a fresh random token, so
+its entries read as changed, never as current. For the same reason a purge of a namespace that has no
+generation creates none: no entry stored under it can match again anyway.
+
 Atomicity comes for free: every method runs to completion without awaiting, so the fill guard's
 compare-and-set cannot interleave with a purge. Expired items are dropped when touched and by
 ``sweep()``, which the server calls in the background (never on the request path).
@@ -12,6 +19,10 @@ from typing import Callable, Sequence
 
 from .base import new_token
 
+# What a generation costs beyond the characters of its key and token: str headers, the tuple, the
+# float, a slot in two dicts (tracemalloc on CPython 3.11: ~230 bytes each besides the key string).
+GENERATION_OVERHEAD = 250
+
 
 class MemoryStore:
     name = "memory"
@@ -21,9 +32,11 @@ class MemoryStore:
         self.clock = clock
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._gens: dict[str, tuple[str, float]] = {}
+        self._lru: OrderedDict[str, None] = OrderedDict()  # entries and generations, least recently used first
         self._leases: dict[str, tuple[str, float]] = {}
-        self.bytes = 0
-        self.evictions = 0
+        self.bytes = 0  # entries and generations
+        self.evictions = 0  # entries
+        self.generation_evictions = 0
         self.commands = 0  # counted like Redis commands, so tests can assert store work per request
         # ``limit``: key prefix -> [budget, bytes, keys in LRU order] (the HTTP cache's own share)
         self._limits: dict[str, list] = {}
@@ -52,13 +65,14 @@ class MemoryStore:
         if item[1] <= self.clock():
             self._drop(key)
             return None
-        self._entries.move_to_end(key)
+        self._lru.move_to_end(key)
         if self._limits and (part := self._part(key)) is not None:
             part[2].move_to_end(key)
         return item[0]
 
     def _drop(self, key: str) -> None:
         value, _ = self._entries.pop(key)
+        del self._lru[key]
         self.bytes -= len(key) + len(value)
         if self._limits and (part := self._part(key)) is not None:
             part[1] -= len(key) + len(value)
@@ -77,21 +91,53 @@ class MemoryStore:
             while part[1] + size > part[0] and part[2]:
                 self._drop(next(iter(part[2])))
                 self.evictions += 1
-        while self.bytes + size > self.max_bytes and self._entries:
-            self._drop(next(iter(self._entries)))
-            self.evictions += 1
+        self._make_room(size)
         self._entries[key] = (value, self.clock() + ttl)
+        self._lru[key] = None
         self.bytes += size
         if part is not None:
             part[1] += size
             part[2][key] = None
 
+    def _make_room(self, size: int) -> None:
+        """Evict the least recently used entries and generations until ``size`` more bytes fit."""
+        while self.bytes + size > self.max_bytes and self._lru:
+            oldest = next(iter(self._lru))
+            if oldest in self._entries:
+                self._drop(oldest)
+                self.evictions += 1
+            else:
+                self._drop_generation(oldest)
+                self.generation_evictions += 1
+
+    # -- generations -------------------------------------------------------------------------------
     def _token(self, gen_key: str) -> str | None:
         item = self._gens.get(gen_key)
-        if item is None or item[1] <= self.clock():
-            self._gens.pop(gen_key, None)
+        if item is None:
             return None
+        if item[1] <= self.clock():
+            self._drop_generation(gen_key)
+            return None
+        self._lru.move_to_end(gen_key)
         return item[0]
+
+    def _set_generation(self, gen_key: str, token: str, expires: float) -> None:
+        if gen_key in self._gens:
+            self._gens[gen_key] = (token, expires)  # tokens are all one length: the size is unchanged
+            self._lru.move_to_end(gen_key)
+            return
+        size = len(gen_key) + len(token) + GENERATION_OVERHEAD
+        if size > self.max_bytes:
+            return  # kept nowhere: reads as missing, so nothing is ever stored under it
+        self._make_room(size)
+        self._gens[gen_key] = (token, expires)
+        self._lru[gen_key] = None
+        self.bytes += size
+
+    def _drop_generation(self, gen_key: str) -> None:
+        token, _ = self._gens.pop(gen_key)
+        del self._lru[gen_key]
+        self.bytes -= len(gen_key) + len(token) + GENERATION_OVERHEAD
 
     # -- the contract ------------------------------------------------------------------------------
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
@@ -105,7 +151,7 @@ class MemoryStore:
             token = self._token(g)
             if token is None:
                 token = new_token()
-                self._gens[g] = (token, self.clock() + ttl)
+                self._set_generation(g, token, self.clock() + ttl)
             tokens.append(token)
         return tokens
 
@@ -117,19 +163,22 @@ class MemoryStore:
             held = self._leases.get(lease[0])
             if held is not None and held[0] == lease[1]:
                 del self._leases[lease[0]]
-        if [self._token(g) for g in gen_keys] != list(expected):
+        if None in expected or [self._token(g) for g in gen_keys] != list(expected):
             return False
         expires = self.clock() + gen_ttl
         for g, token in zip(gen_keys, expected):
-            self._gens[g] = (token, expires)
+            self._set_generation(g, token, expires)  # all present: this makes no room, evicts nothing
         self._put(key, value, ttl)
         return True
 
     async def bump(self, gen_keys: Sequence[str], ttl: int) -> None:
+        """A missing generation stays missing: an entry recorded the token of a generation that existed
+        then, and whatever token it gets next is fresh and random (module doc)."""
         self.commands += 1
         expires = self.clock() + ttl
         for g in gen_keys:
-            self._gens[g] = (new_token(), expires)
+            if self._token(g) is not None:
+                self._set_generation(g, new_token(), expires)
 
     async def acquire_lease(self, key: str, owner: str, ttl_ms: int) -> bool:
         self.commands += 1
@@ -160,7 +209,7 @@ class MemoryStore:
             self._drop(k)
         dead_gens = [k for k, (_, exp) in self._gens.items() if exp <= now]
         for k in dead_gens:
-            del self._gens[k]
+            self._drop_generation(k)
         for k in [k for k, (_, exp) in self._leases.items() if exp <= now]:
             del self._leases[k]
         return len(dead) + len(dead_gens)
@@ -168,6 +217,7 @@ class MemoryStore:
     async def close(self) -> None:
         self._entries.clear()
         self._gens.clear()
+        self._lru.clear()
         self.bytes = 0
         for part in self._limits.values():
             part[1] = 0

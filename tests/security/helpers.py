@@ -122,6 +122,25 @@ async def raw_exchange(host: str, port: int, chunks: list[bytes], limit: float =
         writer.close()
 
 
+async def raw_request(host: str, port: int, data: bytes, limit: float = 10.0) -> RawReply:
+    """Write ``data`` on a new keep-alive connection and read one answer: its head, then as many bytes as
+    its Content-Length says (or up to the close). Keep-alive requests can take the fast path, which
+    requests with ``Connection: close`` never do. ``limit`` bounds the exchange (a hang fails)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        async def go() -> bytes:
+            writer.write(data)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = RawReply(head).headers.get("content-length")
+            if length is None:
+                return head + await reader.read(-1)
+            return head + await reader.readexactly(int(length))
+        return RawReply(await asyncio.wait_for(go(), limit))
+    finally:
+        writer.close()
+
+
 # ------------------------------------------------------------------------------ the scripted origin
 
 REFLECTED = ("host", "x-forwarded-host", "forwarded", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix",

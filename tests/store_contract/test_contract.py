@@ -203,12 +203,36 @@ async def test_bump_makes_recorded_tokens_differ(store):
     assert (await store.ensure_generations(gens, GEN_TTL)) == now
 
 
-async def test_bump_of_missing_namespace_creates_it(store):
+async def test_bump_of_missing_namespace(store):
+    """A namespace without a generation holds no entry that could match (an entry records the token it
+    was stored under, so that generation existed then; gone now, no new random token equals it). So the
+    memory store creates nothing for such a purge: a flood of writes naming unknown users must not fill
+    its budget. Redis sets it (bounded by maxmemory); either way what the next fill reads is current."""
     gens = [gen("user:{10}")]
     await store.bump(gens, GEN_TTL)
     (token,) = (await store.lookup(entry_key("user:{10}", "x"), gens))[1]
+    if store.name == "memory":
+        assert token is None and (await store.stats())["generations"] == 0
+        token = (await store.ensure_generations(gens, GEN_TTL))[0]
     assert token is not None
     assert await store.ensure_generations(gens, GEN_TTL) == [token]
+
+
+async def test_a_purge_after_the_generation_went_never_validates_an_old_entry(store, admin):
+    """The generation of a filled namespace is gone (expired here; evicted alike), then a write purges
+    it: the old entry never matches again, neither before nor after the next fill creates it anew."""
+    key, gens = entry_key("user:{10b}", "profile"), [gen("user:{10b}")]
+    tokens = await store.ensure_generations(gens, GEN_TTL)
+    assert await store.store_if_current(key, encode(b"{}", tokens), ENTRY_TTL, gens, tokens, 10)
+    if store.name == "memory":
+        store.clock.advance(11)  # the generation expires, the entry (ENTRY_TTL) does not
+    else:
+        admin.delete(gens[0])
+    await store.bump(gens, GEN_TTL)
+    raw, now = await store.lookup(key, gens)
+    assert raw is not None and recorded(raw) == tuple(tokens)
+    assert now != tokens
+    assert await store.ensure_generations(gens, GEN_TTL) != tokens
 
 
 # -- TTLs ------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import asyncio
 
 import pytest
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_parser import HttpRequestParser, HttpRequestParserC, HttpRequestParserPy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.fastpath import MAX_HEAD, UNFRAMEABLE, frame
+from proxy.fastpath import AIOHTTP_LIMITS, MAX_HEAD, UNFRAMEABLE, frame
 
 NEXT = b"GET /next HTTP/1.1\r\nHost: next\r\n\r\n"
 
@@ -52,18 +52,34 @@ def requests(draw) -> bytes:
     return head.encode("latin-1") + body + NEXT
 
 
-def parse(data: bytes):
-    """aiohttp's parse of ``data`` (its C parser, as the server uses): messages with their payloads."""
+@st.composite
+def requests_near_the_limits(draw) -> bytes:
+    """Plain requests around aiohttp's limits (AIOHTTP_LIMITS): target length, field count, field size."""
+    target = "/" + "t" * draw(st.one_of(st.integers(8150, 8200), st.integers(0, 10)))
+    fields = [("Host", "proxy")] + [(f"X-{i}", "v") for i in range(draw(st.integers(0, 140)))]
+    if draw(st.booleans()):
+        fields.insert(draw(st.integers(0, len(fields))), ("X-Long", "v" * draw(st.integers(8000, 16400))))
+    head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+    return head.encode() + NEXT
+
+
+# The server's parser is the C one; the Python one is what aiohttp falls back to (AIOHTTP_NO_EXTENSIONS).
+PARSERS = {"c-parser": HttpRequestParserC, "python-parser": HttpRequestParserPy}
+
+
+def parse(data: bytes, parser_class=HttpRequestParser):
+    """aiohttp's parse of ``data`` (by default its C parser, as the server uses, with the server's limits):
+    messages with their payloads."""
     loop = asyncio.new_event_loop()
     try:
-        parser = HttpRequestParser(BaseProtocol(loop), loop, 2 ** 16, max_line_size=8190, max_field_size=16384)
+        parser = parser_class(BaseProtocol(loop), loop, 2 ** 16, **AIOHTTP_LIMITS)
         messages, upgraded, tail = parser.feed_data(data)
         return [(m, p) for m, p in messages], upgraded, tail
     finally:
         loop.close()
 
 
-def check(data: bytes) -> None:
+def check(data: bytes, parser_class=HttpRequestParser) -> None:
     """Frame ``data`` request by request as the fast path does, each compared with aiohttp's reading."""
     framed = 0
     while data:
@@ -72,7 +88,7 @@ def check(data: bytes) -> None:
             return
         end = len(head.raw) + head.body_length
         assert end <= len(data) or head.body_length  # a head is framed only once it is all there
-        messages, upgraded, _ = parse(data[:end])
+        messages, upgraded, _ = parse(data[:end], parser_class)
         assert not upgraded and len(messages) == 1, (data, messages)
         message, payload = messages[0]
         assert message.method == head.method and message.path == head.target
@@ -92,6 +108,15 @@ def check(data: bytes) -> None:
 @given(requests())
 def test_what_the_fast_path_frames_aiohttp_reads_alike(data):
     check(data)
+
+
+@pytest.mark.parametrize("parser_class", PARSERS.values(), ids=PARSERS.keys())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=requests_near_the_limits())
+def test_heads_over_aiohttps_limits_are_never_framed(parser_class, data):
+    """A head aiohttp refuses (request line over 8,190 bytes, over 128 fields, a field over 16 KiB) is
+    handed on untouched, so aiohttp answers its 400; one it reads is read alike."""
+    check(data, parser_class)
 
 
 @pytest.mark.parametrize("data", [

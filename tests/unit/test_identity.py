@@ -207,8 +207,14 @@ def test_incomplete_configuration_is_refused(config):
 
 @pytest.mark.parametrize("header, expected", [
     ("Bearer abc.def.ghi", "abc.def.ghi"),
-    ("bearer abc", "abc"),
-    ("  Bearer   abc  ", "abc"),
+    # only the spelling the backend accepts (the contract: "Bearer", one space)
+    ("bearer abc", None),
+    ("BEARER abc", None),
+    ("Bearer  abc", None),
+    ("Bearer\tabc", None),
+    ("  Bearer   abc  ", None),
+    ("Bearer abc\udcff", None),  # a byte that is not UTF-8, as aiohttp decodes it
+    ("Bearer ab\u00e9", None),
     ("Bearer", None),
     ("Bearer ", None),
     ("Basic dXNlcjpwdw==", None),
@@ -219,3 +225,11 @@ def test_incomplete_configuration_is_refused(config):
 ])
 def test_bearer_token(header, expected):
     assert bearer_token(header) == expected
+
+
+@pytest.mark.parametrize("spoil", [lambda t: t[:10] + "\udcff" + t[10:], lambda t: t + "\u00e9"])
+def test_a_token_that_is_not_ascii_is_malformed_not_an_encoding_error(spoil):
+    """aiohttp hands a byte that is not UTF-8 on as a surrogate; PyJWT cannot even encode that."""
+    with pytest.raises(IdentityError) as raised:
+        hs_verifier(SECRET).verify(spoil(token()))
+    assert raised.value.reason == "malformed"
