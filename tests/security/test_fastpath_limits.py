@@ -10,7 +10,7 @@ import pytest
 from tests.functional.conftest import API, mint, new_user
 from tests.security.helpers import raw_request
 
-TYPES = f"{API}/achievements/types"  # public: warm, a HIT for any plain request
+TYPES = f"{API}/achievements/types"  # global: warm, a HIT for any request with a valid token
 ACHIEVEMENT = f"{API}/achievements/"  # + {achievement_id}: per user, any id is keyed (long ones hashed)
 
 
@@ -19,10 +19,10 @@ def oversized(token: str) -> dict[str, bytes]:
     long_target = ACHIEVEMENT + "a" * 8225  # a request line of 8,265 bytes
     return {
         "request-line-over-8190": f"GET {long_target} HTTP/1.1\r\nHost: proxy.test\r\n{auth}\r\n",
-        "129-fields": f"GET {TYPES} HTTP/1.1\r\nHost: proxy.test\r\n" + "".join(f"X-F{i}: v\r\n" for i in range(128))
-                      + "\r\n",
-        "300-fields": f"GET {TYPES} HTTP/1.1\r\nHost: proxy.test\r\n" + "".join(f"X-F{i}: v\r\n" for i in range(299))
-                      + "\r\n",
+        "129-fields": f"GET {TYPES} HTTP/1.1\r\nHost: proxy.test\r\n{auth}"
+                      + "".join(f"X-F{i}: v\r\n" for i in range(127)) + "\r\n",
+        "300-fields": f"GET {TYPES} HTTP/1.1\r\nHost: proxy.test\r\n{auth}"
+                      + "".join(f"X-F{i}: v\r\n" for i in range(298)) + "\r\n",
     }
 
 
@@ -31,8 +31,8 @@ def oversized(token: str) -> dict[str, bytes]:
 async def test_requests_over_aiohttps_limits_get_its_400_on_both_paths(make_proxy, backend, fast_path, case):
     proxy = await make_proxy(fast_path=fast_path)
     token = mint(new_user())
-    assert (await proxy.get(TYPES)).status == 200
-    assert (await proxy.get(TYPES)).x_cache == "HIT"
+    assert (await proxy.get(TYPES, token=token)).status == 200
+    assert (await proxy.get(TYPES, token=token)).x_cache == "HIT"
     before = await backend.requests()
     server = proxy.client.server
     reply = await raw_request(server.host, server.port, oversized(token)[case].encode())
@@ -46,9 +46,10 @@ async def test_requests_over_aiohttps_limits_get_its_400_on_both_paths(make_prox
 async def test_requests_under_the_limits_are_served(make_proxy, fast_path):
     """The control: 126 fields (what both of aiohttp's parsers accept) make a plain request, a HIT when warm."""
     proxy = await make_proxy(fast_path=fast_path)
-    assert (await proxy.get(TYPES)).status == 200
+    token = mint(new_user())
+    assert (await proxy.get(TYPES, token=token)).status == 200
     server = proxy.client.server
-    fields = "".join(f"X-F{i}: v\r\n" for i in range(125))
-    request = f"GET {TYPES} HTTP/1.1\r\nHost: proxy.test\r\n{fields}\r\n"
+    fields = "".join(f"X-F{i}: v\r\n" for i in range(124))
+    request = f"GET {TYPES} HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {token}\r\n{fields}\r\n"
     reply = await raw_request(server.host, server.port, request.encode())
     assert reply.status == 200 and reply.headers["x-cache"] == "HIT", reply
