@@ -174,12 +174,23 @@ def has_explicit_freshness(headers: Mapping[str, str]) -> bool:
     return "s-maxage" in cc or "max-age" in cc or bool(_values(headers, "expires"))
 
 
+def age_value_of(headers: Mapping[str, str]) -> int | None:
+    """§5.1 ``Age`` as received, read so that it never makes a response look younger than it may be:
+    a list (on one field line or several) counts as its largest member, and a member that is not a
+    delta-seconds (``abc``, ``-1``, ``1.5``) as DELTA_MAX, which makes the response stale on arrival.
+    None when there is no Age."""
+    members = [m.strip() for v in _values(headers, "age") for m in v.split(",") if m.strip()]
+    if not members:
+        return None
+    values = [delta_seconds(m) for m in members]
+    return DELTA_MAX if None in values else max(v for v in values if v is not None)
+
+
 def corrected_initial_age(headers: Mapping[str, str], request_time: float, response_time: float) -> float:
     """§4.2.3: max(apparent_age, corrected_age_value) from Date, Age, request and response times."""
     _, date = _first_date(headers, "date")
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
-    ages = _values(headers, "age")
-    age_value = delta_seconds(ages[0].strip()) if ages else None
+    age_value = age_value_of(headers)
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = (age_value or 0) + response_delay
     return min(float(DELTA_MAX), max(apparent_age, corrected_age_value))
@@ -395,6 +406,21 @@ def updated_headers(stored: Iterable[tuple[str, str]], fresh: Mapping[str, str],
     cc = parse_directives([v for k, v in merged if k.lower() == "cache-control"])
     dropped = set(field_names(cc.get("no-cache"))) | set(field_names(cc.get("private")))
     return tuple((k, v) for k, v in merged if k.lower() not in dropped)
+
+
+# RFC 9110 §15.4.5: the fields a 304 carries when the 200 would have (and no other representation
+# metadata, except Last-Modified when there is no ETag: it helps the client update its cache).
+NOT_MODIFIED_FIELDS = frozenset({"content-location", "date", "etag", "vary", "cache-control", "expires"})
+
+
+def not_modified_fields(headers: Iterable[tuple[str, str]], also: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The fields of a 200 (``headers``) that its 304 keeps, compared case-insensitively (an origin may
+    write ``Etag``); ``also``: lowercased names the caller adds (its own per-answer fields)."""
+    pairs = list(headers)
+    keep = set(NOT_MODIFIED_FIELDS) | {n.lower() for n in also}
+    if not any(k.lower() == "etag" for k, _ in pairs):
+        keep.add("last-modified")
+    return [(k, v) for k, v in pairs if k.lower() in keep]
 
 
 # --------------------------------------------------------------------------------- Vary

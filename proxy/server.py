@@ -38,7 +38,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpserve, policy, streaming
+from . import fastpath, httpcache, httpserve, policy, streaming
 from .arms import rollout_arm
 from .config import Config
 from .entry import Entry, decode_entry
@@ -815,9 +815,7 @@ def miss_headers(upstream: CIMultiDict, etag: str | None, cache_status: str) -> 
 
 
 def _not_modified_headers(headers: CIMultiDict) -> CIMultiDict:
-    keep = ("ETag", "Cache-Control", "Content-Location", "Date", "Expires", "Vary", "Age", "X-Cache",
-            "Cache-Status", "X-Request-ID")
-    return CIMultiDict((k, v) for k, v in headers.items() if k in keep)
+    return CIMultiDict(httpcache.not_modified_fields(headers.items(), ("age", "x-cache", "cache-status", "x-request-id")))
 
 
 def build_app(config: Config, rules: Rules | None = None, store=None, metrics: Metrics | None = None,
