@@ -193,7 +193,8 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
         return error_response(504, "not in cache (only-if-cached)", "MISS",
                               f"{CACHE_NAME}; detail=only-if-cached"), "miss"
     if request.method == "HEAD":  # HEAD answers are not stored: pass it on
-        return await _relay(proxy, request, origin, _fwd(found, reuse)), "miss"
+        fallback = entry if reuse is not None and reuse.stale_if_error else None
+        return await _relay(proxy, request, origin, _fwd(found, reuse), fallback, reuse)
 
     tokens = found.tokens
     if None in tokens:
@@ -239,8 +240,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
         fwd_status = got.error.status if got.error else got.status
         if got.stream is not None:
             got.stream[1].release()
-        status = CacheStatus.hit(reuse.ttl, "stale-if-error", fwd_status=fwd_status)
-        return _from_entry(request, entry, "STALE", status, max(0.0, proxy.clock() - entry.stored_at)), "stale"
+        return _stale_on_error(proxy, request, entry, reuse, fwd_status), "stale"
     if got.error is not None and reuse is not None and reuse.no_stale and reuse.reason == "stale":
         # §5.2.2.2: a stale must-revalidate response the origin cannot confirm -> 504
         return error_response(504, got.error.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False)), "miss"
@@ -439,16 +439,28 @@ async def _from_got(proxy, request: web.Request, got: Got, status: str) -> web.S
     return web.Response(status=got.status, body=got.body, headers=headers)
 
 
-async def _relay(proxy, request: web.Request, origin, fwd: str) -> web.StreamResponse:
-    """Pass a request on unchanged (a HEAD the cache cannot answer), marked as a miss."""
+async def _relay(proxy, request: web.Request, origin, fwd: str, fallback: Entry | None = None,
+                 reuse: hc.Reuse | None = None) -> tuple[web.StreamResponse, str]:
+    """Pass a request on unchanged (a HEAD the cache cannot answer), marked as a miss; if the origin
+    fails and ``fallback`` (a stored GET response stale-if-error allows) exists, it answers (RFC 5861 §4)."""
     headers = proxy.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
     proxy.metrics.upstream_requests.labels(LABEL).inc()
     try:
         response = await proxy.upstream.send(request.method, origin.path_qs, headers)
     except UpstreamError as exc:
         proxy.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
-        return error_response(exc.status, exc.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False))
+        if fallback is not None and reuse is not None:
+            return _stale_on_error(proxy, request, fallback, reuse, exc.status), "stale"
+        return error_response(exc.status, exc.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False)), "miss"
+    if fallback is not None and reuse is not None and response.status in hc.ERROR_STATUSES:
+        response.release()
+        return _stale_on_error(proxy, request, fallback, reuse, response.status), "stale"
     out = proxy._pass_headers(response, "")
     out["X-Cache"] = "MISS"
     out["Cache-Status"] = _chain(strip_hop_by_hop(response.headers), CacheStatus.miss(fwd, response.status, "head", False))
-    return await proxy._stream(request, response, out)
+    return await proxy._stream(request, response, out), "miss"
+
+
+def _stale_on_error(proxy, request: web.Request, entry: Entry, reuse: hc.Reuse, fwd_status: int) -> web.Response:
+    status = CacheStatus.hit(reuse.ttl, "stale-if-error", fwd_status=fwd_status)
+    return _from_entry(request, entry, "STALE", status, max(0.0, proxy.clock() - entry.stored_at))
