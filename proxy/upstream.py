@@ -31,6 +31,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from . import resend
 from .errors import UpstreamError
 from .http1 import FillClient, FillResponse
 
@@ -173,7 +174,8 @@ class Upstream:
                                         sock_read=self.config.read_timeout)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-                                             cookie_jar=aiohttp.DummyCookieJar())
+                                             cookie_jar=aiohttp.DummyCookieJar(),
+                                             trace_configs=[resend.progress_trace()])
 
     async def close(self) -> None:
         self.fills.close()
@@ -201,13 +203,29 @@ class Upstream:
         return out
 
     async def send(self, method: str, path_qs: str, headers: CIMultiDict, body: Any = None) -> aiohttp.ClientResponse:
-        """Send and return the response with its body unread; the caller releases it."""
+        """Send and return the response with its body unread; the caller releases it.
+
+        Sent again once, on a new connection (RFC 9112 §9.3.1), when the connection failed before an
+        answer began and either none of the request's bytes went out (a pooled connection the backend
+        closed just as it was taken: "Cannot write to closing transport"), whatever the method, or the
+        method is idempotent and the body can be sent again (``resend.ReplayableBody``)."""
         assert self.session is not None, "Upstream.start() was not awaited"
         url = URL(self.base + path_qs, encoded=True)
-        slot = await self.slots.take()  # UpstreamBusy (503) when every slot stays taken
-        with _failures_mapped(slot):
-            response = await self.session.request(method, url, headers=headers, data=body, allow_redirects=False,
-                                                  compress=None, chunked=None)
+        replay = resend.ReplayableBody.wrap(body)
+        for attempt in (1, 2):
+            slot = await self.slots.take()  # UpstreamBusy (503) when every slot stays taken
+            sent = resend.Progress()
+            with _failures_mapped(slot):
+                try:
+                    response = await self.session.request(
+                        method, url, headers=headers, data=replay.data() if replay is not None else body,
+                        allow_redirects=False, compress=None, chunked=None, trace_request_ctx=sent)
+                except (aiohttp.ClientConnectionError, OSError) as exc:
+                    if attempt == 1 and resend.may_resend(method, exc, sent, replay, body, headers):
+                        slot.release()
+                        continue
+                    raise
+            break
         self.answered = True
         hold(slot, response)
         return response

@@ -85,3 +85,70 @@ async def test_5861_4_rule_stale_if_error_answers_head(make_cache, raw, fault):
     cache.clock.advance(86400 + 120)
     reply = await cache.get(TYPES, method="HEAD")
     assert (reply.status, reply.x_cache) == (200, "STALE"), reply
+
+
+# ------------------------------------------------------ RFC 9112 §9.3.1: retrying on a closed connection
+
+W = "/r/write"
+
+
+async def raw_request(port: int, head: bytes, body: bytes, go: asyncio.Event) -> tuple[int, bytes]:
+    """A client that sends the request's head at once and its body only once ``go`` is set."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    await go.wait()
+    writer.write(body)
+    await writer.drain()
+    status_line = await reader.readline()
+    answer = await reader.read()  # "Connection: close" was asked for
+    writer.close()
+    return int(status_line.split()[1]), answer
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "PUT"])
+async def test_9112_9_3_1_unsent_request_is_resent_on_a_new_connection_whatever_its_method(make_cache, raw, method):
+    """The origin closes an idle keep-alive connection just after the proxy took it for the next request
+    and before the request's first byte went out ("Cannot write to closing transport"): nothing reached
+    the origin, so the request goes again on a new connection, once, whatever its method."""
+    raw.script(W, Answer(body=b"done"))
+    cache = await make_cache(origin=raw)
+    assert (await cache.get(W, method=method, data=b"first")).status == 200
+    opened = raw.connections  # the start-up probe's, and the first request's
+    go = asyncio.Event()
+    head = (f"{method} {W} HTTP/1.1\r\nHost: test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n").encode()
+    second = asyncio.ensure_future(raw_request(cache.proxy.client.port, head, b"second", go))
+    await asyncio.sleep(0.3)  # the proxy has taken the pooled connection and waits for the body
+    assert raw.close_idle() == 1
+    await asyncio.sleep(0.1)  # the proxy's side has seen the close
+    go.set()
+    status, answer = await second
+    assert (status, answer.endswith(b"\r\n\r\ndone")) == (200, True), answer
+    assert [r.body for r in raw.requests if r.method == method] == [b"first", b"second"]  # each once
+    assert raw.connections == opened + 1
+
+
+@pytest.mark.parametrize("method, resent", [("POST", False), ("PATCH", False), ("PUT", True), ("DELETE", True),
+                                            ("GET", True)])
+async def test_9112_9_3_1_sent_request_is_resent_only_when_idempotent(make_cache, raw, method, resent):
+    """The origin reads the whole request on a reused connection, then closes it without an answer: it may
+    have acted on it, so only an idempotent request is sent again."""
+    path = W if method != "GET" else P
+    raw.script(path, Answer(body=b"done"), Answer(action="drop"), Answer(body=b"again"))
+    cache = await make_cache(origin=raw)
+    data = b"x" if method not in ("GET", "DELETE") else None
+    assert (await cache.get(path, method=method, data=data, headers={"Cache-Control": "no-store"})).status == 200
+    reply = await cache.get(path, method=method, data=data, headers={"Cache-Control": "no-store"})
+    assert raw.count(path, method) == (3 if resent else 2)
+    assert reply.status == (200 if resent else 502), reply
+
+
+async def test_9112_9_3_1_burst_of_writes_on_connections_the_origin_closes_never_502s(make_cache, raw):
+    """About 25 concurrent PUTs, the origin closing every connection right after its answer (while it
+    said keep-alive): no client gets a 502, each PUT reaches the origin at least once."""
+    raw.script(W, Answer(body=b"done", close=True))
+    cache = await make_cache(origin=raw)
+    for _ in range(4):
+        replies = await asyncio.gather(*(cache.get(W, method="PUT", data=b"x" * 100) for _ in range(25)))
+        assert [r.status for r in replies] == [200] * 25, [r for r in replies if r.status != 200][:3]
+    assert raw.count(W, "PUT") >= 100
