@@ -39,7 +39,7 @@ from .errors import StoreUnavailable, UpstreamError
 from .logs import request_id as request_id_var
 from .policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
 from .streaming import is_event_stream
-from .upstream import strip_hop_by_hop
+from .upstream import overran, overrun_failure, strip_hop_by_hop
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
 
 LABEL = "http_cache"  # the metrics' rule label for requests the HTTP cache handles
@@ -133,7 +133,7 @@ async def _unsafe(proxy, request: web.Request, origin) -> web.StreamResponse:
     try:
         response = await proxy.upstream.send(request.method, origin.path_qs, headers, body)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+        proxy.upstream.failures(exc, "none", request.method)
         return error_response(exc.status, exc.detail, "BYPASS", status)
     await proxy.purge(invalidation_keys(proxy, request, response.status, response.headers), INVALIDATION)
     return await proxy._stream(request, response, proxy._pass_headers(response, status))
@@ -300,9 +300,9 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     request_time = proxy.clock()
     start = time.perf_counter()
     try:
-        response = await proxy.upstream.send("GET", origin.path_qs, headers)
+        response = await proxy.upstream.fetch(origin.path_qs, headers)  # the lean client (proxy/http1.py)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+        proxy.upstream.failures(exc, LABEL, "GET")
         return Got(error=exc, outcome="upstream-error")
     response_time = proxy.clock()
     proxy.metrics.upstream_duration.observe(time.perf_counter() - start)
@@ -323,11 +323,14 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     try:
         body, complete = await _server._read_limited(response, config.max_body_bytes)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("body").inc()
+        proxy.upstream.failures(exc, LABEL, "GET")
         return Got(error=exc, outcome="upstream-error")
     if not complete:
         return Got(response.status, upstream_headers, outcome="too-large", stream=(body, response))
     refusal = hc.refuse_to_store("GET", response.status, origin.headers, upstream_headers, config.heuristic)
+    if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
+        proxy.upstream.failures(overrun_failure(), LABEL, "GET")
+        refusal = "framing"
     if refusal is None and fallback and response.status in hc.ERROR_STATUSES:
         refusal = "upstream-error"  # the stale entry answers instead (RFC 5861 §4); keep it
     etag = (upstream_headers.getall("ETag", ()) or [None])[0]
@@ -448,7 +451,7 @@ async def _relay(proxy, request: web.Request, origin, fwd: str, fallback: Entry 
     try:
         response = await proxy.upstream.send(request.method, origin.path_qs, headers)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+        proxy.upstream.failures(exc, LABEL, request.method)
         if fallback is not None and reuse is not None:
             return _stale_on_error(proxy, request, fallback, reuse, exc.status), "stale"
         return error_response(exc.status, exc.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False)), "miss"

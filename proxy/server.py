@@ -52,7 +52,8 @@ from .policy import Bypass, Lookup, Reason, RequestView, Write
 from .rules import Rules, load_rules
 from .store import open_store
 from .store.guard import CircuitBreaker, GuardedStore
-from .upstream import Upstream, framed_length, response_headers, strip_hop_by_hop, watch_upstream
+from .upstream import (Upstream, body_failure, framed_length, overran, overrun_failure, response_headers,
+                       strip_hop_by_hop, watch_upstream)
 from .endpoints import EndpointsMixin
 from .purging import PurgingMixin
 from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_matches, is_valid_request_id, read_body
@@ -139,6 +140,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         self.admin_limiter = RateLimiter(config.admin_rate, burst=max(1.0, config.admin_rate * 2))
         self.gate = Gate(config.max_inflight, metrics, admin_paths_public=config.admin_listen is None)
         upstream.slots.on_busy = metrics.overload.labels("upstream").inc
+        upstream.failures.counter = metrics.upstream_errors  # counted and logged (proxy/failures.py)
         # Test-only switches that break a guarantee on purpose, so the stale-read checker is known to bite.
         self.unsafe = unsafe
 
@@ -505,7 +507,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             response = await self.upstream.fetch(origin.path_qs, headers)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            self.upstream.failures(exc, rule.name, "GET")
             return Fetched(error=exc, outcome="upstream-error")
         self.metrics.upstream_duration.observe(time.perf_counter() - start)
         if streaming.is_event_stream(response.headers):  # SSE: relayed as it comes, never stored
@@ -514,12 +516,15 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             body, complete = await _read_limited(response, rule.max_body_bytes)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("body").inc()
+            self.upstream.failures(exc, rule.name, "GET")
             return Fetched(error=exc, outcome="upstream-error")
         upstream_headers = strip_hop_by_hop(response.headers)
         if not complete:
             return Fetched(response.status, upstream_headers, outcome="too-large", stream=(body, response))
         refusal = policy.refuse_to_store(rule, response.status, response.headers, body)
+        if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
+            self.upstream.failures(overrun_failure(), rule.name, "GET")
+            refusal = "framing"
         etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
         fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "")
         if refusal is None and store:
@@ -684,7 +689,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             response = await self.upstream.send(request.method, origin.path_qs, headers, body)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            self.upstream.failures(exc, rule_name, request.method)
             if d.rule is not None:  # it may have committed: purge anyway
                 await self.purge(d.gen_keys, rule_name)
             return error_response(exc.status, exc.detail, "BYPASS", status)
@@ -719,7 +724,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             response = await self.upstream.send(request.method, origin.path_qs, headers, body)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            self.upstream.failures(exc, "none", request.method)
             return error_response(exc.status, exc.detail, "BYPASS", cache_status)
         self.metrics.upstream_duration.observe(time.perf_counter() - start)
         return await self._stream(request, response, self._pass_headers(response, cache_status))
@@ -775,9 +780,9 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[b
             size += len(chunk)
             if size > limit:
                 return b"".join(chunks), False
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         response.release()
-        raise UpstreamError(502, "upstream failed mid-body") from None
+        raise body_failure(exc) from None
 
 
 def _is_failure(fetched: Fetched, rule) -> bool:

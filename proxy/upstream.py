@@ -33,6 +33,7 @@ from yarl import URL
 
 from . import resend
 from .errors import UpstreamError
+from .failures import FailureReport, classify
 from .http1 import FillClient, FillResponse
 
 log = logging.getLogger("proxy")
@@ -165,6 +166,7 @@ class Upstream:
                                 (self.ssl or ssl.create_default_context()) if https else None, base.host,
                                 config.connect_timeout, config.read_timeout, max_idle=config.pool_size)
         self.slots = _Slots(config.max_concurrent, config.queue_timeout)
+        self.failures = FailureReport()  # the server gives it the error counter
         self.answered = not config.require_at_start  # the backend answered once (see ``probe``)
 
     async def start(self) -> None:
@@ -281,18 +283,33 @@ class Upstream:
 
 @contextlib.contextmanager
 def _failures_mapped(slot: "_Slot") -> Iterator[None]:
-    """Either client's failures as UpstreamError (504 on a timeout, else 502), the slot given back."""
+    """Either client's failures as UpstreamError (504 on a timeout, else 502; ``failures.classify`` says
+    which kind and why), the slot given back."""
     try:
         yield
-    except asyncio.TimeoutError:  # aiohttp.ServerTimeoutError included
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:  # aiohttp.ServerTimeoutError included
         slot.release()
-        raise UpstreamError(504, "upstream timed out") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        slot.release()
-        raise UpstreamError(502, f"upstream unreachable: {type(exc).__name__}") from None
+        raise classify(exc) from None
     except BaseException:
         slot.release()
         raise
+
+
+def body_failure(exc: BaseException) -> UpstreamError:
+    """What a failure while reading an answer's body was (a timeout, a reset, a body shorter than its
+    Content-Length)."""
+    return classify(exc, reading_body=True)
+
+
+def overran(response: Any) -> bool:
+    """Bytes followed the answer beyond its Content-Length (the lean client saw them arrive with it): the
+    answer is relayed cut there, never stored, and its connection is closed."""
+    return bool(getattr(response, "overran", False))
+
+
+def overrun_failure() -> UpstreamError:
+    return UpstreamError(502, "upstream sent bytes beyond the answer's Content-Length; relayed up to it, not "
+                              "stored, connection closed", "framing", "bytes after the end of the answer")
 
 
 def hold(slot: "_Slot", response: aiohttp.ClientResponse) -> None:

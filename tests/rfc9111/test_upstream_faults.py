@@ -152,3 +152,57 @@ async def test_9112_9_3_1_burst_of_writes_on_connections_the_origin_closes_never
         replies = await asyncio.gather(*(cache.get(W, method="PUT", data=b"x" * 100) for _ in range(25)))
         assert [r.status for r in replies] == [200] * 25, [r for r in replies if r.status != 200][:3]
     assert raw.count(W, "PUT") >= 100
+
+
+# ------------------------------------------------------------ framing: Content-Length against the bytes
+
+from tests.functional.conftest import sample  # noqa: E402
+
+
+async def upstream_errors(cache, kind: str) -> float:
+    return sample(await cache.proxy.metrics(), "katiba_cache_upstream_errors_total", kind=kind)
+
+
+@pytest.mark.parametrize("path, headers", [(P, [("Cache-Control", "max-age=600")]),
+                                           (TYPES, [("Content-Type", "application/json")])],
+                         ids=["http-cache", "rule"])
+async def test_framing_body_longer_than_content_length_is_cut_there_and_never_stored(make_cache, raw, path, headers):
+    body = ENVELOPE if path == TYPES else b"0123456789"
+    raw.script(path, Answer(headers=headers, body=body + b"GARBAGE-AFTER-THE-BODY", length=len(body)))
+    cache = await make_cache(origin=raw)
+    first = await cache.get(path)
+    assert (first.status, first.body) == (200, body), first
+    opened = raw.connections
+    second = await cache.get(path)
+    assert (second.status, second.body, second.x_cache) == (200, body, "MISS"), second  # not stored
+    assert raw.count(path) == 2 and raw.connections == opened + 1  # that connection was not reused
+    assert await upstream_errors(cache, "framing") == 2
+
+
+@pytest.mark.parametrize("path, headers", [(P, [("Cache-Control", "max-age=600")]),
+                                           (TYPES, [("Content-Type", "application/json")])],
+                         ids=["http-cache", "rule"])
+async def test_framing_body_shorter_than_content_length_is_an_error_that_says_so(make_cache, raw, path, headers):
+    raw.script(path, Answer(headers=headers, body=b'{"header": ', length=500))
+    cache = await make_cache(origin=raw)
+    reply = await cache.get(path)
+    assert reply.status == 502, reply
+    assert "Content-Length" in reply.json["detail"] and "unreachable" not in reply.json["detail"], reply
+    assert (await cache.get(path)).status == 502 and raw.count(path) == 2  # never stored
+    assert await upstream_errors(cache, "framing") == 2 and await upstream_errors(cache, "connect") == 0
+
+
+async def test_framing_relayed_answer_longer_than_content_length(make_cache, raw):
+    """A write's answer goes through aiohttp's client, whose parser refuses the whole answer when bytes
+    follow it in the same read: the client gets a 502 that says so (never "unreachable"), counted as
+    framing, the write is not sent again and the connection is not used again."""
+    raw.script(W, Answer(body=b"0123456789GARBAGE", length=10))
+    cache = await make_cache(origin=raw)
+    for _ in range(2):
+        reply = await cache.get(W, method="POST", data=b"x")
+        assert reply.status == 502, reply
+        assert "Content-Length" in reply.json["detail"] and "unreachable" not in reply.json["detail"]
+    opened = raw.connections
+    await cache.get(W, method="POST", data=b"x")
+    assert raw.count(W, "POST") == 3 and raw.connections == opened + 1
+    assert await upstream_errors(cache, "framing") == 3
