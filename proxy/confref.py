@@ -42,6 +42,9 @@ RULE_FIELD_DOCS = {
     "error_when": "backend answers that count as failures for stale_if_error (same shape as cache_when)",
     "l1_ttl": "seconds an entry may also be answered from the in-process L1 in front of Redis (0: off); "
               "invalidated by a message from every purge",
+    "honor_cdn_cache_control": "RFC 9213: a valid `CDN-Cache-Control` (or `http_cache.targeted_fields`) from the "
+                               "backend may forbid storing (no-store, private, no-cache) or shorten the ttl "
+                               "and stale windows; never lengthens them",
 }
 TOP_FIELD_DOCS = {
     "version": ("1", "format version of the file (1)"),
@@ -56,6 +59,8 @@ HTTP_CACHE_DOCS = {
     "heuristic": "RFC 9111 §4.2.2 heuristic freshness (10% of Date - Last-Modified)",
     "max_body_bytes": "larger responses are streamed and not stored",
     "max_ttl": "longest an HTTP entry stays in the store, stale windows included (seconds)",
+    "targeted_fields": "RFC 9213 targeted fields obeyed, most specific first (default `[CDN-Cache-Control]`; "
+                       "e.g. `[KatibaCache-Cache-Control, CDN-Cache-Control]`; `[]`: none)",
 }
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -178,7 +178,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
     req = hc.request_directives(request.headers)
     entry, reuse = found.entry, None
     if entry is not None:
-        reuse = hc.evaluate(entry.status, CIMultiDict(entry.headers), entry.stored_at, proxy.clock(), req,
+        reuse = hc.evaluate(entry.status, _view(proxy, entry.headers), entry.stored_at, proxy.clock(), req,
                             config.heuristic)
         if reuse.action == "fresh":
             return _from_entry(request, entry, "HIT" if not collapsed else "MISS",
@@ -245,6 +245,11 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
         # §5.2.2.2: a stale must-revalidate response the origin cannot confirm -> 504
         return error_response(504, got.error.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False)), "miss"
     return await _from_got(proxy, request, got, CacheStatus.miss(fwd, got.status, got.outcome, collapsed)), "miss"
+
+
+def _view(proxy, headers) -> CIMultiDict:
+    """The headers as this cache reads them for its decisions (RFC 9213 targeted fields, ``cache_view``)."""
+    return CIMultiDict(hc.cache_view(CIMultiDict(headers), proxy.rules.http_cache.targeted_fields))
 
 
 def _fwd(found: Found, reuse: hc.Reuse | None) -> str:
@@ -314,7 +319,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
         new_headers = hc.updated_headers(validate.headers, upstream_headers, response_time)
         birth = response_time - hc.corrected_initial_age(upstream_headers, request_time, response_time)
         fresh = replace(validate, headers=new_headers, stored_at=birth, generations=tuple(tokens))
-        refusal = hc.refuse_to_store("GET", fresh.status, origin.headers, CIMultiDict(new_headers), config.heuristic)
+        refusal = hc.refuse_to_store("GET", fresh.status, origin.headers, _view(proxy, new_headers), config.heuristic)
         outcome = refusal or await _store(proxy, target, found, tokens, fresh, origin.headers)
         proxy.metrics.stores.labels(LABEL, outcome).inc()
         return Got(304, upstream_headers, outcome=outcome, revalidated=fresh)
@@ -327,7 +332,8 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
         return Got(error=exc, outcome="upstream-error")
     if not complete:
         return Got(response.status, upstream_headers, outcome="too-large", stream=(body, response))
-    refusal = hc.refuse_to_store("GET", response.status, origin.headers, upstream_headers, config.heuristic)
+    policy_headers = _view(proxy, upstream_headers)  # RFC 9213: a targeted field decides, if valid
+    refusal = hc.refuse_to_store("GET", response.status, origin.headers, policy_headers, config.heuristic)
     if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
         proxy.upstream.failures(overrun_failure(), LABEL, "GET")
         refusal = "framing"
@@ -337,8 +343,8 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     outcome = refusal or ""
     if refusal is None:
         age = hc.corrected_initial_age(upstream_headers, request_time, response_time)
-        kept = hc.stored_headers(upstream_headers, response_time)
-        ttl = hc.store_seconds(CIMultiDict(kept), response.status, age, config.heuristic, config.max_ttl)
+        kept = hc.stored_headers(upstream_headers, response_time, policy_headers)
+        ttl = hc.store_seconds(_view(proxy, kept), response.status, age, config.heuristic, config.max_ttl)
         if ttl <= 0:
             outcome = "not-reusable"  # stale on arrival (or no lifetime) and nothing to revalidate it with
         else:
@@ -357,7 +363,7 @@ async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: 
     config = proxy.rules.http_cache
     headers = CIMultiDict(entry.headers)
     if ttl is None:
-        ttl = hc.store_seconds(headers, entry.status, max(0.0, proxy.clock() - entry.stored_at),
+        ttl = hc.store_seconds(_view(proxy, entry.headers), entry.status, max(0.0, proxy.clock() - entry.stored_at),
                                config.heuristic, config.max_ttl)
         if ttl <= 0:
             return "not-reusable"

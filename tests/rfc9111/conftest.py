@@ -13,7 +13,8 @@ memory store and on Redis, ``poll``). Added here:
                  **http_cache}``; returns a ``Cache`` (``.get(path, headers, method)``, ``.proxy``,
                  ``.origin``, ``.clock``). ``origin=`` puts another proxy in front of an existing origin (anything
                  with ``url`` and ``clock``, e.g. ``rawserver.RawOrigin``), ``store=`` gives it that store
-                 instead of a fresh one of ``store_kind``, ``upstream={...}`` sets UpstreamConfig fields.
+                 instead of a fresh one of ``store_kind``, ``upstream={...}`` sets UpstreamConfig fields,
+                 ``edit=`` rewrites the shipped rules.yaml text first.
 ``cache``        ``make_cache()``.
 """
 from __future__ import annotations
@@ -152,8 +153,10 @@ _files = itertools.count()
 @pytest.fixture
 def make_cache(make_proxy, aiohttp_server, tmp_path):
     async def make(origin: Origin | None = None, store: Any = None, upstream: dict | None = None,
-                   **http_cache: Any) -> Cache:
+                   edit: Callable[[str], str] | None = None, **http_cache: Any) -> Cache:
         text = Path(RULES_PATH).read_text()
+        if edit is not None:
+            text = edit(text)
         assert SHIPPED_HTTP_CACHE in text, "the shipped rules.yaml changed its http_cache line"
         path = tmp_path / f"rules-{next(_files)}.yaml"
         path.write_text(text.replace(SHIPPED_HTTP_CACHE, "http_cache: " + json.dumps({"enabled": True, **http_cache})))
