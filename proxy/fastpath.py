@@ -44,6 +44,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from . import interim
 from . import server as _server  # circular on purpose (as in httpserve): names are looked up at call time
 from .entry import Entry
 from .errors import LookupRedirected, StoreUnavailable
@@ -313,13 +314,14 @@ class ReadPath:
             return wire(response.status, CIMultiDict(response.headers), response.body)
         headers = _server.miss_headers(fetched.headers, fetched.etag, cache_status)
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
+        hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/interim.py)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
             length = framed_length(upstream.headers)
-            return Relay(wire(fetched.status, headers, length, upstream.reason), length is None, prefix, upstream,
-                         record)
+            return Relay(hints + wire(fetched.status, headers, length, upstream.reason), length is None, prefix,
+                         upstream, record)
         record()
-        return wire(fetched.status, headers, fetched.body)
+        return hints + wire(fetched.status, headers, fetched.body)
 
     def render(self, d: Lookup, entry: Entry, label: str, cache_status: str, age: int, head: Head, start: float,
                rid: str | None = None) -> bytes:

@@ -33,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import httpcache as hc
+from . import interim
 from . import server as _server  # circular on purpose: names are looked up at call time
 from .entry import Entry, decode_entry
 from .errors import StoreUnavailable, UpstreamError
@@ -81,6 +82,7 @@ class Got:
     error: UpstreamError | None = None
     stream: Any = None  # (prefix, upstream response): too large to store
     revalidated: Entry | None = None  # the stored entry, updated by a 304
+    interim: tuple = ()  # 1xx answers before it: relayed, never stored (proxy/interim.py)
 
 
 # ------------------------------------------------------------------------------- routing
@@ -352,7 +354,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
             entry = Entry(response.status, kept, body, response_time - age, tuple(tokens), FINGERPRINT, etag)
             outcome = await _store(proxy, target, found, tokens, entry, origin.headers, ttl)
     proxy.metrics.stores.labels(LABEL, outcome).inc()
-    return Got(response.status, upstream_headers, body, etag, outcome)
+    return Got(response.status, upstream_headers, body, etag, outcome, interim=interim.of(response))
 
 
 async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: Entry, request_headers,
@@ -439,6 +441,7 @@ def _chain(upstream: CIMultiDict, ours: str) -> str:
 async def _from_got(proxy, request: web.Request, got: Got, status: str) -> web.StreamResponse:
     if got.error is not None:
         return error_response(got.error.status, got.error.detail, "MISS", status)
+    interim.send_before(request, got.interim)
     headers = _server.miss_headers(got.headers, got.etag, _chain(got.headers, status))
     if got.stream is not None:
         prefix, upstream_response = got.stream

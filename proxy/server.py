@@ -38,7 +38,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpcache, httpserve, policy, streaming
+from . import fastpath, httpcache, httpserve, interim, policy, streaming
 from .arms import rollout_arm
 from .config import Config
 from .entry import Entry, decode_entry
@@ -85,6 +85,7 @@ class Fetched:
     error: UpstreamError | None = None
     stream: Any = None  # (prefix, upstream response) when the body exceeded the rule's limit
     collapsed: bool = False
+    interim: tuple = ()  # 1xx answers that came before it, relayed to the client, never stored
 
     @property
     def shareable(self) -> bool:
@@ -522,11 +523,12 @@ class Proxy(PurgingMixin, EndpointsMixin):
         if not complete:
             return Fetched(response.status, upstream_headers, outcome="too-large", stream=(body, response))
         refusal = policy.refuse_to_store(rule, response.status, response.headers, body)
+        hints = interim.of(response)
         if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
             self.upstream.failures(overrun_failure(), rule.name, "GET")
             refusal = "framing"
         etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
-        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "")
+        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", interim=hints)
         if refusal is None and store:
             fetched.outcome = await self._store(d, tokens, fetched, lease)  # counted by _store
             return fetched
@@ -655,6 +657,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
     async def _from_fetched(self, request: web.Request, fetched: Fetched, status: str) -> web.StreamResponse:
         if fetched.error is not None:
             return error_response(fetched.error.status, fetched.error.detail, "MISS", status)
+        interim.send_before(request, fetched.interim)
         headers = miss_headers(fetched.headers, fetched.etag, status)
         if fetched.stream is not None:
             prefix, upstream_response = fetched.stream
