@@ -8,7 +8,8 @@
 * ``framing``  the answer does not agree with its own framing: not HTTP, or a body shorter or longer
                than its Content-Length: 502, or (bytes beyond Content-Length on a fill) the answer
                cut at Content-Length and never stored;
-* ``body``     the connection failed while the body was being read (a reset mid-body): 502.
+* ``body``     the connection failed while the body was being read (a reset mid-body): 502;
+* ``busy``     no free backend slot (``max_concurrent``, ``UpstreamBusy``): 503, nothing was sent.
 
 ``FailureReport`` counts each and logs it at warning with its cause (exception class and message), the
 rule and the method, never a path or a user id (a path may hold one), at most ``per_second`` lines per
@@ -28,13 +29,20 @@ from .errors import UpstreamError
 log = logging.getLogger("proxy")
 
 
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - ClientResponseError without request_info cannot render itself
+        return str(getattr(exc, "message", "") or "")
+
+
 def _cause(exc: BaseException) -> str:
-    message = " ".join(str(exc).split())  # aiohttp's parser errors span lines
+    message = " ".join(_text(exc).split())  # aiohttp's parser errors span lines
     return f"{type(exc).__name__}: {message[:300]}" if message else type(exc).__name__
 
 
 def _is_framing(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc} {exc.__cause__!r}".lower()
+    text = f"{type(exc).__name__} {_text(exc)} {type(exc.__cause__).__name__} {_text(exc.__cause__) if exc.__cause__ else ''}".lower()
     return "contentlength" in text or "content length" in text or "content-length" in text \
         or "transferencoding" in text or "malformed" in text
 

@@ -91,7 +91,7 @@ class ReplayableBody:
 def _refused_before_writing(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 5:  # aiohttp wraps the writer's error (ClientOSError from ...)
-        if isinstance(exc, aiohttp.ClientConnectionResetError) and "closing transport" in str(exc):
+        if isinstance(exc, aiohttp.ClientConnectionResetError) and "closing transport" in " ".join(map(str, exc.args)):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

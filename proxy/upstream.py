@@ -59,6 +59,9 @@ class UpstreamConfig:
 class UpstreamBusy(UpstreamError):
     """Every backend slot is taken (``max_concurrent``): answered 503 with Retry-After, never queued long."""
 
+    def __init__(self, status: int, detail: str):
+        super().__init__(status, detail, "busy", "no free backend slot (max_concurrent)")
+
 
 def ssl_context(config: UpstreamConfig) -> ssl.SSLContext | None:
     """The TLS context for an https:// backend: ``ca_file`` (a private CA) and an optional client
