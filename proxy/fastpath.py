@@ -50,7 +50,7 @@ from .entry import Entry
 from .errors import LookupRedirected, StoreUnavailable
 from .logs import request_id as request_id_var
 from .policy import Lookup
-from .upstream import framed_length
+from .upstream import body_failure, framed_length
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")
@@ -542,9 +542,7 @@ class FastRequestHandler(RequestHandler):
                 self.transport.write(b"0\r\n\r\n")
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             if self.transport is not None:  # the backend failed mid-body (a client gone is no error)
-                p.metrics.upstream_errors.labels("body").inc()
-                log.warning("upstream body failed mid-stream",
-                            extra={"event": "upstream_reset", "error": type(exc).__name__})
+                p.upstream.failures(body_failure(exc), "none", "GET")  # counted, logged (rate-limited)
                 self.transport.close()
         except Exception:  # noqa: BLE001 - part of an answer is out: nothing may follow it on this connection
             log.exception("relaying a miss failed", extra={"event": "fast_path_error"})

@@ -747,8 +747,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 await out.write(chunk)
             await out.write_eof()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            self.metrics.upstream_errors.labels("body").inc()
-            log.warning("upstream body failed mid-stream", extra={"event": "upstream_reset", "error": type(exc).__name__})
+            self.upstream.failures(body_failure(exc), "none", request.method)  # counted, logged (rate-limited)
             if request.transport is not None:
                 request.transport.close()
         finally:
