@@ -47,6 +47,9 @@ RULE_FIELD_DOCS = {
                   "write (HTTP 4xx, or a 2xx whose `header.responseCode` is 400-499; the answer is read up to "
                   "64 KiB to see it); `always`; or `{refused: [\"4xx\" or 4xx statuses], envelope: {path: ...} "
                   "| null}`",
+    "honor_cdn_cache_control": "RFC 9213: a valid `CDN-Cache-Control` (or `http_cache.targeted_fields`) from the "
+                               "backend may forbid storing (no-store, private, no-cache) or shorten the ttl "
+                               "and stale windows; never lengthens them",
 }
 TOP_FIELD_DOCS = {
     "version": ("1", "format version of the file (1)"),
@@ -68,6 +71,8 @@ HTTP_CACHE_DOCS = {
     "heuristic": "RFC 9111 §4.2.2 heuristic freshness (10% of Date - Last-Modified)",
     "max_body_bytes": "larger responses are streamed and not stored",
     "max_ttl": "longest an HTTP entry stays in the store, stale windows included (seconds)",
+    "targeted_fields": "RFC 9213 targeted fields obeyed, most specific first (default `[CDN-Cache-Control]`; "
+                       "e.g. `[KatibaCache-Cache-Control, CDN-Cache-Control]`; `[]`: none)",
 }
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

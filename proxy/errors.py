@@ -52,7 +52,12 @@ class LookupRedirected(KatibaError):
 
 
 class UpstreamError(KatibaError):
-    def __init__(self, status: int, detail: str):
+    """``kind`` (the metric label, ``proxy/failures.py``): connect, timeout, framing, body, busy;
+    ``cause``: the underlying exception as ``Class: message``, for the log (never sent to clients)."""
+
+    def __init__(self, status: int, detail: str, kind: str | None = None, cause: str = ""):
         self.status = status
         self.detail = detail
+        self.kind = kind or ("timeout" if status == 504 else "connect")
+        self.cause = cause
         super().__init__(detail)

@@ -45,12 +45,13 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from . import interim
 from . import server as _server  # circular on purpose (as in httpserve): names are looked up at call time
 from .entry import Entry
 from .errors import LookupRedirected, StoreUnavailable
 from .logs import request_id as request_id_var
 from .policy import Lookup
-from .upstream import framed_length
+from .upstream import body_failure, framed_length
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")
@@ -335,13 +336,14 @@ class ReadPath:
             return wire(response.status, CIMultiDict(response.headers), response.body)
         headers = _server.miss_headers(fetched.headers, fetched.etag, cache_status)
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
+        hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/interim.py)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
             length = framed_length(upstream.headers)
-            return Relay(wire(fetched.status, headers, length, upstream.reason), length is None, prefix, upstream,
-                         record)
+            return Relay(hints + wire(fetched.status, headers, length, upstream.reason), length is None, prefix,
+                         upstream, record)
         record()
-        return wire(fetched.status, headers, fetched.body)
+        return hints + wire(fetched.status, headers, fetched.body)
 
     def render(self, d: Lookup, entry: Entry, label: str, cache_status: str, age: int, head: Head, start: float,
                rid: str | None = None) -> bytes:
@@ -578,9 +580,7 @@ class FastRequestHandler(RequestHandler):
                 self.transport.write(b"0\r\n\r\n")
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             if self.transport is not None:  # the backend failed mid-body (a client gone is no error)
-                p.metrics.upstream_errors.labels("body").inc()
-                log.warning("upstream body failed mid-stream",
-                            extra={"event": "upstream_reset", "error": type(exc).__name__})
+                p.upstream.failures(body_failure(exc), "none", "GET")  # counted, logged (rate-limited)
                 self.transport.close()
         except Exception:  # noqa: BLE001 - part of an answer is out: nothing may follow it on this connection
             log.exception("relaying a miss failed", extra={"event": "fast_path_error"})

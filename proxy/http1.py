@@ -98,6 +98,8 @@ class FillResponse:
         self._got_bytes = False
         self._extra = False  # a second message after ours: the backend is not speaking HTTP/1.1 to us
         self._keep_alive = False
+        self.overran = False  # bytes arrived after the complete answer (beyond its Content-Length)
+        self.interim: list[tuple[int, tuple[tuple[str, str], ...]]] = []  # 1xx before it (proxy/interim.py)
 
     # -- httptools callbacks -----------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -118,6 +120,8 @@ class FillResponse:
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (103 Early Hints): the real one follows
+            if status != 101 and len(self.interim) < 10:  # kept for the client (proxy/interim.py)
+                self.interim.append((status, tuple(self._raw_headers)))
             self._raw_headers, self.reason = [], ""
             return
         self.status = status
@@ -148,13 +152,22 @@ class FillResponse:
     def feed(self, data: bytes) -> None:
         self._got_bytes = True
         if self._complete:  # bytes after a complete answer: the connection cannot be reused
+            self.overran = True
             self.connection.close()
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self._complete:  # the answer was whole; what followed it is not HTTP: cut there
+                self.overran = True
+                self.connection.close()
+                return
             self._fail(aiohttp.ClientResponseError(None, (), status=502, message=f"malformed answer: {exc}")
                        if not self._head_done else aiohttp.ClientPayloadError(f"malformed body: {exc}"))
+            self.connection.close()
+            return
+        if self._extra:  # another message after ours, in the same bytes
+            self.overran = True
             self.connection.close()
 
     def lost(self, exc: Exception | None) -> None:
@@ -167,8 +180,11 @@ class FillResponse:
         if not self._head_done:
             self._fail(aiohttp.ServerDisconnectedError() if exc is None else
                        aiohttp.ClientOSError(getattr(exc, "errno", None) or 0, str(exc) or type(exc).__name__))
+        elif exc is None:
+            self._fail(aiohttp.ClientPayloadError("the backend closed the connection before the end of the body "
+                                                  "its framing announced (Content-Length or chunked)"))
         else:
-            self._fail(aiohttp.ClientPayloadError(f"the backend closed the connection mid-body: {exc or 'EOF'}"))
+            self._fail(aiohttp.ClientPayloadError(f"the backend closed the connection mid-body: {exc}"))
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:

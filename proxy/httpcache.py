@@ -19,6 +19,9 @@ from email.utils import formatdate, parsedate_tz
 from typing import Iterable, Mapping
 from urllib.parse import urljoin, urlsplit
 
+import http_sf
+from multidict import CIMultiDict
+
 DELTA_MAX = 2147483648  # §1.2.2: delta-seconds beyond what we represent
 HEURISTIC_FRACTION = 0.1  # §4.2.2: "a typical setting of this fraction might be 10%"
 HEURISTIC_CAP = 86400  # longest heuristic lifetime we assign
@@ -174,12 +177,23 @@ def has_explicit_freshness(headers: Mapping[str, str]) -> bool:
     return "s-maxage" in cc or "max-age" in cc or bool(_values(headers, "expires"))
 
 
+def age_value_of(headers: Mapping[str, str]) -> int | None:
+    """§5.1 ``Age`` as received, read so that it never makes a response look younger than it may be:
+    a list (on one field line or several) counts as its largest member, and a member that is not a
+    delta-seconds (``abc``, ``-1``, ``1.5``) as DELTA_MAX, which makes the response stale on arrival.
+    None when there is no Age."""
+    members = [m.strip() for v in _values(headers, "age") for m in v.split(",") if m.strip()]
+    if not members:
+        return None
+    values = [delta_seconds(m) for m in members]
+    return DELTA_MAX if None in values else max(v for v in values if v is not None)
+
+
 def corrected_initial_age(headers: Mapping[str, str], request_time: float, response_time: float) -> float:
     """§4.2.3: max(apparent_age, corrected_age_value) from Date, Age, request and response times."""
     _, date = _first_date(headers, "date")
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
-    ages = _values(headers, "age")
-    age_value = delta_seconds(ages[0].strip()) if ages else None
+    age_value = age_value_of(headers)
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = (age_value or 0) + response_delay
     return min(float(DELTA_MAX), max(apparent_age, corrected_age_value))
@@ -188,6 +202,61 @@ def corrected_initial_age(headers: Mapping[str, str], request_time: float, respo
 def age_header(age: float) -> str:
     """§5.1: whole seconds, never above DELTA_MAX."""
     return str(min(DELTA_MAX, max(0, int(age))))
+
+
+# ------------------------------------------------------------------ RFC 9213 targeted fields
+
+TARGETED_DEFAULT = ("CDN-Cache-Control",)
+
+
+def targeted_directives(headers: Mapping[str, str], fields: Iterable[str]) -> dict[str, str | None] | None:
+    """RFC 9213 §2.2: the directives of the first field of ``fields`` (the target list, most specific
+    first) whose value is a valid, non-empty Structured Fields Dictionary (RFC 8941 §3.2), in the shape
+    ``parse_directives`` gives; None when there is none (Cache-Control and Expires then apply). A member
+    whose value is not an Integer, String or Token (``max-age=1.5``) keeps an argument no directive
+    accepts, so it reads as invalid (max-age: stale); ``?0`` (false) leaves the directive out."""
+    for name in fields:
+        values = _values(headers, name)
+        if not values:
+            continue
+        try:
+            parsed = http_sf.parse(", ".join(values).encode("latin-1"), tltype="dictionary")
+        except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError):
+            continue  # §2.2: an invalid field is ignored
+        if not parsed:
+            continue
+        out: dict[str, str | None] = {}
+        for key, (value, _params) in parsed.items():
+            if value is True:
+                out[key] = None
+            elif value is False:
+                continue
+            elif isinstance(value, int):
+                out[key] = str(value)
+            elif isinstance(value, str):  # String and Token (a str subclass)
+                out[key] = str(value)
+            else:
+                out[key] = "invalid"
+        return out
+    return None
+
+
+def cache_view(headers: Mapping[str, str], fields: Iterable[str]) -> Mapping[str, str]:
+    """The response's headers as this cache reads them for its own decisions: with a valid targeted
+    field (RFC 9213 §2.2), its directives in place of Cache-Control, and Expires ignored; else the
+    headers themselves. What is stored and sent on stays the origin's fields, the targeted one included."""
+    directives = targeted_directives(headers, fields) if fields else None
+    if directives is None:
+        return headers
+    view = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in ("cache-control", "expires"))
+    rendered = [name if arg is None else f'{name}="{arg}"' if not _TOKEN.match(arg) else f"{name}={arg}"
+                for name, arg in directives.items()]
+    if rendered:
+        view["Cache-Control"] = ", ".join(rendered)
+    return view
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 # ------------------------------------------------------------------------------ requests
@@ -264,11 +333,13 @@ def has_validator(headers: Mapping[str, str]) -> bool:
     return bool(_values(headers, "etag") or _values(headers, "last-modified"))
 
 
-def stored_headers(headers: Mapping[str, str], response_time: float) -> tuple[tuple[str, str], ...]:
+def stored_headers(headers: Mapping[str, str], response_time: float,
+                   policy: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
     """The fields kept with an entry: §3.1 (minus hop-by-hop and per-answer ones), minus the field names
     of a qualified no-cache (§5.2.2.4: not sent without revalidation, so simply not kept) or private
-    (§5.2.2.7: a shared cache must not store them); Date added when missing (RFC 9110 §6.6.1)."""
-    cc = cache_control(headers)
+    (§5.2.2.7: a shared cache must not store them); Date added when missing (RFC 9110 §6.6.1).
+    ``policy``: the headers the directives are read from (``cache_view``), when not ``headers``."""
+    cc = cache_control(headers if policy is None else policy)
     dropped = set(NOT_STORED) | set(field_names(cc.get("no-cache"))) | set(field_names(cc.get("private")))
     connection = {t.strip().lower() for v in _values(headers, "connection") for t in v.split(",")}
     kept = [(k, v) for k, v in headers.items() if k.lower() not in dropped and k.lower() not in connection]
@@ -395,6 +466,21 @@ def updated_headers(stored: Iterable[tuple[str, str]], fresh: Mapping[str, str],
     cc = parse_directives([v for k, v in merged if k.lower() == "cache-control"])
     dropped = set(field_names(cc.get("no-cache"))) | set(field_names(cc.get("private")))
     return tuple((k, v) for k, v in merged if k.lower() not in dropped)
+
+
+# RFC 9110 §15.4.5: the fields a 304 carries when the 200 would have (and no other representation
+# metadata, except Last-Modified when there is no ETag: it helps the client update its cache).
+NOT_MODIFIED_FIELDS = frozenset({"content-location", "date", "etag", "vary", "cache-control", "expires"})
+
+
+def not_modified_fields(headers: Iterable[tuple[str, str]], also: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The fields of a 200 (``headers``) that its 304 keeps, compared case-insensitively (an origin may
+    write ``Etag``); ``also``: lowercased names the caller adds (its own per-answer fields)."""
+    pairs = list(headers)
+    keep = set(NOT_MODIFIED_FIELDS) | {n.lower() for n in also}
+    if not any(k.lower() == "etag" for k, _ in pairs):
+        keep.add("last-modified")
+    return [(k, v) for k, v in pairs if k.lower() in keep]
 
 
 # --------------------------------------------------------------------------------- Vary

@@ -33,13 +33,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import httpcache as hc
+from . import interim
 from . import server as _server  # circular on purpose: names are looked up at call time
 from .entry import Entry, decode_entry
 from .errors import StoreUnavailable, UpstreamError
 from .logs import request_id as request_id_var
 from .policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
 from .streaming import is_event_stream
-from .upstream import strip_hop_by_hop
+from .upstream import overran, overrun_failure, strip_hop_by_hop
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
 
 LABEL = "http_cache"  # the metrics' rule label for requests the HTTP cache handles
@@ -81,6 +82,7 @@ class Got:
     error: UpstreamError | None = None
     stream: Any = None  # (prefix, upstream response): too large to store
     revalidated: Entry | None = None  # the stored entry, updated by a 304
+    interim: tuple = ()  # 1xx answers before it: relayed, never stored (proxy/interim.py)
 
 
 # ------------------------------------------------------------------------------- routing
@@ -133,7 +135,7 @@ async def _unsafe(proxy, request: web.Request, origin) -> web.StreamResponse:
     try:
         response = await proxy.upstream.send(request.method, origin.path_qs, headers, body)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+        proxy.upstream.failures(exc, "none", request.method)
         return error_response(exc.status, exc.detail, "BYPASS", status)
     await proxy.purge(invalidation_keys(proxy, request, response.status, response.headers), INVALIDATION)
     return await proxy._stream(request, response, proxy._pass_headers(response, status))
@@ -178,7 +180,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
     req = hc.request_directives(request.headers)
     entry, reuse = found.entry, None
     if entry is not None:
-        reuse = hc.evaluate(entry.status, CIMultiDict(entry.headers), entry.stored_at, proxy.clock(), req,
+        reuse = hc.evaluate(entry.status, _view(proxy, entry.headers), entry.stored_at, proxy.clock(), req,
                             config.heuristic)
         if reuse.action == "fresh":
             return _from_entry(request, entry, "HIT" if not collapsed else "MISS",
@@ -193,7 +195,8 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
         return error_response(504, "not in cache (only-if-cached)", "MISS",
                               f"{CACHE_NAME}; detail=only-if-cached"), "miss"
     if request.method == "HEAD":  # HEAD answers are not stored: pass it on
-        return await _relay(proxy, request, origin, _fwd(found, reuse)), "miss"
+        fallback = entry if reuse is not None and reuse.stale_if_error else None
+        return await _relay(proxy, request, origin, _fwd(found, reuse), fallback, reuse)
 
     tokens = found.tokens
     if None in tokens:
@@ -239,12 +242,16 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
         fwd_status = got.error.status if got.error else got.status
         if got.stream is not None:
             got.stream[1].release()
-        status = CacheStatus.hit(reuse.ttl, "stale-if-error", fwd_status=fwd_status)
-        return _from_entry(request, entry, "STALE", status, max(0.0, proxy.clock() - entry.stored_at)), "stale"
+        return _stale_on_error(proxy, request, entry, reuse, fwd_status), "stale"
     if got.error is not None and reuse is not None and reuse.no_stale and reuse.reason == "stale":
         # §5.2.2.2: a stale must-revalidate response the origin cannot confirm -> 504
         return error_response(504, got.error.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False)), "miss"
     return await _from_got(proxy, request, got, CacheStatus.miss(fwd, got.status, got.outcome, collapsed)), "miss"
+
+
+def _view(proxy, headers) -> CIMultiDict:
+    """The headers as this cache reads them for its decisions (RFC 9213 targeted fields, ``cache_view``)."""
+    return CIMultiDict(hc.cache_view(CIMultiDict(headers), proxy.rules.http_cache.targeted_fields))
 
 
 def _fwd(found: Found, reuse: hc.Reuse | None) -> str:
@@ -300,9 +307,9 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     request_time = proxy.clock()
     start = time.perf_counter()
     try:
-        response = await proxy.upstream.send("GET", origin.path_qs, headers)
+        response = await proxy.upstream.fetch(origin.path_qs, headers)  # the lean client (proxy/http1.py)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+        proxy.upstream.failures(exc, LABEL, "GET")
         return Got(error=exc, outcome="upstream-error")
     response_time = proxy.clock()
     proxy.metrics.upstream_duration.observe(time.perf_counter() - start)
@@ -314,7 +321,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
         new_headers = hc.updated_headers(validate.headers, upstream_headers, response_time)
         birth = response_time - hc.corrected_initial_age(upstream_headers, request_time, response_time)
         fresh = replace(validate, headers=new_headers, stored_at=birth, generations=tuple(tokens))
-        refusal = hc.refuse_to_store("GET", fresh.status, origin.headers, CIMultiDict(new_headers), config.heuristic)
+        refusal = hc.refuse_to_store("GET", fresh.status, origin.headers, _view(proxy, new_headers), config.heuristic)
         outcome = refusal or await _store(proxy, target, found, tokens, fresh, origin.headers)
         proxy.metrics.stores.labels(LABEL, outcome).inc()
         return Got(304, upstream_headers, outcome=outcome, revalidated=fresh)
@@ -323,19 +330,23 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     try:
         body, complete = await _server._read_limited(response, config.max_body_bytes)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("body").inc()
+        proxy.upstream.failures(exc, LABEL, "GET")
         return Got(error=exc, outcome="upstream-error")
     if not complete:
         return Got(response.status, upstream_headers, outcome="too-large", stream=(body, response))
-    refusal = hc.refuse_to_store("GET", response.status, origin.headers, upstream_headers, config.heuristic)
+    policy_headers = _view(proxy, upstream_headers)  # RFC 9213: a targeted field decides, if valid
+    refusal = hc.refuse_to_store("GET", response.status, origin.headers, policy_headers, config.heuristic)
+    if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
+        proxy.upstream.failures(overrun_failure(), LABEL, "GET")
+        refusal = "framing"
     if refusal is None and fallback and response.status in hc.ERROR_STATUSES:
         refusal = "upstream-error"  # the stale entry answers instead (RFC 5861 §4); keep it
     etag = (upstream_headers.getall("ETag", ()) or [None])[0]
     outcome = refusal or ""
     if refusal is None:
         age = hc.corrected_initial_age(upstream_headers, request_time, response_time)
-        kept = hc.stored_headers(upstream_headers, response_time)
-        ttl = hc.store_seconds(CIMultiDict(kept), response.status, age, config.heuristic, config.max_ttl)
+        kept = hc.stored_headers(upstream_headers, response_time, policy_headers)
+        ttl = hc.store_seconds(_view(proxy, kept), response.status, age, config.heuristic, config.max_ttl)
         if ttl <= 0:
             outcome = "not-reusable"  # stale on arrival (or no lifetime) and nothing to revalidate it with
         else:
@@ -343,7 +354,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
             entry = Entry(response.status, kept, body, response_time - age, tuple(tokens), FINGERPRINT, etag)
             outcome = await _store(proxy, target, found, tokens, entry, origin.headers, ttl)
     proxy.metrics.stores.labels(LABEL, outcome).inc()
-    return Got(response.status, upstream_headers, body, etag, outcome)
+    return Got(response.status, upstream_headers, body, etag, outcome, interim=interim.of(response))
 
 
 async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: Entry, request_headers,
@@ -354,7 +365,7 @@ async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: 
     config = proxy.rules.http_cache
     headers = CIMultiDict(entry.headers)
     if ttl is None:
-        ttl = hc.store_seconds(headers, entry.status, max(0.0, proxy.clock() - entry.stored_at),
+        ttl = hc.store_seconds(_view(proxy, entry.headers), entry.status, max(0.0, proxy.clock() - entry.stored_at),
                                config.heuristic, config.max_ttl)
         if ttl <= 0:
             return "not-reusable"
@@ -430,6 +441,7 @@ def _chain(upstream: CIMultiDict, ours: str) -> str:
 async def _from_got(proxy, request: web.Request, got: Got, status: str) -> web.StreamResponse:
     if got.error is not None:
         return error_response(got.error.status, got.error.detail, "MISS", status)
+    interim.send_before(request, got.interim)
     headers = _server.miss_headers(got.headers, got.etag, _chain(got.headers, status))
     if got.stream is not None:
         prefix, upstream_response = got.stream
@@ -439,16 +451,28 @@ async def _from_got(proxy, request: web.Request, got: Got, status: str) -> web.S
     return web.Response(status=got.status, body=got.body, headers=headers)
 
 
-async def _relay(proxy, request: web.Request, origin, fwd: str) -> web.StreamResponse:
-    """Pass a request on unchanged (a HEAD the cache cannot answer), marked as a miss."""
+async def _relay(proxy, request: web.Request, origin, fwd: str, fallback: Entry | None = None,
+                 reuse: hc.Reuse | None = None) -> tuple[web.StreamResponse, str]:
+    """Pass a request on unchanged (a HEAD the cache cannot answer), marked as a miss; if the origin
+    fails and ``fallback`` (a stored GET response stale-if-error allows) exists, it answers (RFC 5861 §4)."""
     headers = proxy.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
     proxy.metrics.upstream_requests.labels(LABEL).inc()
     try:
         response = await proxy.upstream.send(request.method, origin.path_qs, headers)
     except UpstreamError as exc:
-        proxy.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
-        return error_response(exc.status, exc.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False))
+        proxy.upstream.failures(exc, LABEL, request.method)
+        if fallback is not None and reuse is not None:
+            return _stale_on_error(proxy, request, fallback, reuse, exc.status), "stale"
+        return error_response(exc.status, exc.detail, "MISS", CacheStatus.miss(fwd, 0, "upstream-error", False)), "miss"
+    if fallback is not None and reuse is not None and response.status in hc.ERROR_STATUSES:
+        response.release()
+        return _stale_on_error(proxy, request, fallback, reuse, response.status), "stale"
     out = proxy._pass_headers(response, "")
     out["X-Cache"] = "MISS"
     out["Cache-Status"] = _chain(strip_hop_by_hop(response.headers), CacheStatus.miss(fwd, response.status, "head", False))
-    return await proxy._stream(request, response, out)
+    return await proxy._stream(request, response, out), "miss"
+
+
+def _stale_on_error(proxy, request: web.Request, entry: Entry, reuse: hc.Reuse, fwd_status: int) -> web.Response:
+    status = CacheStatus.hit(reuse.ttl, "stale-if-error", fwd_status=fwd_status)
+    return _from_entry(request, entry, "STALE", status, max(0.0, proxy.clock() - entry.stored_at))

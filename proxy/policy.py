@@ -23,7 +23,9 @@ from typing import Any, Mapping
 from urllib.parse import parse_qsl, unquote
 
 import orjson
+from multidict import CIMultiDict
 
+from . import httpcache
 from .entry import Entry
 from .identity import Identity
 from .keys import Source, Template, render_origin_suffix, render_query_suffix
@@ -409,13 +411,36 @@ def judge(entry: Entry | None, tokens: list[str | None], rule: Rule, now: float)
     if None in tokens or tuple(tokens) != entry.generations:
         return Verdict("no", 0, "purged")
     age = max(0, int(now - entry.stored_at))
-    if age < rule.ttl:
+    ttl, swr, sie = rule.ttl, rule.stale_while_revalidate, rule.stale_if_error
+    if rule.cdn_fields:
+        ttl, swr, sie = cdn_bounds(rule, entry.headers)
+    if age < ttl:
         return Verdict("fresh", age, "")
-    if age < rule.ttl + rule.stale_while_revalidate:
+    if age < ttl + swr:
         return Verdict("stale", age, "")
-    if age < rule.ttl + rule.stale_if_error:
+    if age < ttl + sie:
         return Verdict("on-error", age, "expired")
     return Verdict("no", age, "expired")
+
+
+def cdn_bounds(rule: Rule, headers) -> tuple[int, int, int]:
+    """``honor_cdn_cache_control``: (ttl, stale_while_revalidate, stale_if_error) as the backend's valid
+    targeted field (RFC 9213) narrows the rule's: s-maxage or max-age shortens the ttl, the stale-*
+    directives shorten the windows, and must-revalidate / proxy-revalidate / s-maxage / no-cache close
+    them. It never lengthens what the rules file says."""
+    ttl, swr, sie = rule.ttl, rule.stale_while_revalidate, rule.stale_if_error
+    cc = httpcache.targeted_directives(CIMultiDict(headers), rule.cdn_fields)
+    if cc is None:
+        return ttl, swr, sie
+    for name in ("s-maxage", "max-age"):
+        if name in cc:
+            ttl = min(ttl, httpcache.delta_seconds(cc[name]) or 0)
+            break
+    if any(d in cc for d in ("must-revalidate", "proxy-revalidate", "s-maxage", "no-cache")):
+        return ttl, 0, 0
+    swr = min(swr, httpcache.delta_seconds(cc.get("stale-while-revalidate")) or 0)
+    sie = min(sie, httpcache.delta_seconds(cc.get("stale-if-error")) or 0)
+    return ttl, swr, sie
 
 
 def store_ttl(rule: Rule) -> int:
@@ -452,6 +477,12 @@ def refuse_to_store(rule: Rule, status: int, headers: Mapping[str, str], body: b
     if _getall(headers, "set-cookie"):
         return "set-cookie"
     directives = cache_control(headers)
+    if rule.cdn_fields:  # RFC 9213, opted in: a valid targeted field replaces Cache-Control here
+        targeted = httpcache.targeted_directives(headers, rule.cdn_fields)
+        if targeted is not None:
+            directives = targeted
+            if "no-cache" in directives:
+                return "no-cache"  # a rule's entries are never revalidated: each use needs the backend
     if "no-store" in directives:
         return "no-store"
     if "private" in directives and not rule.identity_scoped:

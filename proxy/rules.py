@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote
@@ -173,6 +173,8 @@ class Rule:
     error_when: CacheWhen | None = None  # backend answers that count as failures for stale_if_error
     l1_ttl: int = 0  # seconds an entry may be answered from the in-process L1 (0: off); see l1.py
     purge_when: PurgeWhen = PurgeWhen()  # write rules: which answers purge (see PurgeWhen)
+    honor_cdn_cache_control: bool = False  # RFC 9213: the backend's targeted field may shorten ttl, forbid storing
+    cdn_fields: tuple[str, ...] = ()  # the target list (http_cache.targeted_fields) when honoured
     guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
     fingerprint: str = ""
 
@@ -194,6 +196,8 @@ class HttpCacheConfig:
     heuristic: bool = False  # §4.2.2 heuristic freshness (10% of Date - Last-Modified); off: not stored
     max_body_bytes: int = 1 << 20  # larger responses are streamed, not stored
     max_ttl: int = 86400  # longest an HTTP entry is kept in the store, stale windows included
+    # RFC 9213 target list, most specific first: the first valid one replaces Cache-Control (and Expires)
+    targeted_fields: tuple[str, ...] = ("CDN-Cache-Control",)
 
 
 @dataclass(frozen=True)
@@ -265,7 +269,7 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 RULE_FIELDS = frozenset({
     "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
     "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
-    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "purge_when",
+    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "purge_when", "honor_cdn_cache_control",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
 TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache", "unmatched_writes", "audit"})
@@ -385,6 +389,8 @@ def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str]
     rules, namespaces = _link(check, drafts, prefix, unmatched_drafts)
     if check.problems:
         raise RulesError(check.problems)
+    rules = tuple(replace(r, cdn_fields=http_cache.targeted_fields) if r.honor_cdn_cache_control else r
+                  for r in rules)
     return Rules(filename, prefix, rules, namespaces, http_cache, unmatched, audit)
 
 
@@ -733,6 +739,7 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "l1_ttl": lambda c, v, l, f: _parse_l1_ttl(c, v, l, f),
     "error_when": _parse_cache_when,
     "purge_when": _parse_purge_when,
+    "honor_cdn_cache_control": lambda c, v, l, f: c.boolean(v, l, f),
 }
 
 
@@ -742,7 +749,7 @@ def _http_cache(check: _Checker, raw: Any, line: int) -> HttpCacheConfig:
     if not isinstance(raw, dict):
         check.fail(line, "http_cache", "must be a mapping, e.g. {enabled: false}")
         return HttpCacheConfig()
-    for unknown in set(raw) - {"enabled", "max_bytes", "heuristic", "max_body_bytes", "max_ttl"}:
+    for unknown in set(raw) - {"enabled", "max_bytes", "heuristic", "max_body_bytes", "max_ttl", "targeted_fields"}:
         check.fail(_line_of(raw, unknown), f"http_cache.{unknown}", "unknown field")
     enabled = check.boolean(raw.get("enabled", False), _line_of(raw, "enabled"), "http_cache.enabled")
     heuristic = check.boolean(raw.get("heuristic", False), _line_of(raw, "heuristic"), "http_cache.heuristic")
@@ -751,8 +758,21 @@ def _http_cache(check: _Checker, raw: Any, line: int) -> HttpCacheConfig:
     max_body = _parse_positive_int(check, raw.get("max_body_bytes", 1 << 20), _line_of(raw, "max_body_bytes"),
                                    "http_cache.max_body_bytes")
     max_ttl = check.seconds(raw.get("max_ttl", 86400), _line_of(raw, "max_ttl"), "http_cache.max_ttl", False)
+    targeted = HttpCacheConfig.targeted_fields
+    if "targeted_fields" in raw:
+        line_t = _line_of(raw, "targeted_fields")
+        names = check.string_list(raw["targeted_fields"], line_t, "http_cache.targeted_fields") \
+            if raw["targeted_fields"] != [] else ()
+        bad = [n for n in names or () if not _FIELD_NAME.match(n) or n.lower() == "cache-control"]
+        if bad:
+            check.fail(line_t, "http_cache.targeted_fields", f"not a field name (or Cache-Control itself): {bad[0]!r}")
+        elif names is not None:
+            targeted = tuple(names)
     return HttpCacheConfig(bool(enabled), max_bytes or (64 << 20), bool(heuristic), max_body or (1 << 20),
-                           max_ttl or 86400)
+                           max_ttl or 86400, targeted)
+
+
+_FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def _audit(check: _Checker, raw: Any, line: int) -> AuditConfig:

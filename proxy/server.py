@@ -42,7 +42,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpserve, policy, streaming
+from . import fastpath, httpcache, httpserve, interim, policy, streaming
 from .arms import rollout_arm
 from .auditor import Auditor
 from .config import Config
@@ -57,7 +57,8 @@ from .policy import Bypass, Lookup, Reason, RequestView, Write
 from .rules import Rules, load_rules
 from .store import open_store
 from .store.guard import CircuitBreaker, GuardedStore
-from .upstream import Upstream, framed_length, response_headers, strip_hop_by_hop, watch_upstream
+from .upstream import (Upstream, body_failure, framed_length, overran, overrun_failure, response_headers,
+                       strip_hop_by_hop, watch_upstream)
 from .endpoints import EndpointsMixin
 from .purging import PurgingMixin
 from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_matches, is_valid_request_id, read_body
@@ -92,6 +93,7 @@ class Fetched:
     error: UpstreamError | None = None
     stream: Any = None  # (prefix, upstream response) when the body exceeded the rule's limit
     collapsed: bool = False
+    interim: tuple = ()  # 1xx answers that came before it, relayed to the client, never stored
 
     @property
     def shareable(self) -> bool:
@@ -150,6 +152,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         self.admin_limiter = RateLimiter(config.admin_rate, burst=max(1.0, config.admin_rate * 2))
         self.gate = Gate(config.max_inflight, metrics, admin_paths_public=config.admin_listen is None)
         upstream.slots.on_busy = metrics.overload.labels("upstream").inc
+        upstream.failures.counter = metrics.upstream_errors  # counted and logged (proxy/failures.py)
         # Test-only switches that break a guarantee on purpose, so the stale-read checker is known to bite.
         self.unsafe = unsafe
 
@@ -531,7 +534,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             response = await self.upstream.fetch(origin.path_qs, headers)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            self.upstream.failures(exc, rule.name, "GET")
             return Fetched(error=exc, outcome="upstream-error")
         self.metrics.upstream_duration.observe(time.perf_counter() - start)
         if streaming.is_event_stream(response.headers):  # SSE: relayed as it comes, never stored
@@ -540,14 +543,18 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             body, complete = await _read_limited(response, rule.max_body_bytes)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("body").inc()
+            self.upstream.failures(exc, rule.name, "GET")
             return Fetched(error=exc, outcome="upstream-error")
         upstream_headers = strip_hop_by_hop(response.headers)
         if not complete:
             return Fetched(response.status, upstream_headers, outcome="too-large", stream=(body, response))
         refusal = policy.refuse_to_store(rule, response.status, response.headers, body)
+        hints = interim.of(response)
+        if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
+            self.upstream.failures(overrun_failure(), rule.name, "GET")
+            refusal = "framing"
         etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
-        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "")
+        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", interim=hints)
         if refusal is None and store:
             fetched.outcome = await self._store(d, tokens, fetched, lease)  # counted by _store
             return fetched
@@ -679,6 +686,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
     async def _from_fetched(self, request: web.Request, fetched: Fetched, status: str) -> web.StreamResponse:
         if fetched.error is not None:
             return error_response(fetched.error.status, fetched.error.detail, "MISS", status)
+        interim.send_before(request, fetched.interim)
         headers = miss_headers(fetched.headers, fetched.etag, status)
         if fetched.stream is not None:
             prefix, upstream_response = fetched.stream
@@ -712,7 +720,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             response = await self.upstream.send(request.method, origin.path_qs, headers, body)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            self.upstream.failures(exc, rule_name, request.method)
             await self.purge(*policy.purges_after(d, self.rules, None, None))  # it may have committed
             return error_response(exc.status, exc.detail, "BYPASS", status)
         self.auditor.note_write(identity, request.method, origin.path_qs, d.rule, response.status)
@@ -721,7 +729,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             try:
                 prefix, complete = await _read_limited(response, WRITE_ANSWER_PEEK)
             except UpstreamError as exc:  # the connection was lost mid-answer: the outcome is unknown
-                self.metrics.upstream_errors.labels("body").inc()
+                self.upstream.failures(exc, rule_name, request.method)
                 await self.purge(*policy.purges_after(d, self.rules, None, None))
                 return error_response(exc.status, exc.detail, "BYPASS", status)
             answer = prefix if complete else None  # larger: its envelope is unread, so the outcome unknown
@@ -754,7 +762,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         try:
             response = await self.upstream.send(request.method, origin.path_qs, headers, body)
         except UpstreamError as exc:
-            self.metrics.upstream_errors.labels("timeout" if exc.status == 504 else "connect").inc()
+            self.upstream.failures(exc, "none", request.method)
             return error_response(exc.status, exc.detail, "BYPASS", cache_status)
         self.metrics.upstream_duration.observe(time.perf_counter() - start)
         return await self._stream(request, response, self._pass_headers(response, cache_status))
@@ -774,8 +782,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 await out.write(chunk)
             await out.write_eof()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            self.metrics.upstream_errors.labels("body").inc()
-            log.warning("upstream body failed mid-stream", extra={"event": "upstream_reset", "error": type(exc).__name__})
+            self.upstream.failures(body_failure(exc), "none", request.method)  # counted, logged (rate-limited)
             if request.transport is not None:
                 request.transport.close()
         finally:
@@ -810,9 +817,9 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[b
             size += len(chunk)
             if size > limit:
                 return b"".join(chunks), False
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         response.release()
-        raise UpstreamError(502, "upstream failed mid-body") from None
+        raise body_failure(exc) from None
 
 
 def _is_failure(fetched: Fetched, rule) -> bool:
@@ -850,9 +857,7 @@ def miss_headers(upstream: CIMultiDict, etag: str | None, cache_status: str) -> 
 
 
 def _not_modified_headers(headers: CIMultiDict) -> CIMultiDict:
-    keep = ("ETag", "Cache-Control", "Content-Location", "Date", "Expires", "Vary", "Age", "X-Cache",
-            "Cache-Status", "X-Request-ID")
-    return CIMultiDict((k, v) for k, v in headers.items() if k in keep)
+    return CIMultiDict(httpcache.not_modified_fields(headers.items(), ("age", "x-cache", "cache-status", "x-request-id")))
 
 
 def build_app(config: Config, rules: Rules | None = None, store=None, metrics: Metrics | None = None,

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from .errors import UpstreamError
+from .failures import classify
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")
@@ -63,9 +64,9 @@ async def proxy_websocket(proxy, request: web.Request, rid: str) -> tuple[web.St
             return error_response(code, f"the backend refused the WebSocket upgrade (HTTP {exc.status})",
                                   "BYPASS", status), "bypass", "none"
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            proxy.metrics.upstream_errors.labels("connect").inc()
-            return error_response(502, f"upstream unreachable: {type(exc).__name__}", "BYPASS", status), \
-                "bypass", "none"
+            failure = classify(exc)
+            upstream.failures(failure, "none", "GET")
+            return error_response(failure.status, failure.detail, "BYPASS", status), "bypass", "none"
         client = None
         try:
             client = web.WebSocketResponse(protocols=(backend.protocol,) if backend.protocol else (),

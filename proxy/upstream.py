@@ -31,7 +31,9 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from . import resend
 from .errors import UpstreamError
+from .failures import FailureReport, classify
 from .http1 import FillClient, FillResponse
 
 log = logging.getLogger("proxy")
@@ -56,6 +58,9 @@ class UpstreamConfig:
 
 class UpstreamBusy(UpstreamError):
     """Every backend slot is taken (``max_concurrent``): answered 503 with Retry-After, never queued long."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(status, detail, "busy", "no free backend slot (max_concurrent)")
 
 
 def ssl_context(config: UpstreamConfig) -> ssl.SSLContext | None:
@@ -164,6 +169,7 @@ class Upstream:
                                 (self.ssl or ssl.create_default_context()) if https else None, base.host,
                                 config.connect_timeout, config.read_timeout, max_idle=config.pool_size)
         self.slots = _Slots(config.max_concurrent, config.queue_timeout)
+        self.failures = FailureReport()  # the server gives it the error counter
         self.answered = not config.require_at_start  # the backend answered once (see ``probe``)
 
     async def start(self) -> None:
@@ -173,7 +179,8 @@ class Upstream:
                                         sock_read=self.config.read_timeout)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-                                             cookie_jar=aiohttp.DummyCookieJar())
+                                             cookie_jar=aiohttp.DummyCookieJar(),
+                                             trace_configs=[resend.progress_trace()])
 
     async def close(self) -> None:
         self.fills.close()
@@ -201,13 +208,29 @@ class Upstream:
         return out
 
     async def send(self, method: str, path_qs: str, headers: CIMultiDict, body: Any = None) -> aiohttp.ClientResponse:
-        """Send and return the response with its body unread; the caller releases it."""
+        """Send and return the response with its body unread; the caller releases it.
+
+        Sent again once, on a new connection (RFC 9112 §9.3.1), when the connection failed before an
+        answer began and either none of the request's bytes went out (a pooled connection the backend
+        closed just as it was taken: "Cannot write to closing transport"), whatever the method, or the
+        method is idempotent and the body can be sent again (``resend.ReplayableBody``)."""
         assert self.session is not None, "Upstream.start() was not awaited"
         url = URL(self.base + path_qs, encoded=True)
-        slot = await self.slots.take()  # UpstreamBusy (503) when every slot stays taken
-        with _failures_mapped(slot):
-            response = await self.session.request(method, url, headers=headers, data=body, allow_redirects=False,
-                                                  compress=None, chunked=None)
+        replay = resend.ReplayableBody.wrap(body)
+        for attempt in (1, 2):
+            slot = await self.slots.take()  # UpstreamBusy (503) when every slot stays taken
+            sent = resend.Progress()
+            with _failures_mapped(slot):
+                try:
+                    response = await self.session.request(
+                        method, url, headers=headers, data=replay.data() if replay is not None else body,
+                        allow_redirects=False, compress=None, chunked=None, trace_request_ctx=sent)
+                except (aiohttp.ClientConnectionError, OSError) as exc:
+                    if attempt == 1 and resend.may_resend(method, exc, sent, replay, body, headers):
+                        slot.release()
+                        continue
+                    raise
+            break
         self.answered = True
         hold(slot, response)
         return response
@@ -263,18 +286,33 @@ class Upstream:
 
 @contextlib.contextmanager
 def _failures_mapped(slot: "_Slot") -> Iterator[None]:
-    """Either client's failures as UpstreamError (504 on a timeout, else 502), the slot given back."""
+    """Either client's failures as UpstreamError (504 on a timeout, else 502; ``failures.classify`` says
+    which kind and why), the slot given back."""
     try:
         yield
-    except asyncio.TimeoutError:  # aiohttp.ServerTimeoutError included
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:  # aiohttp.ServerTimeoutError included
         slot.release()
-        raise UpstreamError(504, "upstream timed out") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        slot.release()
-        raise UpstreamError(502, f"upstream unreachable: {type(exc).__name__}") from None
+        raise classify(exc) from None
     except BaseException:
         slot.release()
         raise
+
+
+def body_failure(exc: BaseException) -> UpstreamError:
+    """What a failure while reading an answer's body was (a timeout, a reset, a body shorter than its
+    Content-Length)."""
+    return classify(exc, reading_body=True)
+
+
+def overran(response: Any) -> bool:
+    """Bytes followed the answer beyond its Content-Length (the lean client saw them arrive with it): the
+    answer is relayed cut there, never stored, and its connection is closed."""
+    return bool(getattr(response, "overran", False))
+
+
+def overrun_failure() -> UpstreamError:
+    return UpstreamError(502, "upstream sent bytes beyond the answer's Content-Length; relayed up to it, not "
+                              "stored, connection closed", "framing", "bytes after the end of the answer")
 
 
 def hold(slot: "_Slot", response: aiohttp.ClientResponse) -> None:

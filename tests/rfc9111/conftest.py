@@ -11,8 +11,10 @@ memory store and on Redis, ``poll``). Added here:
                  script gives one, and ``origin.hold(path)`` holds answers until ``origin.release(path)``.
 ``make_cache``   ``await make_cache(**http_cache)``: the shipped rules.yaml with ``http_cache: {enabled: true,
                  **http_cache}``; returns a ``Cache`` (``.get(path, headers, method)``, ``.proxy``,
-                 ``.origin``, ``.clock``). ``origin=`` puts another proxy in front of an existing origin,
-                 ``store=`` gives it that store instead of a fresh one of ``store_kind``.
+                 ``.origin``, ``.clock``). ``origin=`` puts another proxy in front of an existing origin (anything
+                 with ``url`` and ``clock``, e.g. ``rawserver.RawOrigin``), ``store=`` gives it that store
+                 instead of a fresh one of ``store_kind``, ``upstream={...}`` sets UpstreamConfig fields,
+                 ``edit=`` rewrites the shipped rules.yaml text first.
 ``cache``        ``make_cache()``.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.httpcache import format_http_date
+from proxy.upstream import UpstreamConfig
 from tests.functional.conftest import *  # noqa: F401,F403  (make_proxy, store_kind, poll, ...)
 from tests.functional.conftest import RULES_PATH, ProxyClient, Reply
 
@@ -149,8 +152,11 @@ _files = itertools.count()
 
 @pytest.fixture
 def make_cache(make_proxy, aiohttp_server, tmp_path):
-    async def make(origin: Origin | None = None, store: Any = None, **http_cache: Any) -> Cache:
+    async def make(origin: Origin | None = None, store: Any = None, upstream: dict | None = None,
+                   edit: Callable[[str], str] | None = None, **http_cache: Any) -> Cache:
         text = Path(RULES_PATH).read_text()
+        if edit is not None:
+            text = edit(text)
         assert SHIPPED_HTTP_CACHE in text, "the shipped rules.yaml changed its http_cache line"
         path = tmp_path / f"rules-{next(_files)}.yaml"
         path.write_text(text.replace(SHIPPED_HTTP_CACHE, "http_cache: " + json.dumps({"enabled": True, **http_cache})))
@@ -158,7 +164,8 @@ def make_cache(make_proxy, aiohttp_server, tmp_path):
             origin = Origin(Clock())
             server = await aiohttp_server(origin.app)
             origin.url = f"http://127.0.0.1:{server.port}"
-        proxy = await make_proxy(upstream_url=origin.url, rules_path=path, store=store)
+        config = UpstreamConfig(url=origin.url, **upstream) if upstream else None
+        proxy = await make_proxy(upstream_url=origin.url, upstream=config, rules_path=path, store=store)
         proxy.proxy.clock = origin.clock
         return Cache(proxy, origin, origin.clock)
 

@@ -1,0 +1,95 @@
+"""Backend failures: what kind each is, said plainly, counted, and logged at warning without flooding.
+
+``classify`` turns what either upstream client raised into an ``UpstreamError`` whose ``kind`` (the
+``katiba_cache_upstream_errors_total`` label) and message say what happened:
+
+* ``timeout``  no answer (or no more of it) within the configured timeouts: 504;
+* ``connect``  no connection, or the connection closed or was reset before an answer began: 502;
+* ``framing``  the answer does not agree with its own framing: not HTTP, or a body shorter or longer
+               than its Content-Length: 502, or (bytes beyond Content-Length on a fill) the answer
+               cut at Content-Length and never stored;
+* ``body``     the connection failed while the body was being read (a reset mid-body): 502;
+* ``busy``     no free backend slot (``max_concurrent``, ``UpstreamBusy``): 503, nothing was sent.
+
+``FailureReport`` counts each and logs it at warning with its cause (exception class and message), the
+rule and the method, never a path or a user id (a path may hold one), at most ``per_second`` lines per
+kind and second; the lines it holds back are counted in the next line it writes (``suppressed``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import aiohttp
+
+from .errors import UpstreamError
+
+log = logging.getLogger("proxy")
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - ClientResponseError without request_info cannot render itself
+        return str(getattr(exc, "message", "") or "")
+
+
+def _cause(exc: BaseException) -> str:
+    message = " ".join(_text(exc).split())  # aiohttp's parser errors span lines
+    return f"{type(exc).__name__}: {message[:300]}" if message else type(exc).__name__
+
+
+def _is_framing(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {_text(exc)} {type(exc.__cause__).__name__} {_text(exc.__cause__) if exc.__cause__ else ''}".lower()
+    return "contentlength" in text or "content length" in text or "content-length" in text \
+        or "transferencoding" in text or "malformed" in text
+
+
+def classify(exc: BaseException, reading_body: bool = False) -> UpstreamError:
+    """The UpstreamError for what a client raised; ``reading_body``: the answer's head had arrived."""
+    cause = _cause(exc)
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):  # aiohttp.ServerTimeoutError included
+        return UpstreamError(504, "upstream timed out" + (" mid-body" if reading_body else ""), "timeout", cause)
+    if isinstance(exc, aiohttp.ClientResponseError):  # the head was not HTTP (or bytes followed the answer)
+        return UpstreamError(502, "upstream sent a malformed answer (not valid HTTP/1.1, or bytes beyond "
+                                  "its Content-Length)", "framing", cause)
+    if reading_body or isinstance(exc, aiohttp.ClientPayloadError):
+        if _is_framing(exc):
+            return UpstreamError(502, "upstream closed the connection mid-body, before the end its "
+                                      "Content-Length (or chunked framing) announced", "framing", cause)
+        return UpstreamError(502, "upstream failed mid-body", "body", cause)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(502, "upstream unreachable: cannot connect", "connect", cause)
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, aiohttp.ClientOSError)):
+        return UpstreamError(502, "upstream closed the connection before answering", "connect", cause)
+    return UpstreamError(502, f"upstream unreachable: {type(exc).__name__}", "connect", cause)
+
+
+class FailureReport:
+    """Count and log backend failures (see the module docstring)."""
+
+    def __init__(self, counter: Any = None, per_second: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.counter = counter  # katiba_cache_upstream_errors_total (labels: kind); None: log only
+        self.per_second = per_second
+        self.clock = clock
+        self.windows: dict[str, tuple[float, int, int]] = {}  # kind -> (window start, written, held back)
+
+    def __call__(self, error: UpstreamError, rule: str = "none", method: str = "") -> None:
+        if self.counter is not None:
+            self.counter.labels(error.kind).inc()
+        now = self.clock()
+        start, written, held = self.windows.get(error.kind, (now, 0, 0))
+        if now - start >= 1.0:
+            start, written = now, 0
+        if written >= self.per_second:
+            self.windows[error.kind] = (start, written, held + 1)
+            return
+        self.windows[error.kind] = (start, written + 1, 0)
+        log.warning(f"upstream failure: {error.detail}",
+                    extra={"event": "upstream_failure", "kind": error.kind, "status": error.status,
+                           "cause": error.cause or error.detail, "rule": rule, "method": method,
+                           "suppressed": held})

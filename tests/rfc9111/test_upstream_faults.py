@@ -1,0 +1,208 @@
+"""What a client gets when the origin misbehaves below HTTP, against a raw local origin that does so on cue
+(tests/rfc9111/rawserver.py), on both stores:
+
+* RFC 5861 §4 / RFC 9111 §4.2.4: stale-if-error when a revalidation meets a closed connection, a reset or
+  a timeout (HTTP cache and rule mode);
+* framing errors: a body longer or shorter than its Content-Length is never stored, the client gets the
+  bytes up to Content-Length at most, and the error's message and metric kind say what happened;
+* RFC 9112 §9.3.1 (retrying requests): a request none of whose bytes reached the origin is sent again on
+  a new connection whatever its method; a partly sent one only when it is idempotent.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.rfc9111.conftest import Clock
+from tests.rfc9111.rawserver import Answer, RawOrigin
+
+P = "/r/raw"
+TYPES = "/api/v1/achievements/types"  # a rule: auth none, ttl 86400, stale_if_error 600 (shipped rules.yaml)
+ENVELOPE = b'{"header": {"responseCode": 200}}'
+
+
+@pytest.fixture
+async def raw():
+    origin = await RawOrigin().start()
+    origin.clock = Clock()
+    yield origin
+    await origin.close()
+
+
+# ------------------------------------------------------------------- RFC 5861 §4 on dropped connections
+
+FAULTS = {"closed": Answer(action="drop"), "reset": Answer(action="reset"),
+          "cut-mid-body": Answer(body=b"par", length=100), "timeout": Answer(action="hang")}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_5861_4_http_cache_stale_if_error_when_the_revalidation_fails_below_http(make_cache, raw, fault):
+    raw.script(P, Answer(headers=[("Cache-Control", "max-age=10, stale-if-error=600"), ("ETag", '"v1"')],
+                         body=b"good"), FAULTS[fault])
+    cache = await make_cache(origin=raw, upstream={"read_timeout": 0.3})
+    assert (await cache.get(P)).body == b"good"
+    cache.clock.advance(30)
+    reply = await cache.get(P)
+    assert (reply.status, reply.body, reply.x_cache) == (200, b"good", "STALE"), reply
+    assert "stale-if-error" in reply.cache_status
+    assert raw.requests[-1].headers.get("if-none-match") == '"v1"'  # it was a revalidation
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_5861_4_rule_stale_if_error_when_the_refill_fails_below_http(make_cache, raw, fault):
+    raw.script(TYPES, Answer(headers=[("Content-Type", "application/json")], body=ENVELOPE), FAULTS[fault])
+    cache = await make_cache(origin=raw, upstream={"read_timeout": 0.3})
+    assert (await cache.get(TYPES)).x_cache == "MISS"
+    cache.clock.advance(86400 + 120)  # past ttl and stale_while_revalidate, within stale_if_error
+    reply = await cache.get(TYPES)
+    assert (reply.status, reply.body, reply.x_cache) == (200, ENVELOPE, "STALE"), reply
+    assert "stale-if-error" in reply.cache_status
+
+
+@pytest.mark.parametrize("fault", ["closed", "reset"])
+@pytest.mark.parametrize("method", ["HEAD", "GET-if-none-match"])
+async def test_5861_4_stale_if_error_also_answers_head_and_conditional_requests(make_cache, raw, fault, method):
+    raw.script(P, Answer(headers=[("Cache-Control", "max-age=10, stale-if-error=600"), ("ETag", '"v1"')],
+                         body=b"good"), FAULTS[fault])
+    cache = await make_cache(origin=raw)
+    await cache.get(P)
+    cache.clock.advance(30)
+    if method == "HEAD":
+        reply = await cache.get(P, method="HEAD")
+        assert (reply.status, reply.x_cache) == (200, "STALE"), reply
+    else:
+        reply = await cache.get(P, {"If-None-Match": '"v1"'})
+        assert (reply.status, reply.x_cache) == (304, "STALE"), reply
+    assert "stale-if-error" in reply.cache_status
+
+
+@pytest.mark.parametrize("fault", ["closed", "reset"])
+async def test_5861_4_rule_stale_if_error_answers_head(make_cache, raw, fault):
+    raw.script(TYPES, Answer(headers=[("Content-Type", "application/json")], body=ENVELOPE), FAULTS[fault])
+    cache = await make_cache(origin=raw)
+    await cache.get(TYPES)
+    cache.clock.advance(86400 + 120)
+    reply = await cache.get(TYPES, method="HEAD")
+    assert (reply.status, reply.x_cache) == (200, "STALE"), reply
+
+
+# ------------------------------------------------------ RFC 9112 §9.3.1: retrying on a closed connection
+
+W = "/r/write"
+
+
+async def raw_request(port: int, head: bytes, body: bytes, go: asyncio.Event) -> tuple[int, bytes]:
+    """A client that sends the request's head at once and its body only once ``go`` is set."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    await go.wait()
+    writer.write(body)
+    await writer.drain()
+    status_line = await reader.readline()
+    answer = await reader.read()  # "Connection: close" was asked for
+    writer.close()
+    return int(status_line.split()[1]), answer
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "PUT"])
+async def test_9112_9_3_1_unsent_request_is_resent_on_a_new_connection_whatever_its_method(make_cache, raw, method):
+    """The origin closes an idle keep-alive connection just after the proxy took it for the next request
+    and before the request's first byte went out ("Cannot write to closing transport"): nothing reached
+    the origin, so the request goes again on a new connection, once, whatever its method."""
+    raw.script(W, Answer(body=b"done"))
+    cache = await make_cache(origin=raw)
+    assert (await cache.get(W, method=method, data=b"first")).status == 200
+    opened = raw.connections  # the start-up probe's, and the first request's
+    go = asyncio.Event()
+    head = (f"{method} {W} HTTP/1.1\r\nHost: test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n").encode()
+    second = asyncio.ensure_future(raw_request(cache.proxy.client.port, head, b"second", go))
+    await asyncio.sleep(0.3)  # the proxy has taken the pooled connection and waits for the body
+    assert raw.close_idle() == 1
+    await asyncio.sleep(0.1)  # the proxy's side has seen the close
+    go.set()
+    status, answer = await second
+    assert (status, answer.endswith(b"\r\n\r\ndone")) == (200, True), answer
+    assert [r.body for r in raw.requests if r.method == method] == [b"first", b"second"]  # each once
+    assert raw.connections == opened + 1
+
+
+@pytest.mark.parametrize("method, resent", [("POST", False), ("PATCH", False), ("PUT", True), ("DELETE", True),
+                                            ("GET", True)])
+async def test_9112_9_3_1_sent_request_is_resent_only_when_idempotent(make_cache, raw, method, resent):
+    """The origin reads the whole request on a reused connection, then closes it without an answer: it may
+    have acted on it, so only an idempotent request is sent again."""
+    path = W if method != "GET" else P
+    raw.script(path, Answer(body=b"done"), Answer(action="drop"), Answer(body=b"again"))
+    cache = await make_cache(origin=raw)
+    data = b"x" if method not in ("GET", "DELETE") else None
+    assert (await cache.get(path, method=method, data=data, headers={"Cache-Control": "no-store"})).status == 200
+    reply = await cache.get(path, method=method, data=data, headers={"Cache-Control": "no-store"})
+    assert raw.count(path, method) == (3 if resent else 2)
+    assert reply.status == (200 if resent else 502), reply
+
+
+async def test_9112_9_3_1_burst_of_writes_on_connections_the_origin_closes_never_502s(make_cache, raw):
+    """About 25 concurrent PUTs, the origin closing every connection right after its answer (while it
+    said keep-alive): no client gets a 502, each PUT reaches the origin at least once."""
+    raw.script(W, Answer(body=b"done", close=True))
+    cache = await make_cache(origin=raw)
+    for _ in range(4):
+        replies = await asyncio.gather(*(cache.get(W, method="PUT", data=b"x" * 100) for _ in range(25)))
+        assert [r.status for r in replies] == [200] * 25, [r for r in replies if r.status != 200][:3]
+    assert raw.count(W, "PUT") >= 100
+
+
+# ------------------------------------------------------------ framing: Content-Length against the bytes
+
+from tests.functional.conftest import sample  # noqa: E402
+
+
+async def upstream_errors(cache, kind: str) -> float:
+    return sample(await cache.proxy.metrics(), "katiba_cache_upstream_errors_total", kind=kind)
+
+
+@pytest.mark.parametrize("path, headers", [(P, [("Cache-Control", "max-age=600")]),
+                                           (TYPES, [("Content-Type", "application/json")])],
+                         ids=["http-cache", "rule"])
+async def test_framing_body_longer_than_content_length_is_cut_there_and_never_stored(make_cache, raw, path, headers):
+    body = ENVELOPE if path == TYPES else b"0123456789"
+    raw.script(path, Answer(headers=headers, body=body + b"GARBAGE-AFTER-THE-BODY", length=len(body)))
+    cache = await make_cache(origin=raw)
+    first = await cache.get(path)
+    assert (first.status, first.body) == (200, body), first
+    opened = raw.connections
+    second = await cache.get(path)
+    assert (second.status, second.body, second.x_cache) == (200, body, "MISS"), second  # not stored
+    assert raw.count(path) == 2 and raw.connections == opened + 1  # that connection was not reused
+    assert await upstream_errors(cache, "framing") == 2
+
+
+@pytest.mark.parametrize("path, headers", [(P, [("Cache-Control", "max-age=600")]),
+                                           (TYPES, [("Content-Type", "application/json")])],
+                         ids=["http-cache", "rule"])
+async def test_framing_body_shorter_than_content_length_is_an_error_that_says_so(make_cache, raw, path, headers):
+    raw.script(path, Answer(headers=headers, body=b'{"header": ', length=500))
+    cache = await make_cache(origin=raw)
+    reply = await cache.get(path)
+    assert reply.status == 502, reply
+    assert "Content-Length" in reply.json["detail"] and "unreachable" not in reply.json["detail"], reply
+    assert (await cache.get(path)).status == 502 and raw.count(path) == 2  # never stored
+    assert await upstream_errors(cache, "framing") == 2 and await upstream_errors(cache, "connect") == 0
+
+
+async def test_framing_relayed_answer_longer_than_content_length(make_cache, raw):
+    """A write's answer goes through aiohttp's client, whose parser refuses the whole answer when bytes
+    follow it in the same read: the client gets a 502 that says so (never "unreachable"), counted as
+    framing, the write is not sent again and the connection is not used again."""
+    raw.script(W, Answer(body=b"0123456789GARBAGE", length=10))
+    cache = await make_cache(origin=raw)
+    for _ in range(2):
+        reply = await cache.get(W, method="POST", data=b"x")
+        assert reply.status == 502, reply
+        assert "Content-Length" in reply.json["detail"] and "unreachable" not in reply.json["detail"]
+    opened = raw.connections
+    await cache.get(W, method="POST", data=b"x")
+    assert raw.count(W, "POST") == 3 and raw.connections == opened + 1
+    assert await upstream_errors(cache, "framing") == 3
