@@ -715,8 +715,9 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 document = None
             d = policy.resolve_write(d, document)
         status = CacheStatus.bypass("write")
+        rule_name = d.rule.name if d.rule else "none"
         headers = self.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
-        self.metrics.upstream_requests.labels(d.rule.name if d.rule else "none").inc()
+        self.metrics.upstream_requests.labels(rule_name).inc()
         try:
             response = await self.upstream.send(request.method, origin.path_qs, headers, body)
         except UpstreamError as exc:

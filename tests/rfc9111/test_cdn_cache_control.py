@@ -10,7 +10,7 @@ import pytest
 from tests.rfc9111.conftest import Resp
 
 P = "/r/cdn"
-TYPES = "/api/v1/achievements/types"  # rule achievement_types: auth none, ttl 86400
+TYPES = "/api/v1/achievements/types"  # rule achievement_types: global, token required, ttl 86400
 ENVELOPE = b'{"header": {"responseCode": 200}}'
 
 

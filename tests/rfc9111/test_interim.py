@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from tests.rfc9111.conftest import Clock
+from tests.rfc9111.conftest import RULE_READER, RULE_ROUTE, Clock
 from tests.rfc9111.rawserver import Answer, RawOrigin
 
 P = "/r/hints"
-TYPES = "/api/v1/achievements/types"  # a rule (auth: none): its misses are filled on the fast path
+TYPES = RULE_ROUTE  # a rule (global, needs a token): its misses are filled on the fast path
 ENVELOPE = b'{"header": {"responseCode": 200}}'
 HINT = [(103, [("Link", "</style.css>; rel=preload; as=style")])]
 
@@ -27,7 +27,8 @@ async def raw():
 async def exchange(port: int, path: str, extra: str = "", version: str = "1.1") -> bytes:
     """One request on its own connection; everything the proxy sends back until it closes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/{version}\r\nHost: test\r\nConnection: close\r\n{extra}\r\n".encode())
+    token = "".join(f"{k}: {v}\r\n" for k, v in RULE_READER.items()) if path.startswith(RULE_ROUTE) else ""
+    writer.write(f"GET {path} HTTP/{version}\r\nHost: test\r\nConnection: close\r\n{token}{extra}\r\n".encode())
     await writer.drain()
     data = await asyncio.wait_for(reader.read(), 10)
     writer.close()

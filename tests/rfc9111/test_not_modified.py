@@ -33,7 +33,7 @@ async def test_4_3_2_http_cache_304_carries_the_200s_fields(cache):
 
 
 async def test_4_3_2_rule_entry_304_carries_the_200s_fields(cache):
-    types = "/api/v1/achievements/types"  # a rule (auth: none); a rule stores no response with Vary
+    types = "/api/v1/achievements/types"  # a rule (global, token required); a rule stores no response with Vary
     cache.origin.script(types, Resp(headers=fields(cache, "etag", vary=False), body=ENVELOPE))
     assert (await cache.get(types)).x_cache == "MISS"
     reply = await cache.get(types, {"If-None-Match": '"v1"'})

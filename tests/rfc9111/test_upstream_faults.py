@@ -18,7 +18,7 @@ from tests.rfc9111.conftest import Clock
 from tests.rfc9111.rawserver import Answer, RawOrigin
 
 P = "/r/raw"
-TYPES = "/api/v1/achievements/types"  # a rule: auth none, ttl 86400, stale_if_error 600 (shipped rules.yaml)
+TYPES = "/api/v1/achievements/types"  # a rule: global, token required, ttl 86400, stale_if_error 600 (shipped rules.yaml)
 ENVELOPE = b'{"header": {"responseCode": 200}}'
 
 
