@@ -7,7 +7,8 @@ the envelope ``{"header": {requestRefId, responseCode, responseMessage, customer
 "body": {...}}`` with application errors as HTTP 200 + ``header.responseCode`` 400/404; unknown route
 -> 404 ``{"detail": "Not Found"}``; bad JSON / wrong field types / bad query ints -> 422 ``{"detail":
 [...]}`` (FastAPI-shaped); per-caller ``X-RateLimit-*`` (``user:<sub>``, or client IP for anonymous and
-``/auth/*`` traffic; over the limit -> 429); CORS echo + ``Vary: Origin`` when ``Origin`` is sent; no
+``/auth/*`` traffic; over the limit -> 429); CORS echo + ``Vary: Origin`` when ``Origin`` is sent; a
+trailing slash on a known route -> 307 with an absolute ``Location`` from the request's Host; no
 Cache-Control/ETag/Last-Modified ever. Auth decision: every /api/v1 route needs a valid token except
 ``GET /achievements/types`` (public) and ``POST /auth/login`` (issues one); the global reads
 (leaderboard, recent) do require one. Each request that touched the DB sleeps ``delay_ms`` once
@@ -325,6 +326,8 @@ async def api_request(request: web.Request, handler: Callable, st: State) -> web
     template = route.resource.canonical if request.match_info.http_exception is None else None
     if template is not None:
         st.by_route[f"{method} {template}"] += 1
+    elif (moved := await _slash_redirect(request)) is not None:
+        return moved
     failure = st.take_failure(method, path, template)
     if failure is not None:
         if failure["delay_ms"]:
@@ -356,6 +359,19 @@ async def api_request(request: web.Request, handler: Callable, st: State) -> web
     resp.headers["X-RateLimit-Remaining"] = str(remaining)
     resp.headers["X-RateLimit-Reset"] = str(reset)
     return resp
+
+
+async def _slash_redirect(request: web.Request) -> web.Response | None:
+    """FastAPI's ``redirect_slashes``: a path that matches a route once its trailing slash is dropped
+    answers 307 with an absolute Location built from the request's own Host, as the real backend does."""
+    path = request.path
+    if not path.endswith("/") or path == API + "/":
+        return None
+    target = request.rel_url.with_path(path.rstrip("/")).with_query(request.rel_url.query)
+    match = await request.app.router.resolve(request.clone(rel_url=target))
+    if match.http_exception is not None:
+        return None
+    return web.Response(status=307, headers={"Location": f"{request.scheme}://{request.host}{target}"})
 
 
 TRUSTED = web.AppKey("standin_trusted_proxies", frozenset)
