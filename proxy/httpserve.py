@@ -154,7 +154,16 @@ def _bypass_reason(request: web.Request) -> str | None:
         return "conditional"
     if "Upgrade" in headers:
         return "upgrade"
+    if "Connection" in headers and connection_names_a_field(headers):
+        return Reason.CONNECTION_KEYED.value  # a Vary-selected field the fill would drop (hop-by-hop)
     return None
+
+
+def connection_names_a_field(headers) -> bool:
+    """``Connection`` lists a field name, not only ``keep-alive``/``close``: any field may be one a
+    stored response's Vary selects on, and forwarding drops it, so the fill would not match the key."""
+    return any(name.strip().lower() not in ("", "keep-alive", "close")
+               for value in headers.getall("Connection", ()) for name in value.split(","))
 
 
 async def serve(proxy, request: web.Request, origin, collapsed: bool = False) -> tuple[web.StreamResponse, str]:

@@ -622,6 +622,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
             headers = CIMultiDict({"Accept": "application/json"})
             if self.config.warm_authorization:
                 headers["Authorization"] = self.config.warm_authorization
+            if d.origin_field is not None:  # the key holds it: the refresh must get the answer it keys
+                headers["Origin"] = d.origin_field
             origin = Origin(path_qs, headers, None, "http", uuid.uuid4().hex)
             fetched = await self._fill(d, tokens, origin)
             if fetched.stream is not None:
