@@ -68,7 +68,6 @@ CONDITIONAL_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unm
 # host/prefix forwarding headers a client could choose (X-Forwarded-Host would carry its Host header).
 FILL_DROPPED = ("Content-Length", "Content-Type", "Expect", "Cookie", "Forwarded", "X-Forwarded-Host",
                 "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Server", "X-Host", "X-Original-Host")
-NOT_SHAREABLE = frozenset({"set-cookie", "private", "vary", "content-encoding", "too-large"})
 INTERNAL_HEADERS = frozenset({"x-cache", "cache-status", "age", "x-request-id", "content-length", "set-cookie"})
 
 
@@ -84,10 +83,15 @@ class Fetched:
     error: UpstreamError | None = None
     stream: Any = None  # (prefix, upstream response) when the body exceeded the rule's limit
     collapsed: bool = False
+    storable: bool = False  # the rule would store this answer (whether or not it was stored)
 
     @property
     def shareable(self) -> bool:
-        return self.error is not None or (self.stream is None and self.outcome not in NOT_SHAREABLE)
+        """May requests that waited for this fill be given it? Only an answer the rule would store (the
+        same for every request with the key), or no answer at all (the backend failed, for everyone).
+        Anything else (a 401 for a deactivated user, a 429 for one caller, an envelope error) may be the
+        leader's own: waiters fetch with their own credentials."""
+        return self.error is not None or (self.stream is None and self.storable)
 
 
 @dataclass(slots=True)
@@ -390,7 +394,9 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 fetched = None
             if fetched is not None and fetched.shareable:
                 return replace(fetched, headers=self._replayable(fetched.headers, d.rule), collapsed=True)
-            return await self._fetch(d, tokens, origin, store=False)
+            # The leader's answer was its own (or took too long): fetch with this request's credentials,
+            # as a fill of its own (one per key across instances sharing the store, under the lease).
+            return await self._fetch_under_lease(d, tokens, origin)
         future = asyncio.get_running_loop().create_future()
         self.inflight[flight] = future
         try:
@@ -479,7 +485,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
                         self.drop_lease(lease)
                     self.metrics.coalesced.labels(d.rule.name).inc()
                     return Fetched(entry.status, CIMultiDict(entry.headers), entry.body, entry.etag, "collapsed",
-                                   collapsed=True)
+                                   collapsed=True, storable=True)
                 if not atomic and not leased:
                     leased = await self.store.acquire_lease(*lease, self.config.lease_ms)
             except StoreUnavailable:
@@ -521,7 +527,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             return Fetched(response.status, upstream_headers, outcome="too-large", stream=(body, response))
         refusal = policy.refuse_to_store(rule, response.status, response.headers, body)
         etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
-        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "")
+        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", storable=refusal is None)
         if refusal is None and store:
             fetched.outcome = await self._store(d, tokens, fetched, lease)  # counted by _store
             return fetched
