@@ -204,6 +204,8 @@ class ReadPath:
             return None
         if p.gate.full:
             return None  # aiohttp's path refuses it, and counts that once
+        if "#" in head.target:
+            return None  # a fragment: aiohttp's path strips it (Proxy._dispatch, request_target)
         first_sight = head.lookup is None
         d = self._lookup(head)
         if d is None or p._purge_pending(d):

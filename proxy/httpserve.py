@@ -103,7 +103,7 @@ def _unruled(decision: Bypass, request: web.Request, rules) -> bool:
     if decision.reason is Reason.NO_RULE:
         return True
     if decision.reason is Reason.NON_CANONICAL:  # /static/ or //x: ours unless it normalises onto a rule
-        _, normalised = split_path(request.raw_path.partition("?")[0])
+        _, normalised = split_path(_server.request_target(request.raw_path).partition("?")[0])
         return rules.match("GET", normalised) is None
     return False
 

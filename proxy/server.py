@@ -203,7 +203,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 request_id_var.reset(token)
 
     async def _dispatch(self, request: web.Request, rid: str) -> tuple[web.StreamResponse, str, str]:
-        raw_path, _, query = request.raw_path.partition("?")
+        target = request_target(request.raw_path)
+        raw_path, _, query = target.partition("?")
         if not raw_path.startswith("/"):  # absolute-form (http://host/path): not a forward proxy
             return error_response(400, "request target must be a path (origin-form)", "BYPASS",
                                   CacheStatus.bypass("request-target")), "bypass", "none"
@@ -213,7 +214,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         identity, token_error = self._identify(request.headers.get("Authorization"))
         view = RequestView(request.method, raw_path, query, request.headers)
         decision = policy.classify(view, self.rules, identity, token_error)
-        origin = Origin(request.raw_path, request.headers, request.remote, request.scheme, rid)
+        origin = Origin(target, request.headers, request.remote, request.scheme, rid)
         if isinstance(decision, Lookup):
             if self.mode == "on":
                 response, result = await self._read(request, decision, origin)
@@ -769,6 +770,13 @@ class Proxy(PurgingMixin, EndpointsMixin):
         self.metrics.reloads.labels("success").inc()
         log.info("rules reloaded", extra={"event": "reload", "rules": len(rules.rules)})
         return True
+
+
+def request_target(raw: str) -> str:
+    """The request-target without a ``#fragment``: RFC 9112 §3.2's origin-form has none, and the backend's
+    parser drops it, so it is neither keyed nor forwarded (stripped rather than refused: without the
+    proxy the backend would have answered)."""
+    return raw.partition("#")[0] if "#" in raw else raw
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
