@@ -38,7 +38,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpserve, policy, streaming
+from . import fastpath, httpserve, locations, policy, streaming
 from .arms import rollout_arm
 from .config import Config
 from .entry import Entry, decode_entry
@@ -119,6 +119,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         self.config, self.store, self.upstream, self.metrics, self.clock = config, store, upstream, metrics, clock
         self.set_rules(rules)
         self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
+        self.upstream_address = locations.UpstreamAddress.from_url(config.upstream.url)
         self.mode = config.cache_mode
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.instance_id = uuid.uuid4().hex
@@ -259,6 +260,12 @@ class Proxy(PurgingMixin, EndpointsMixin):
             return None, 0.0
         until = identity.expires_at + self.verifier.config.leeway if identity is not None else math.inf
         return d, until
+
+    def point_at_client(self, headers: CIMultiDict, request_headers, scheme: str) -> None:
+        """A Location/Content-Location on the backend's address, pointed at the client's instead
+        (proxy/locations.py); for every answer of both request paths, stored ones included."""
+        if "Location" in headers or "Content-Location" in headers:
+            locations.rewrite(headers, self.upstream_address, request_headers, scheme)
 
     def _purge_pending(self, d: Lookup) -> bool:
         """A purge of one of ``d``'s namespaces has not reached the store yet: bypass, never store."""
@@ -874,7 +881,11 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
         await proxy.upstream.close()
         await guarded.close()
 
+    async def point_at_client(request: web.Request, response: web.StreamResponse) -> None:
+        proxy.point_at_client(response.headers, request.headers, request.scheme)
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(point_at_client)  # every answer of aiohttp's path (fastpath.py: its own)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     if config.fast_path:
         fastpath.install(app, proxy)
