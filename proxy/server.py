@@ -400,10 +400,12 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 fetched = await asyncio.wait_for(asyncio.shield(leader), self.config.coalesce_wait)
             except asyncio.TimeoutError:
                 fetched = None
-            if fetched is not None and fetched.shareable:
+            if fetched is None:  # the leader took too long (or failed): fetch, without waiting again
+                return await self._fetch(d, tokens, origin, store=False)
+            if fetched.shareable:
                 return replace(fetched, headers=self._replayable(fetched.headers, d.rule), collapsed=True)
-            # The leader's answer was its own (or took too long): fetch with this request's credentials,
-            # as a fill of its own (one per key across instances sharing the store, under the lease).
+            # The leader's answer was its own: fetch with this request's credentials, as a fill of its
+            # own (one per key across instances sharing the store: the leader's lease is free again).
             return await self._fetch_under_lease(d, tokens, origin)
         future = asyncio.get_running_loop().create_future()
         self.inflight[flight] = future
