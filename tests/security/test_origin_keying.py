@@ -15,7 +15,9 @@ Every request carries a valid token; the rules are this module's own. Both reque
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
+from proxy.upstream import UpstreamConfig
 from tests.functional.conftest import API, mint, new_user
 from tests.security.keepalive import one_exchange
 
@@ -118,3 +120,34 @@ async def test_warming_refreshes_an_origin_keyed_entry_with_its_origin(make_prox
     warmed_plain = await cache.get(RECENT, user)
     assert warmed_plain.x_cache == "HIT" and warmed_plain.headers["Age"] == "0"
     assert "Access-Control-Allow-Origin" not in warmed_plain.headers
+
+
+HTTP_CACHE_RULES = """\
+version: 1
+prefix: "sec18h"
+rules:
+  - {name: unused, match: GET /ruled, key: "ruled:global:page", auth: none}
+http_cache: {enabled: true}
+"""
+
+
+@PATHS
+async def test_in_http_cache_mode_connection_naming_a_field_bypasses(make_proxy, aiohttp_server, tmp_path, fast_path):
+    """Any field may be one a stored response's Vary selects on: a Connection that names one bypasses."""
+    async def varied(request: web.Request) -> web.Response:
+        return web.json_response({"lang": request.headers.get("X-Lang")},
+                                 headers={"Vary": "X-Lang", "Cache-Control": "public, max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/varied", varied)
+    origin = await aiohttp_server(app)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(HTTP_CACHE_RULES)
+    cache = await make_proxy(upstream=UpstreamConfig(url=f"http://127.0.0.1:{origin.port}"), rules_path=rules,
+                             fast_path=fast_path)
+    token = {"Authorization": f"Bearer {mint(new_user())}"}
+    hop = await cache.get("/varied", headers={**token, "X-Lang": "sw", "Connection": "X-Lang"})
+    assert hop.x_cache == "BYPASS" and "connection-names-keyed-field" in hop.cache_status, hop
+    swahili = await cache.get("/varied", headers={**token, "X-Lang": "sw"})
+    assert swahili.json == {"lang": "sw"}, swahili
+    assert (await cache.get("/varied", headers={**token, "X-Lang": "sw"})).x_cache == "HIT"
