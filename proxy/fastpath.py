@@ -32,7 +32,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
@@ -45,7 +45,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from . import interim
+from . import interim, locations
 from . import server as _server  # circular on purpose (as in httpserve): names are looked up at call time
 from .entry import Entry
 from .errors import LookupRedirected, StoreUnavailable
@@ -217,6 +217,8 @@ class ReadPath:
             return None
         if p.gate.full:
             return None  # aiohttp's path refuses it, and counts that once
+        if "#" in head.target:
+            return None  # a fragment: aiohttp's path strips it (Proxy._dispatch, request_target)
         first_sight = head.lookup is None
         d = self._lookup(head)
         if d is None or p._purge_pending(d):
@@ -226,7 +228,7 @@ class ReadPath:
         if hit is not None:
             if random() < p.auditor.sample:
                 self._audit(d, hit[0], head, peer)
-            return self.render(d, hit[0], "HIT", hit[1], hit[2], head, start)
+            return self.render(d, hit[0], "HIT", hit[1], hit[2], head, start, scheme=peer[1])
         p.gate.enter()  # left in finish() or _from_store()
         try:
             # A request never seen before is mostly a miss: its lookup takes the fill's lease if the entry
@@ -289,14 +291,14 @@ class ReadPath:
         if verdict.usable == "fresh":
             if random() < p.auditor.sample:
                 self._audit(d, entry, head, peer)
-            return self.render(d, entry, "HIT", CacheStatus.hit(ttl_left), verdict.age, head, start)
+            return self.render(d, entry, "HIT", CacheStatus.hit(ttl_left), verdict.age, head, start, scheme=peer[1])
         if verdict.usable == "stale":
             # Here rather than handed on: the refresh must start in the same step as the lookup, as on
             # aiohttp's path, or a lookup made before a refresh finished could start a second one.
             rid = p.request_id(head.headers)
             p.refresh_stale(d, tokens, head.target, head.headers, peer[0], peer[1], rid)
             status = CacheStatus.hit(ttl_left, "stale-while-revalidate")
-            return self.render(d, entry, "STALE", status, verdict.age, head, start, rid)
+            return self.render(d, entry, "STALE", status, verdict.age, head, start, rid, peer[1])
         return self._miss(d, head, start, peer, Prefetched(d.key, tokens, entry, verdict, lease=lease))
 
     def _audit(self, d: Lookup, entry: Entry, head: Head, peer: tuple[str | None, str]) -> None:
@@ -327,7 +329,8 @@ class ReadPath:
         if filled is None:  # the store failed before anything was fetched
             return Prefetched(d.key, store_down=True)
         if filled.fetched is None:
-            return self.render(d, looked.entry, "STALE", filled.cache_status, looked.verdict.age, head, start, rid)
+            return self.render(d, looked.entry, "STALE", filled.cache_status, looked.verdict.age, head, start, rid,
+                               peer[1])
         fetched, cache_status = filled.fetched, filled.cache_status
         p.metrics.tally.inc(self.answered)
         if fetched.error is not None:
@@ -335,6 +338,7 @@ class ReadPath:
             p.record("GET", d.rule.name, "miss", response.status, cache_status, start, rid)
             return wire(response.status, CIMultiDict(response.headers), response.body)
         headers = _server.miss_headers(fetched.headers, fetched.etag, cache_status)
+        p.point_at_client(headers, head.headers, peer[1])
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
         hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/interim.py)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
@@ -346,12 +350,21 @@ class ReadPath:
         return hints + wire(fetched.status, headers, fetched.body)
 
     def render(self, d: Lookup, entry: Entry, label: str, cache_status: str, age: int, head: Head, start: float,
-               rid: str | None = None) -> bytes:
+               rid: str | None = None, scheme: str = "http") -> bytes:
         p = self.proxy
         rid = rid or p.request_id(head.headers)
-        parts = [_wire_head(entry), b"Age: %d\r\nX-Cache: %s\r\nCache-Status: " % (age, label.encode()),
+        relocated = entry.__dict__.get("_wire_relocated")
+        if relocated is None:  # computed once per decoded entry, as _wire_head is
+            relocated = locations.needs_rewrite(CIMultiDict(entry.headers), p.upstream_address)
+            object.__setattr__(entry, "_wire_relocated", relocated)
+        shown = entry
+        if relocated:  # a Location on the backend's address: this client's own head (locations.py)
+            headers = CIMultiDict(entry.headers)
+            p.point_at_client(headers, head.headers, scheme)
+            shown = replace(entry, headers=tuple(headers.items()))
+        parts = [_wire_head(shown), b"Age: %d\r\nX-Cache: %s\r\nCache-Status: " % (age, label.encode()),
                  cache_status.encode(), b"\r\nX-Request-ID: ", rid.encode(), b"\r\n"]
-        if not entry.__dict__["_wire_dated"]:
+        if not shown.__dict__["_wire_dated"]:
             parts.append(self._date_line())
         parts += (b"\r\n", entry.body)
         p.record("GET", d.rule.name, "hit" if label == "HIT" else "stale", entry.status, cache_status, start, rid)

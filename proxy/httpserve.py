@@ -105,7 +105,7 @@ def _unruled(decision: Bypass, request: web.Request, rules) -> bool:
     if decision.reason is Reason.NO_RULE:
         return True
     if decision.reason is Reason.NON_CANONICAL:  # /static/ or //x: ours unless it normalises onto a rule
-        _, normalised = split_path(request.raw_path.partition("?")[0])
+        _, normalised = split_path(_server.request_target(request.raw_path).partition("?")[0])
         return rules.match("GET", normalised) is None
     return False
 
@@ -156,7 +156,16 @@ def _bypass_reason(request: web.Request) -> str | None:
         return "conditional"
     if "Upgrade" in headers:
         return "upgrade"
+    if "Connection" in headers and connection_names_a_field(headers):
+        return Reason.CONNECTION_KEYED.value  # a Vary-selected field the fill would drop (hop-by-hop)
     return None
+
+
+def connection_names_a_field(headers) -> bool:
+    """``Connection`` lists a field name, not only ``keep-alive``/``close``: any field may be one a
+    stored response's Vary selects on, and forwarding drops it, so the fill would not match the key."""
+    return any(name.strip().lower() not in ("", "keep-alive", "close")
+               for value in headers.getall("Connection", ()) for name in value.split(","))
 
 
 async def serve(proxy, request: web.Request, origin, collapsed: bool = False) -> tuple[web.StreamResponse, str]:

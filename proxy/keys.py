@@ -166,4 +166,6 @@ def render_query_suffix(names: tuple[str, ...], params: Mapping[str, str]) -> st
 
 
 def render_origin_suffix(origin: str | None) -> str:
-    return "|o:" + escape_value(origin.strip().lower()) if origin else ""
+    """The key's part for an ``Origin`` field: its exact value, as forwarded (the backend echoes it into
+    Access-Control-Allow-Origin and browsers compare byte for byte), present even when empty."""
+    return "|o:" + escape_value(origin) if origin is not None else ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -51,11 +51,16 @@ class Reason(str, Enum):
     UPGRADE = "upgrade"
     PENDING_PURGE = "pending-purge"
     STORE_DOWN = "store-unavailable"
+    CONNECTION_KEYED = "connection-names-keyed-field"
+    REPEATED_ORIGIN = "repeated-origin"
 
 
 # Headers that could make a backend answer differently than the key says; such requests bypass.
 OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override", "x-original-url",
                     "x-rewrite-url")
+# Fields a key or an identity is made of. A request whose Connection names one bypasses: forwarding
+# drops Connection-listed fields (hop-by-hop), so its fill would not be the request the key describes.
+KEYED_FIELDS = frozenset({"origin", "authorization"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Lookup:
     key: str
     gen_keys: tuple[str, ...]  # guarding generations, epoch last
     revalidate: bool = False  # the client asked for an origin fetch and the rule allows it
+    origin_field: str | None = None  # the Origin field the key holds, exactly as forwarded (a refresh sends it)
 
 
 @dataclass(frozen=True)
@@ -165,8 +171,12 @@ def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, to
             return Bypass(Reason.RANGE, decision.rule)
         if any(h in headers for h in OVERRIDE_HEADERS):
             return Bypass(Reason.OVERRIDE_HEADER, decision.rule)
+        if "connection" in headers and connection_names(headers, KEYED_FIELDS):
+            return Bypass(Reason.CONNECTION_KEYED, decision.rule)
+        if origin is not None and len(_getall(headers, "origin")) > 1:  # which one would the backend echo?
+            return Bypass(Reason.REPEATED_ORIGIN, decision.rule)
         if decision.rule.client_cache_control == "revalidate" and _client_wants_origin(decision.rule, headers):
-            return Lookup(decision.rule, decision.key, decision.gen_keys, True)
+            return replace(decision, revalidate=True)
     return decision
 
 
@@ -196,7 +206,7 @@ def _classify_path(req: RequestView, rules: Rules, identity: Identity | None, to
         return Bypass(Reason.ROLLOUT, rule)
     key = f"{rules.prefix}:{rendered}{render_query_suffix(rule.vary_query, query)}"
     key += render_origin_suffix(origin)
-    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards))
+    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards), origin_field=origin)
 
 
 _NON_CANONICAL = object()
@@ -270,6 +280,11 @@ def namespace_gen_key(prefix: str, rendered_namespace: str) -> str:
 
 
 _NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-cache|max-age\s*=\s*0+)\s*(?:,|$)", re.I)
+
+
+def connection_names(headers: Mapping[str, str], fields: frozenset[str]) -> bool:
+    """True when a ``Connection`` field of ``headers`` lists one of ``fields`` (lower-case names)."""
+    return any(name.strip().lower() in fields for value in _getall(headers, "connection") for name in value.split(","))
 
 
 def _client_wants_origin(rule: Rule, headers: Mapping[str, str]) -> bool:

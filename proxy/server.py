@@ -42,7 +42,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpcache, httpserve, interim, policy, streaming
+from . import fastpath, httpcache, httpserve, interim, locations, policy, streaming
 from .arms import rollout_arm
 from .auditor import Auditor
 from .config import Config
@@ -77,7 +77,6 @@ CONDITIONAL_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unm
 # host/prefix forwarding headers a client could choose (X-Forwarded-Host would carry its Host header).
 FILL_DROPPED = ("Content-Length", "Content-Type", "Expect", "Cookie", "Forwarded", "X-Forwarded-Host",
                 "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Server", "X-Host", "X-Original-Host")
-NOT_SHAREABLE = frozenset({"set-cookie", "private", "vary", "content-encoding", "too-large"})
 INTERNAL_HEADERS = frozenset({"x-cache", "cache-status", "age", "x-request-id", "content-length", "set-cookie"})
 
 
@@ -94,10 +93,15 @@ class Fetched:
     stream: Any = None  # (prefix, upstream response) when the body exceeded the rule's limit
     collapsed: bool = False
     interim: tuple = ()  # 1xx answers that came before it, relayed to the client, never stored
+    storable: bool = False  # the rule would store this answer (whether or not it was stored)
 
     @property
     def shareable(self) -> bool:
-        return self.error is not None or (self.stream is None and self.outcome not in NOT_SHAREABLE)
+        """May requests that waited for this fill be given it? Only an answer the rule would store (the
+        same for every request with the key), or no answer at all (the backend failed, for everyone).
+        Anything else (a 401 for a deactivated user, a 429 for one caller, an envelope error) may be the
+        leader's own: waiters fetch with their own credentials."""
+        return self.error is not None or (self.stream is None and self.storable)
 
 
 @dataclass(slots=True)
@@ -128,6 +132,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
                                share=config.audit_share)
         self.set_rules(rules)
         self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
+        self.upstream_address = locations.UpstreamAddress.from_url(config.upstream.url)
         self.mode = config.cache_mode
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.instance_id = uuid.uuid4().hex
@@ -214,7 +219,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 request_id_var.reset(token)
 
     async def _dispatch(self, request: web.Request, rid: str) -> tuple[web.StreamResponse, str, str]:
-        raw_path, _, query = request.raw_path.partition("?")
+        target = request_target(request.raw_path)
+        raw_path, _, query = target.partition("?")
         if not raw_path.startswith("/"):  # absolute-form (http://host/path): not a forward proxy
             return error_response(400, "request target must be a path (origin-form)", "BYPASS",
                                   CacheStatus.bypass("request-target")), "bypass", "none"
@@ -224,7 +230,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         identity, token_error = self._identify(request.headers.get("Authorization"))
         view = RequestView(request.method, raw_path, query, request.headers)
         decision = policy.classify(view, self.rules, identity, token_error)
-        origin = Origin(request.raw_path, request.headers, request.remote, request.scheme, rid)
+        origin = Origin(target, request.headers, request.remote, request.scheme, rid)
         if isinstance(decision, Lookup):
             if self.mode == "on":
                 response, result = await self._read(request, decision, origin)
@@ -269,6 +275,12 @@ class Proxy(PurgingMixin, EndpointsMixin):
             return None, 0.0
         until = identity.expires_at + self.verifier.config.leeway if identity is not None else math.inf
         return d, until
+
+    def point_at_client(self, headers: CIMultiDict, request_headers, scheme: str) -> None:
+        """A Location/Content-Location on the backend's address, pointed at the client's instead
+        (proxy/locations.py); for every answer of both request paths, stored ones included."""
+        if "Location" in headers or "Content-Location" in headers:
+            locations.rewrite(headers, self.upstream_address, request_headers, scheme)
 
     def _purge_pending(self, d: Lookup) -> bool:
         """A purge of one of ``d``'s namespaces has not reached the store yet: bypass, never store."""
@@ -417,9 +429,13 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 fetched = await asyncio.wait_for(asyncio.shield(leader), self.config.coalesce_wait)
             except asyncio.TimeoutError:
                 fetched = None
-            if fetched is not None and fetched.shareable:
+            if fetched is None:  # the leader took too long (or failed): fetch, without waiting again
+                return await self._fetch(d, tokens, origin, store=False)
+            if fetched.shareable:
                 return replace(fetched, headers=self._replayable(fetched.headers, d.rule), collapsed=True)
-            return await self._fetch(d, tokens, origin, store=False)
+            # The leader's answer was its own: fetch with this request's credentials, as a fill of its
+            # own (one per key across instances sharing the store: the leader's lease is free again).
+            return await self._fetch_under_lease(d, tokens, origin)
         future = asyncio.get_running_loop().create_future()
         self.inflight[flight] = future
         try:
@@ -508,7 +524,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
                         self.drop_lease(lease)
                     self.metrics.coalesced.labels(d.rule.name).inc()
                     return Fetched(entry.status, CIMultiDict(entry.headers), entry.body, entry.etag, "collapsed",
-                                   collapsed=True)
+                                   collapsed=True, storable=True)
                 if not atomic and not leased:
                     leased = await self.store.acquire_lease(*lease, self.config.lease_ms)
             except StoreUnavailable:
@@ -554,7 +570,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
             self.upstream.failures(overrun_failure(), rule.name, "GET")
             refusal = "framing"
         etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
-        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", interim=hints)
+        fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", interim=hints,
+                          storable=refusal is None)
         if refusal is None and store:
             fetched.outcome = await self._store(d, tokens, fetched, lease)  # counted by _store
             return fetched
@@ -658,6 +675,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
             headers = CIMultiDict({"Accept": "application/json"})
             if self.config.warm_authorization:
                 headers["Authorization"] = self.config.warm_authorization
+            if d.origin_field is not None:  # the key holds it: the refresh must get the answer it keys
+                headers["Origin"] = d.origin_field
             origin = Origin(path_qs, headers, None, "http", uuid.uuid4().hex)
             fetched = await self._fill(d, tokens, origin)
             if fetched.stream is not None:
@@ -806,6 +825,13 @@ class Proxy(PurgingMixin, EndpointsMixin):
         return True
 
 
+def request_target(raw: str) -> str:
+    """The request-target without a ``#fragment``: RFC 9112 §3.2's origin-form has none, and the backend's
+    parser drops it, so it is neither keyed nor forwarded (stripped rather than refused: without the
+    proxy the backend would have answered)."""
+    return raw.partition("#")[0] if "#" in raw else raw
+
+
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """(body, True) when the whole body fits in ``limit``; else (what was read, False), rest unread."""
     chunks, size = [], 0
@@ -899,7 +925,11 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
         await proxy.upstream.close()
         await guarded.close()
 
+    async def point_at_client(request: web.Request, response: web.StreamResponse) -> None:
+        proxy.point_at_client(response.headers, request.headers, request.scheme)
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(point_at_client)  # every answer of aiohttp's path (fastpath.py: its own)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     if config.fast_path:
         fastpath.install(app, proxy)

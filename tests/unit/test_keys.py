@@ -192,9 +192,11 @@ def test_query_suffix_is_sorted_and_escaped():
     assert render_query_suffix(names, {"limit": ""}) == "|q:limit="
 
 
-def test_origin_suffix_is_normalised_and_escaped():
-    assert render_origin_suffix(None) == "" == render_origin_suffix("")
-    assert render_origin_suffix(" HTTPS://App.Example ") == "|o:https%3A%2F%2Fapp.example"
+def test_origin_suffix_is_exact_and_escaped():
+    # exact: the backend echoes the forwarded bytes and browsers compare them byte for byte (issue 18)
+    assert render_origin_suffix(None) == "" != render_origin_suffix("") == "|o:"
+    assert render_origin_suffix("HTTPS://App.Example") == "|o:HTTPS%3A%2F%2FApp.Example"
+    assert render_origin_suffix("https://APP.example") != render_origin_suffix("https://app.example")
     assert render_origin_suffix("https://a.example") != render_origin_suffix("https://b.example")
     assert render_origin_suffix("http://\udcff") == "|o:http%3A%2F%2F%ED%B3%BF"
 
