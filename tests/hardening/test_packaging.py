@@ -6,6 +6,7 @@ workers and a Redis store included, writing nothing elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import stat
@@ -86,9 +87,14 @@ def test_installed_in_a_venv_the_command_works_from_anywhere(wheel, tmp_path):
 
 # The one writable place is a fresh tmpfs at $TMPDIR (the image's /tmp); it is not /tmp itself, since the
 # checkout under test may live below /tmp and must stay visible.
-READ_ONLY = ("mount -o remount,bind,ro / && mount -t tmpfs -o mode=1777 tmpfs \"$TMPDIR\" && "
-             "exec setpriv --reuid 10001 --regid 10001 --clear-groups "
-             "--inh-caps +dac_read_search --ambient-caps +dac_read_search \"$@\"")
+READ_ONLY = "mount -o remount,bind,ro / && mount -t tmpfs -o mode=1777 tmpfs \"$TMPDIR\" && "
+# As root: a mount namespace, then uid 10001 (CAP_DAC_READ_SEARCH: the interpreter may live under /root).
+AS_ROOT = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+           READ_ONLY + "exec setpriv --reuid 10001 --regid 10001 --clear-groups "
+           "--inh-caps +dac_read_search --ambient-caps +dac_read_search \"$@\"", "sh")
+# As a user (already unprivileged): a user namespace lets it mount; it stays itself outside of it.
+AS_USER = ("unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c",
+           READ_ONLY + "exec \"$@\"", "sh")
 
 
 async def test_runs_read_only_as_an_unprivileged_user_writing_only_to_tmp(backend, redis_url, tmp_path):
@@ -100,7 +106,7 @@ async def test_runs_read_only_as_an_unprivileged_user_writing_only_to_tmp(backen
     env = subprocess_env(JWT_SECRET_KEY=SECRET, HOME="/nonexistent", PENDING_PURGES_FILE="", TMPDIR=str(writable))
     # the unprivileged user can read (CAP_DAC_READ_SEARCH: the interpreter lives under /root) but not write
     proc = await asyncio.create_subprocess_exec(
-        "unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY, "sh",
+        *(AS_ROOT if os.geteuid() == 0 else AS_USER),
         sys.executable, "-m", "proxy", "serve", "--upstream", backend.url, "--rules", RULES_PATH,
         "--listen", f"127.0.0.1:{port}", "--redis", redis_url, "--workers", "2", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT))
