@@ -77,7 +77,7 @@ def _hopes_table(cmp: dict) -> str:
     rate = cmp.get("hit_rate")
     rows.append(["hit rate (cached reads)", "85-95%", _pct(rate),
                  "met" if rate is not None and rate >= 0.85 else "**not met**"])
-    return ("Against what the operators hoped for (`shared/upstream-api.md`; a group is met when each of its "
+    return ("Against what the katiba360 operators hoped for (their figures; a group is met when each of its "
             "routes is):\n\n" + _table(["figure", "operators hoped", "measured", ""], rows))
 
 

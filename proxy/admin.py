@@ -4,7 +4,7 @@ When set, ``/metrics``, ``/healthz``, ``/readyz`` and ``/_cache/*`` (explain, st
 their own port by this application, and on the public port those paths go to the backend like any other
 path (``Proxy._internal``). Point probes and Prometheus at the admin port and expose only the public one.
 Without it (the default) they are answered on the public port: then keep them private at the load
-balancer or ingress (README, "Keep the admin paths private").
+balancer or ingress (docs/OPERATIONS.md, "Keep the admin paths private").
 
 The manual invalidation endpoints (``/api/v1/.../cache/invalidate``) stay on the public port: users call
 them with their own tokens. Requests on the admin port are not subject to ``MAX_INFLIGHT``.

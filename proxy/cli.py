@@ -298,11 +298,13 @@ async def watch_rules(proxy, path: str, stop: asyncio.Event | None = None, debou
     """
     from watchfiles import awatch
 
-    directory = os.path.dirname(os.path.abspath(path))
+    from .rulewatch import RulesFileChanges
+
+    changes_of_the_rules = RulesFileChanges(path)  # not the log file or anything else beside it
     last = _digest(path)
     try:
-        async for _changes in awatch(directory, watch_filter=None, debounce=debounce_ms, step=50,
-                                     stop_event=stop, recursive=False):
+        async for _changes in awatch(changes_of_the_rules.directory, watch_filter=changes_of_the_rules,
+                                     debounce=debounce_ms, step=50, stop_event=stop, recursive=False):
             current = _digest(path)
             if current is None or current == last:
                 continue

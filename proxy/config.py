@@ -155,8 +155,9 @@ class Config:
     shutdown_grace: float = 10.0
     watch_rules: bool = True
     warm_authorization: str | None = None  # Authorization header for warming requests (a service token)
-    # Resilience (README "Guarantees"): after the store was unreachable, reads stay off the cache for
-    # ``store_recovery_hold`` seconds once it answers again, so other instances' retried purges land first.
+    # Resilience (docs/DESIGN.md, "Guarantees and their limits"): after the store was unreachable, reads
+    # stay off the cache for ``store_recovery_hold`` seconds once it answers again, so other instances'
+    # retried purges land first.
     store_recovery_hold: float = 1.0
     store_check_interval: float = 5.0  # how often a healthy store's identity (restart, failover) is checked
     breaker_failures: int = 5  # consecutive store failures that open the circuit breaker

@@ -7,7 +7,7 @@ Several keys may be configured at once for rotation. Verified tokens are remembe
 the token, until their ``exp``) so the hit path does not pay for a signature check on every request.
 
 A verified token is not the backend's full authorisation: the backend also refuses unknown and
-deactivated users. The README says what that means for cached entries.
+deactivated users. docs/DESIGN.md ("Deactivated users") says what that means for cached entries.
 """
 from __future__ import annotations
 

@@ -57,4 +57,6 @@ def setup_logging(fmt: str = "json", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The file watcher's own "N changes detected" lines: the proxy logs `rules_changed` itself.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     logging.captureWarnings(True)

@@ -107,12 +107,22 @@ def _sum(metrics: str, name: str, exclude_rule: str = "internal") -> float:
     return total
 
 
+def _backend_fetches(standin_url: str) -> dict[str, int]:
+    """Requests that reached the stand-in backend, by method and route."""
+    status, _, stats = _get(f"{standin_url}/_standin/stats")
+    assert status == 200, stats
+    return stats["by_route"]
+
+
+WORKERS = 2
+
+
 def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_url, redis_url):
     port = _free_ports(1)[0]
-    proc, log = _serve(tmp_path, standin_url, port, "--redis", redis_url, "--workers", "2")
+    proc, log = _serve(tmp_path, standin_url, port, "--redis", redis_url, "--workers", str(WORKERS))
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_listening(proc, log, 2)
+        _wait_listening(proc, log, WORKERS)
         metrics_dir = next(e["metrics_dir"] for e in _events(log) if e.get("event") == "workers")
         sent = 0
         reader = _token("types-reader")  # a shared entry, served only to a valid token
@@ -120,7 +130,9 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_
             status, headers, _body = _get(f"{base}/api/v1/achievements/types", reader)
             assert status == 200
             sent += 1
-        # one entry for all workers (the shared store): one miss, then hits, whoever answers
+        # One entry for all workers (the shared store). A miss is answered before its store write lands
+        # (write-behind), so the other worker may miss once too before it sees the entry: what is
+        # guaranteed is at most one backend fetch per worker, then hits whoever answers.
         token = _token("worker-user")
         results = []
         for _ in range(10):
@@ -128,7 +140,11 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_
             assert status == 200
             results.append(headers["X-Cache"])
             sent += 1
-        assert results.count("MISS") == 1 and results.count("HIT") == 9, results
+        assert set(results) <= {"MISS", "HIT"} and results[0] == "MISS", results
+        assert 1 <= results.count("MISS") <= WORKERS and "HIT" in results, results
+        fetched = _backend_fetches(standin_url)
+        assert fetched["GET /api/v1/users/profile"] == results.count("MISS"), (fetched, results)
+        assert 1 <= fetched["GET /api/v1/achievements/types"] <= WORKERS, fetched
         status, _, written = _get(f"{base}/api/v1/users/profile", token, "PUT", {"display_name": "two workers"})
         assert status == 200
         sent += 1
@@ -141,7 +157,7 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_
         # both workers wrote counters, and one scrape on any worker sums them
         writers = {re.match(r"counter_(\d+)\.db$", f).group(1) for f in os.listdir(metrics_dir)
                    if re.match(r"counter_(\d+)\.db$", f)}
-        assert len(writers) == 2, writers
+        assert len(writers) == WORKERS, writers
         # Each worker adds its per-request figures to the shared files at least once a second
         # (proxy/metrics.py): poll, bounded, until the scrape has them all.
         for _ in range(50):
@@ -151,7 +167,10 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_
                 break
             time.sleep(0.1)
         assert _sum(metrics, "katiba_cache_requests_total") == sent
-        assert 'katiba_cache_requests_total{result="miss",rule="achievement_types"} 1.0' in metrics
+        # the summed misses are the backend's fetches, whichever worker made them
+        misses = re.search(r'^katiba_cache_requests_total\{result="miss",rule="achievement_types"\} (\S+)$',
+                           metrics, re.MULTILINE)
+        assert misses and float(misses.group(1)) == fetched["GET /api/v1/achievements/types"], metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)

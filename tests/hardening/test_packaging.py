@@ -6,6 +6,7 @@ workers and a Redis store included, writing nothing elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import stat
@@ -53,31 +54,47 @@ def test_the_wheel_holds_the_default_rules_as_a_file(wheel):
         assert "cache-proxy = proxy.cli:main" in archive.read(entry_points).decode()
 
 
+def _site_dirs_of_this_interpreter() -> list[str]:
+    """Where the running interpreter finds the dependencies: its own site-packages, whether it is a
+    base interpreter or a venv (`venv --system-site-packages` would see the base, not an outer venv)."""
+    return [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+
+
 def test_installed_in_a_venv_the_command_works_from_anywhere(wheel, tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # The dependencies come from the environment running the tests (offline: no index); plain path lines,
+    # so an editable install of the checkout there (its own .pth) is not picked up.
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "dependencies-of-the-test-run.pth").write_text("\n".join(_site_dirs_of_this_interpreter()) + "\n")
     installed = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "--no-index", "-q", str(wheel)],
                                capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr[-2000:]
     empty = tmp_path / "elsewhere"
     empty.mkdir()
+    clean_env = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH, no VIRTUAL_ENV of the test run
     run = lambda *args: subprocess.run([str(venv / "bin" / "cache-proxy"), *args], capture_output=True,  # noqa: E731
-                                       text=True, timeout=60, cwd=empty, env={"PATH": "/usr/bin:/bin"})
+                                       text=True, timeout=60, cwd=empty, env=clean_env)
     out = run("--version")
     assert out.returncode == 0 and out.stdout.startswith("cache-proxy 0."), out
     out = run("check")  # no rules.yaml here: the copy inside the package
     assert out.returncode == 0, out.stderr
     assert str(venv) in out.stdout and "proxy/rules.yaml: ok" in out.stdout, out.stdout
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)"],
-                           capture_output=True, text=True, timeout=60, cwd=empty)
+                           capture_output=True, text=True, timeout=60, cwd=empty, env=clean_env)
     assert where.stdout.startswith(str(venv)), where  # the wheel's copy, not the checkout
 
 
 # The one writable place is a fresh tmpfs at $TMPDIR (the image's /tmp); it is not /tmp itself, since the
 # checkout under test may live below /tmp and must stay visible.
-READ_ONLY = ("mount -o remount,bind,ro / && mount -t tmpfs -o mode=1777 tmpfs \"$TMPDIR\" && "
-             "exec setpriv --reuid 10001 --regid 10001 --clear-groups "
-             "--inh-caps +dac_read_search --ambient-caps +dac_read_search \"$@\"")
+READ_ONLY = "mount -o remount,bind,ro / && mount -t tmpfs -o mode=1777 tmpfs \"$TMPDIR\" && "
+# As root: a mount namespace, then uid 10001 (CAP_DAC_READ_SEARCH: the interpreter may live under /root).
+AS_ROOT = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+           READ_ONLY + "exec setpriv --reuid 10001 --regid 10001 --clear-groups "
+           "--inh-caps +dac_read_search --ambient-caps +dac_read_search \"$@\"", "sh")
+# As a user (already unprivileged): a user namespace lets it mount; it stays itself outside of it.
+AS_USER = ("unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c",
+           READ_ONLY + "exec \"$@\"", "sh")
 
 
 async def test_runs_read_only_as_an_unprivileged_user_writing_only_to_tmp(backend, redis_url, tmp_path):
@@ -89,7 +106,7 @@ async def test_runs_read_only_as_an_unprivileged_user_writing_only_to_tmp(backen
     env = subprocess_env(JWT_SECRET_KEY=SECRET, HOME="/nonexistent", PENDING_PURGES_FILE="", TMPDIR=str(writable))
     # the unprivileged user can read (CAP_DAC_READ_SEARCH: the interpreter lives under /root) but not write
     proc = await asyncio.create_subprocess_exec(
-        "unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY, "sh",
+        *(AS_ROOT if os.geteuid() == 0 else AS_USER),
         sys.executable, "-m", "proxy", "serve", "--upstream", backend.url, "--rules", RULES_PATH,
         "--listen", f"127.0.0.1:{port}", "--redis", redis_url, "--workers", "2", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT))

@@ -154,6 +154,41 @@ async def test_watcher_reloads_when_the_file_changes(make_proxy, backend, rules_
         await asyncio.wait_for(watcher, 10)
 
 
+async def test_watcher_follows_a_configmap_symlink_swap(make_proxy, backend, tmp_path):
+    """Kubernetes mounts `rules.yaml -> ..data/rules.yaml`, `..data -> ..<timestamp>/` and updates by
+    swapping `..data`: no event names rules.yaml, yet the rules changed."""
+    mount = tmp_path / "configmap"
+    mount.mkdir()
+    (mount / "..v1").mkdir()
+    (mount / "..v1" / "rules.yaml").write_text(rules_text())
+    (mount / "..data").symlink_to("..v1")
+    (mount / "rules.yaml").symlink_to("..data/rules.yaml")
+    ops = await make_proxy(mount / "rules.yaml")
+    stop = asyncio.Event()
+    watcher = asyncio.get_running_loop().create_task(
+        watch_rules(ops.proxy, str(mount / "rules.yaml"), stop, debounce_ms=20))
+    versions = 0
+
+    async def swapped() -> bool:
+        nonlocal versions
+        if ops.proxy.rules.by_name("user_profile").ttl == 42:
+            return True
+        versions += 1  # a new version each time: the watcher may start after the first swap
+        version = mount / f"..v{versions + 1}"
+        version.mkdir()
+        (version / "rules.yaml").write_text(f"{rules_text(ttl=42)}# version {versions}\n")
+        (mount / "..data_tmp").symlink_to(version.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+        await asyncio.sleep(0.05)
+        return False
+
+    try:
+        await poll(swapped, "the watcher reloads after the ..data swap")
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 10)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -260,3 +295,48 @@ async def test_serve_reloads_when_the_file_changes(aiohttp_server, tmp_path, rul
         assert await served.x_cache() == "MISS"
         assert await served.x_cache() == "HIT"
     assert any(line["event"] == "rules_changed" for line in served.log_lines())
+
+
+async def test_a_log_file_beside_the_rules_does_not_feed_the_watcher(aiohttp_server, tmp_path, rules_file):
+    """The natural setup `serve ... > proxy.log 2>&1` next to rules.yaml: the proxy's own log lines must
+    not count as changes (the watcher library's "1 change detected" at info used to change the folder,
+    which logged again, forever). One real edit gives one `rules_changed` line."""
+    assert (tmp_path / "proxy.log").parent == rules_file.parent  # serve() logs into the rules folder
+    async with serve(aiohttp_server, tmp_path, rules_file) as served:
+        edits = 0
+
+        async def picked_up() -> bool:
+            nonlocal edits
+            if await served.reloaded("success"):
+                return True
+            edits += 1  # new content each time: the watcher may start after the first write
+            rules_file.write_text(f"{rules_text()}# warm-up edit {edits}\n")
+            await asyncio.sleep(0.05)
+            return False
+
+        await poll(picked_up, "the watcher is running")
+
+        def events(name: str) -> int:
+            return sum(1 for line in served.log_lines() if line["event"] == name)
+
+        async def settle(polls: int = 20) -> None:
+            for _ in range(polls):  # a bounded number of polls: a loop would keep writing lines meanwhile
+                await served.reloads("success")
+                await asyncio.sleep(0.05)
+
+        await settle()
+        before_reloads, before_changed = await served.reloads("success"), events("rules_changed")
+        quiet_before = [line for line in served.log_lines() if line["event"] != "access"]
+        await settle()
+        quiet_after = [line for line in served.log_lines() if line["event"] != "access"]
+        assert quiet_after == quiet_before, quiet_after[len(quiet_before):][:5]  # nothing changed: nothing logged
+
+        rules_file.write_text(rules_text(ttl=60))  # one real edit
+        await poll(lambda: served.reloaded("success", int(before_reloads) + 1), "the edit is picked up")
+        await settle()
+        assert await served.reloads("success") == before_reloads + 1
+        assert events("rules_changed") == before_changed + 1
+    lines = served.log_lines()
+    flood = [line for line in lines if "change detected" in json.dumps(line)]
+    assert not flood, flood[:3]
+    assert events("rules_changed") == before_changed + 1
