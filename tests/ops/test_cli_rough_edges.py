@@ -1,0 +1,205 @@
+"""Issue 20, item 4: what an operator meets in the first hour with ``cache-proxy``: expected failures as
+one clean line (never a traceback), messages that say what to type, ``explain`` masking the user id
+both offline and against a running proxy, ``stats`` showing reloads, shadow figures and every worker,
+the demo's admin token, and a port already in use."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import main
+
+from .conftest import ADMIN, PROFILE, RULES_PATH, mint
+
+REPO = Path(__file__).resolve().parents[2]
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+USER = "3f1c9a7e-5b2d-4e8f-9a61-00c0ffee4242"
+
+
+async def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``cache-proxy ARGV`` in a thread (it runs its own event loop); (exit code, stdout, stderr)."""
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_URL", "CACHE_ADMIN_TOKEN", "PROMETHEUS_MULTIPROC_DIR", "WORKERS")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ expected failures: one line
+
+
+@pytest.mark.parametrize("argv", [
+    ("purge", "--all", "--redis", DEAD_REDIS),
+    ("purge", "user:{u1}:*", "--redis", DEAD_REDIS),
+    ("stats", "--redis", DEAD_REDIS),
+])
+def test_an_unreachable_store_is_one_line_and_no_traceback(argv):
+    """As a user runs it (a process of its own): stderr is exactly one line, the exit code non-zero."""
+    done = subprocess.run([sys.executable, "-m", "proxy", *argv, "--rules", RULES_PATH] if argv[0] == "purge"
+                          else [sys.executable, "-m", "proxy", *argv], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "127.0.0.1:1" in lines[0] or "unavailable" in lines[0], lines
+
+
+async def test_purge_without_a_store_mentions_url(capsys, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    code, out, err = await cli(capsys, "purge", "user:{u1}:*", "--rules", RULES_PATH)
+    assert code == 2 and out == ""
+    assert "--redis" in err and "--url" in err, err
+
+
+@pytest.mark.parametrize("where", [("--redis", "redis://127.0.0.1:1/0"), ("--url", "http://127.0.0.1:1")])
+async def test_purge_all_with_a_pattern_is_refused(capsys, where):
+    code, out, err = await cli(capsys, "purge", "--all", "user:{u1}:*", *where, "--rules", RULES_PATH)
+    assert code == 2 and out == "", (code, out, err)
+    assert "--all" in err and "PATTERN" in err and "not both" in err, err
+
+
+async def test_an_unbraced_user_id_is_refused_with_the_form_to_type(capsys, make_proxy):
+    """Decision: refuse (``achievements:global:*`` shows that an unbraced segment can be a literal), and
+    name the literal pattern for the value given, via ``--redis`` and via ``--url`` alike."""
+    code, out, err = await cli(capsys, "purge", "user:123:*", "--redis", DEAD_REDIS, "--rules", RULES_PATH)
+    assert code == 1 and out == ""
+    assert "user:{123}:*" in err, err
+    ops = await make_proxy()
+    code, out, err = await cli(capsys, "purge", "achievements:123:*", "--url", ops.base, "--admin-token", ADMIN)
+    assert code == 1 and out == ""
+    assert "achievements:{123}:*" in err, err
+    status, _, body = await ops.request("POST", "/_cache/purge", headers=ops.admin(),
+                                        json={"pattern": "user:123:*"})
+    assert status == 400 and "user:{123}:*" in body["detail"], body
+
+
+# --------------------------------------------------------------------------- explain masking
+
+
+async def test_explain_url_masks_the_user_id_like_offline_explain(capsys, make_proxy, monkeypatch):
+    ops = await make_proxy()
+    assert await ops.x_cache(PROFILE, USER) == "MISS"
+    code, out, err = await cli(capsys, "explain", "GET", PROFILE, "--url", ops.base, "--admin-token", ADMIN,
+                               "--token", mint(USER))
+    assert code == 0, err
+    assert "katiba360:proxy:user:{…4242}:profile" in out and USER not in out, out
+    code, out, err = await cli(capsys, "explain", "GET", PROFILE, "--url", ops.base, "--admin-token", ADMIN,
+                               "--token", mint(USER), "--json")
+    result = json.loads(out)
+    assert result["x_cache"] == "HIT" and USER not in out, out
+    assert result["identity"]["user_id"] == "…4242"
+
+
+# ------------------------------------------------------------------------------- admin token
+
+
+async def test_a_wrong_admin_token_is_said_to_be_refused(capsys, make_proxy):
+    ops = await make_proxy()
+    code, _, err = await cli(capsys, "stats", "--url", ops.base, "--admin-token", "not-the-token")
+    assert code == 1
+    assert "refused" in err and "required" not in err, err
+    status, _, body = await ops.get("/_cache/stats", headers={"Authorization": "Bearer not-the-token"})
+    assert status == 403 and "refused" in body["detail"], body
+
+
+# -------------------------------------------------------------------------------------- stats
+
+
+async def test_stats_text_shows_reloads(capsys, make_proxy):
+    ops = await make_proxy()
+    assert ops.proxy.reload_rules()
+    code, out, err = await cli(capsys, "stats", "--url", ops.base, "--admin-token", ADMIN)
+    assert code == 0, err
+    assert "reloads: success 1, failure 0" in out, out
+
+
+async def test_stats_text_in_shadow_mode_shows_the_would_be_hits(capsys, make_proxy):
+    ops = await make_proxy(cache_mode="shadow")
+    for _ in range(3):  # would-miss, then two would-hit-match
+        status, _, _ = await ops.get(PROFILE, "shadow-stats-user")
+        assert status == 200
+    code, out, err = await cli(capsys, "stats", "--url", ops.base, "--admin-token", ADMIN)
+    assert code == 0, err
+    assert "mode shadow" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("shadow"))
+    row = next(line for line in lines[header:] if line.startswith("user_profile"))
+    # rule, requests, would-hit, would-stale, mismatches, would-miss, would-hit rate
+    assert row.split() == ["user_profile", "3", "2", "0", "0", "1", "66.7%"], out
+    code, out, _ = await cli(capsys, "stats", "--url", ops.base, "--admin-token", ADMIN, "--json")
+    shadow = json.loads(out)["shadow"]["user_profile"]
+    assert shadow == {"would-hit-match": 2, "would-miss": 1}, shadow
+
+
+# --------------------------------------------------------------------------------------- demo
+
+
+def test_demo_prints_its_admin_token_and_a_purge_that_works(tmp_path):
+    port = _free_port()
+    env = _env()
+    env.pop("JWT_SECRET_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "demo", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        printed = []
+        while not printed or "Ctrl-C" not in printed[-1]:
+            line = proc.stdout.readline()
+            assert line, f"the demo stopped early: {printed}"
+            printed.append(line.rstrip("\n"))
+        text = "\n".join(printed)
+        assert "demo-admin-token" in text, text
+        command = next(line.strip() for line in printed if line.strip().startswith("cache-proxy purge"))
+        argv = shlex.split(command)[1:]
+        assert "--admin-token" in argv and "--url" in argv, command
+        for _ in range(200):  # the proxy listens a moment after the banner
+            done = subprocess.run([sys.executable, "-m", "proxy", *argv], cwd=REPO, env=_env(),
+                                  capture_output=True, text=True, timeout=30)
+            if "cannot reach" not in done.stderr:
+                break
+            time.sleep(0.05)
+        assert done.returncode == 0 and done.stdout.startswith("purged "), (done.stdout, done.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        proc.stdout.close()
+
+
+# ------------------------------------------------------------------------------- port in use
+
+
+def test_a_port_in_use_is_one_error_line_and_exit_1():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "proxy", "serve", "--upstream", "http://127.0.0.1:1",
+                               "--listen", f"127.0.0.1:{port}", "--rules", RULES_PATH], cwd=REPO,
+                              env=_env(PENDING_PURGES_FILE="off"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line["level"] in ("error", "critical")]
+    assert [e["event"] for e in errors] == ["start_failed"], done.stderr
+    assert str(port) in errors[0]["error"] or "in use" in errors[0]["error"], errors
+    assert "Unclosed" not in done.stderr and "Traceback" not in done.stderr, done.stderr
