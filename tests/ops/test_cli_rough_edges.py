@@ -203,3 +203,76 @@ def test_a_port_in_use_is_one_error_line_and_exit_1():
     assert [e["event"] for e in errors] == ["start_failed"], done.stderr
     assert str(port) in errors[0]["error"] or "in use" in errors[0]["error"], errors
     assert "Unclosed" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------------- stats, two workers
+
+
+@pytest.fixture
+def standin_process(tmp_path):
+    """The stand-in backend as its own process (the workers are forked processes too)."""
+    with open(tmp_path / "standin.log", "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "standin", "--listen", "127.0.0.1:0"], cwd=REPO,
+                                env=_env(), stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("standin listening on "), line
+        yield line.removeprefix("standin listening on ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def _get_status(url: str, token: str | None = None) -> int:
+    """One request on a connection of its own, so the kernel picks a worker each time."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def test_stats_with_two_workers_counts_the_whole_instance(tmp_path, standin_process, redis_url):
+    port = _free_port()
+    env = _env(JWT_SECRET_KEY=str(__import__("standin").DEFAULT_SECRET), CACHE_ADMIN_TOKEN=ADMIN,
+               PENDING_PURGES_FILE="off")
+    with open(tmp_path / "proxy.log", "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--upstream", standin_process,
+                                 "--listen", f"127.0.0.1:{port}", "--rules", RULES_PATH, "--redis", redis_url,
+                                 "--workers", "2"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(400):  # bounded wait for both workers to listen
+            assert proc.poll() is None, (tmp_path / "proxy.log").read_text()
+            if (tmp_path / "proxy.log").read_text().count('"event":"listening"') == 2:
+                break
+            time.sleep(0.05)
+        token = mint("two-workers-stats")
+        sent = 40  # 40 connections: the kernel spreads them over both workers
+        assert all(_get_status(f"{base}{PROFILE}", token) == 200 for _ in range(sent))
+        stats = {}
+        for _ in range(30):  # each worker adds its tallies to the shared figures within a second
+            done = subprocess.run([sys.executable, "-m", "proxy", "stats", "--url", base, "--admin-token", ADMIN,
+                                   "--json"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            stats = json.loads(done.stdout)
+            if stats["rules"]["user_profile"]["requests"] == sent:
+                break
+            time.sleep(0.1)
+        row = stats["rules"]["user_profile"]
+        assert row["requests"] == sent, row  # one worker's share alone is about half
+        assert row["miss"] + row["hit"] + row["stale"] == sent and row["miss"] >= 1, row
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
