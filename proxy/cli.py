@@ -230,11 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def serve(config, rules, started: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``): not ready first, then drain in-flight requests."""
-    import gc
-
-    from aiohttp import web
-
-    from .server import PROXY_KEY, build_app
+    from .server import build_app
 
     # Test-only switches that break a guarantee on purpose (the stale-read checker's mutants).
     unsafe = frozenset(s.strip() for s in os.environ.get("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "").split(",")
@@ -242,7 +238,22 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
     if unsafe:
         log.warning("unsafe test-only switches are on: this proxy breaks its consistency guarantee on purpose",
                     extra={"event": "unsafe_switches", "switches": sorted(unsafe)})
-    app = build_app(config, rules, unsafe=unsafe)
+    from . import tracing
+
+    tracing.configure_from_env()  # OTEL_TRACES_EXPORTER; per process, so after a worker's fork
+    try:
+        await _serve_app(build_app(config, rules, unsafe=unsafe), config, rules, started, stop)
+    finally:
+        tracing.stop()  # flushes the spans still batched
+
+
+async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: asyncio.Event | None) -> None:
+    import gc
+
+    from aiohttp import web
+
+    from .server import PROXY_KEY
+
     proxy = app[PROXY_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)
     await runner.setup()

@@ -38,7 +38,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpserve, policy, streaming
+from . import fastpath, httpserve, policy, streaming, tracing
 from .arms import rollout_arm
 from .config import Config
 from .entry import Entry, decode_entry
@@ -619,7 +619,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             verdict = policy.judge(decode_entry(raw), tokens, rule, self.clock())
             if verdict.usable != "fresh" or verdict.age < rule.ttl - max(horizon, rule.ttl * 0.1):
                 continue
-            headers = CIMultiDict({"Accept": "application/json"})
+            headers = CIMultiDict({"Accept": "application/json", "traceparent": tracing.new_traceparent()})
             if self.config.warm_authorization:
                 headers["Authorization"] = self.config.warm_authorization
             origin = Origin(path_qs, headers, None, "http", uuid.uuid4().hex)
@@ -859,8 +859,9 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
         await guarded.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    if config.fast_path:
+    # Tracing (proxy/tracing.py) is decided here, once: off, nothing on the request path changes.
+    app.router.add_route("*", "/{tail:.*}", tracing.instrument(proxy) if tracing.ENABLED else proxy.handle)
+    if config.fast_path and not tracing.ENABLED:  # traced, every request takes aiohttp's path
         fastpath.install(app, proxy)
     return app
 
