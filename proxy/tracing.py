@@ -21,6 +21,8 @@ the backend client are the plain objects. On, ``instrument`` wraps, on that one 
 * the store's calls (lookup, generations, fill write, purge, leases) and the backend client's ``fetch``
   (fills) and ``send`` (writes, pass-through): a CLIENT child span each. The backend span's context goes
   out in ``traceparent``: the backend sees the client's trace id, with this proxy's span as parent.
+  Store calls made outside any request (the store watch's probes) get no span; a warming fetch is the
+  root of a new trace.
 
 The fast path (proxy/fastpath.py) answers hits and misses straight off the socket, without aiohttp's
 request objects; with tracing on it is not installed, so that every request gets its span the same way.
@@ -173,6 +175,8 @@ def instrument(proxy: Any) -> Callable:
 
     def store_call(name: str, call: Callable) -> Callable:
         async def traced(*args: Any, **kwargs: Any) -> Any:
+            if not trace.get_current_span().get_span_context().is_valid:
+                return await call(*args, **kwargs)  # the store watch's probes, warming: no request, no trace
             began = time.perf_counter()
             with tracer.start_as_current_span(f"store {name}", kind=SpanKind.CLIENT, record_exception=False,
                                               set_status_on_exception=False,

@@ -212,3 +212,21 @@ def test_configuration_from_the_environment(caplog):
     finally:
         tracing.stop()
     assert not tracing.ENABLED
+
+
+async def test_off_nothing_on_the_request_path_changes(make_proxy):
+    """Zero cost when off, by construction: the route handler is ``Proxy.handle`` itself, the fast path is
+    installed, and neither the store, the backend client nor ``record`` is wrapped."""
+    assert not tracing.ENABLED
+    ops = await make_proxy()
+    proxy, app = ops.proxy, ops.client.app
+    handlers = [route.handler for route in app.router.routes()]
+    assert handlers == [proxy.handle]
+    assert "_make_handler" in vars(app)  # fastpath.install replaced the app's connection factory
+    for obj, names in ((proxy.store, tracing.STORE_CALLS), (proxy.upstream, tracing.UPSTREAM_CALLS),
+                       (proxy, ("record",))):
+        assert not set(names) & set(vars(obj)), names
+    user = auth(USER)
+    for _ in range(3):
+        await ops.get(PROFILE, headers=user)
+    assert await ops.metric("katiba_cache_fast_path_total", outcome="answered") >= 1
