@@ -189,13 +189,15 @@ def test_demo_prints_its_admin_token_and_a_purge_that_works(tmp_path):
 # ------------------------------------------------------------------------------- port in use
 
 
-def test_a_port_in_use_is_one_error_line_and_exit_1():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_one_error_line_and_exit_1(workers, redis_url):
+    more = ("--workers", "2", "--redis", redis_url) if workers > 1 else ()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "proxy", "serve", "--upstream", "http://127.0.0.1:1",
-                               "--listen", f"127.0.0.1:{port}", "--rules", RULES_PATH], cwd=REPO,
+                               "--listen", f"127.0.0.1:{port}", "--rules", RULES_PATH, *more], cwd=REPO,
                               env=_env(PENDING_PURGES_FILE="off"), capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
