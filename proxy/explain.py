@@ -13,11 +13,12 @@ The endpoints (``ENDPOINTS``, registered by ``server.Proxy._internal``) all need
 * ``GET /_cache/explain?method=GET&url=/api/v1/users/profile[&user_id=ID]`` (or the caller's token in
   ``X-Explain-Token``): ``explain`` plus one ``store.lookup`` of the entry; the user id is masked in the
   key and the identity, as offline.
-* ``GET /_cache/stats``: requests per rule and result with the hit rate (this process's counters), purges,
-  reloads and the store's own figures (entries, bytes, evictions).
+* ``GET /_cache/stats``: requests per rule and result with the hit rate, shadow mode's would-be answers,
+  purges, reloads (the whole instance's counters: every worker's with ``--workers N``) and the store's own
+  figures (entries, bytes, evictions).
 * ``POST /_cache/purge`` ``{"pattern": "user:{ID}:*"}`` or ``{"all": true}``: validated like
   ``cache-proxy purge`` (an exact key or a declared namespace followed by ``:*``), else 400 listing the
-  declared namespaces.
+  declared namespaces, and the braced form to type for ``user:123:*`` (``suggest_pattern``).
 """
 from __future__ import annotations
 
