@@ -340,6 +340,8 @@ def suggest_pattern(pattern: str, rules: Rules) -> str | None:
 
     Unbraced values are not accepted as they are: a segment can be a literal (``achievements:global:*``
     next to ``achievements:{user_id}:*``), so the braces are what tell a value from a name."""
+    if render_pattern(pattern, rules) is not None:
+        return None  # typed right already
     wildcard = pattern.endswith(":*")
     segments = (pattern[:-2] if wildcard else pattern).split(":")
     pool = rules.namespaces if wildcard else tuple(r.key for r in rules.rules if r.key)

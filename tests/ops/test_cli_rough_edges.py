@@ -278,3 +278,24 @@ def test_stats_with_two_workers_counts_the_whole_instance(tmp_path, standin_proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("user:123:*", "user:{123}:*"),
+    ("achievements:123:*", "achievements:{123}:*"),
+    ("user:123:profile", "user:{123}:profile"),  # an exact key
+    ("user:{123:*", "user:{123}:*"),
+    ("user:{123}:*", None),  # right already
+    ("achievements:global:*", None),  # right already: a literal, not a value
+    ("user:*", None),
+    ("*", None),
+    ("user:}{:*", None),
+    ("user:a*b:*", None),
+    ("user:1:2:*", None),
+    ("nope:123:*", None),
+])
+def test_the_braced_form_is_suggested_only_where_one_namespace_fits(typed, meant):
+    from proxy.explain import suggest_pattern
+    from proxy.rules import load_rules
+
+    assert suggest_pattern(typed, load_rules(RULES_PATH)) == meant
