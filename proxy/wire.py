@@ -29,8 +29,8 @@ FWD = {
                "`Pragma: no-cache`) on a rule with `client_cache_control: revalidate`, or on an RFC 9111 entry",
     "method": "the method is neither a read (GET, HEAD) nor a write (POST, PUT, PATCH, DELETE), e.g. "
               "OPTIONS: passed through",
-    "bypass": "the cache took no part (`X-Cache: BYPASS`); `detail=` says why: no-rule, no-identity, "
-              "invalid-token, pending-purge, store-down, shadow, write, mode-off, unkeyed-query, ...",
+    "bypass": "the cache took no part (`X-Cache: BYPASS`); `detail=` says why: no-rule, no-token, "
+              "invalid-token, pending-purge, store-unavailable, shadow, write, cache-off, unkeyed-query, ...",
 }
 
 
