@@ -16,12 +16,13 @@ import sys
 import time
 from importlib import metadata
 
-from .errors import RulesError
+from .errors import KatibaError, RulesError, StoreUnavailable
 
 log = logging.getLogger("proxy")
 # The demo's shared secret (the stand-in backend receives it through JWT_SECRET_KEY). At least 32 bytes:
 # PyJWT warns on shorter HMAC keys, and a warning on stderr would break JSON-only logs.
 DEMO_SECRET = "demo-secret-change-me-0123456789abcdef"
+DEMO_ADMIN_TOKEN = "demo-admin-token"  # printed by the demo, with a purge that uses it
 
 
 def version() -> str:
@@ -112,13 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)  # logs its failures as JSON lines
+    try:
+        return _run(args)
+    except (KatibaError, OSError, ValueError) as exc:  # expected failures: one line, never a traceback
+        print(f"cache-proxy {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"store unavailable: {text}" if isinstance(exc, StoreUnavailable) else text
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "check":
         return cmd_check(args.file or os.environ.get("RULES_PATH") or default_rules_path())
-    if args.command == "serve":
-        return cmd_serve(args)
     if args.command == "demo":
         return cmd_demo(args)
     if args.command == "purge":
+        if args.all and args.pattern:
+            print(f"cache-proxy purge: give a PATTERN or --all, not both (--all purges everything; "
+                  f"{args.pattern!r} would be ignored)", file=sys.stderr)
+            return 2
         if args.url:
             return cmd_purge_url(args)
         return asyncio.run(cmd_purge(args))
@@ -221,11 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def serve(config, rules, started: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``): not ready first, then drain in-flight requests."""
-    import gc
-
-    from aiohttp import web
-
-    from .server import PROXY_KEY, build_app
+    from .server import build_app
 
     # Test-only switches that break a guarantee on purpose (the stale-read checker's mutants).
     unsafe = frozenset(s.strip() for s in os.environ.get("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "").split(",")
@@ -233,22 +247,42 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
     if unsafe:
         log.warning("unsafe test-only switches are on: this proxy breaks its consistency guarantee on purpose",
                     extra={"event": "unsafe_switches", "switches": sorted(unsafe)})
-    app = build_app(config, rules, unsafe=unsafe)
+    from . import tracing
+
+    tracing.configure_from_env()  # OTEL_TRACES_EXPORTER; per process, so after a worker's fork
+    try:
+        await _serve_app(build_app(config, rules, unsafe=unsafe), config, rules, started, stop)
+    finally:
+        tracing.stop()  # flushes the spans still batched
+
+
+async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: asyncio.Event | None) -> None:
+    import gc
+
+    from aiohttp import web
+
+    from .server import PROXY_KEY
+
     proxy = app[PROXY_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)
     await runner.setup()
     host, port = _split_listen(config.listen)
-    site = web.TCPSite(runner, host, port, reuse_port=True, backlog=2048)
-    await site.start()
     admin_runner = None
-    if config.admin_listen:  # /metrics, /healthz, /readyz, /_cache/* on their own port (proxy/admin.py)
-        from .admin import build_admin_app
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=True, backlog=2048).start()
+        if config.admin_listen:  # /metrics, /healthz, /readyz, /_cache/* on their own port (proxy/admin.py)
+            from .admin import build_admin_app
 
-        admin_runner = web.AppRunner(build_admin_app(proxy), access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
-        await admin_runner.setup()
-        admin_host, admin_port = _split_listen(config.admin_listen)
-        await web.TCPSite(admin_runner, admin_host, admin_port, reuse_port=True).start()
+            admin_runner = web.AppRunner(build_admin_app(proxy), access_log=None, handle_signals=False,
+                                         shutdown_timeout=1.0)
+            await admin_runner.setup()
+            admin_host, admin_port = _split_listen(config.admin_listen)
+            await web.TCPSite(admin_runner, admin_host, admin_port, reuse_port=True).start()
+    except BaseException:  # a port in use: close the store and the backend session before saying so
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        await runner.cleanup()
+        raise
     log.info("listening", extra={"event": "listening", "listen": config.listen, "admin_listen": config.admin_listen,
                                   "upstream": config.upstream.url,
                                   "store": proxy.store.name, "rules": len(rules.rules), "mode": config.cache_mode})
@@ -334,7 +368,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     env.setdefault("JWT_SECRET_KEY", DEMO_SECRET)
-    env.setdefault("CACHE_ADMIN_TOKEN", "demo-admin-token")
+    own_admin_token = bool(env.get("CACHE_ADMIN_TOKEN"))
+    env.setdefault("CACHE_ADMIN_TOKEN", DEMO_ADMIN_TOKEN)
     backend = subprocess.Popen([sys.executable, "-m", "standin", "--listen", "127.0.0.1:0"], env=env,
                                stdout=subprocess.PIPE, text=True)
     try:
@@ -353,10 +388,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         token = jwt.encode({"sub": "demo-user-1", "exp": int(time.time()) + 86400}, env["JWT_SECRET_KEY"],
                            algorithm="HS256")
         proxy_url = f"http://{args.listen}"
+        admin_shown, admin_arg = (("(your CACHE_ADMIN_TOKEN)", '"$CACHE_ADMIN_TOKEN"') if own_admin_token
+                                  else (DEMO_ADMIN_TOKEN, DEMO_ADMIN_TOKEN))
         print(f"stand-in backend: {upstream}\nproxy:            {proxy_url}  (store: "
               f"{'redis' if config.redis_url else 'memory'})\nmetrics:          {proxy_url}/metrics\n"
               f"try it (run twice: MISS, then HIT):\n  curl -si -H 'Authorization: Bearer {token}' "
-              f"{proxy_url}/api/v1/users/profile\nCtrl-C stops both.", flush=True)
+              f"{proxy_url}/api/v1/users/profile\n"
+              f"admin token:      {admin_shown}  (/_cache/*: explain, stats, purge)\n"
+              f"purge that user's entries (the next GET is a MISS):\n"
+              f"  cache-proxy purge 'user:{{demo-user-1}}:*' --url {proxy_url} --admin-token {admin_arg}\n"
+              f"Ctrl-C stops both.", flush=True)
         _install_uvloop()
         try:
             asyncio.run(serve(config, rules))
@@ -384,8 +425,9 @@ async def cmd_purge(args: argparse.Namespace) -> int:
 
     url = args.redis or os.environ.get("REDIS_URL")
     if not url:
-        print("cache-proxy purge: needs --redis or REDIS_URL (the memory store lives inside its proxy; "
-              "use the manual invalidation endpoints there)", file=sys.stderr)
+        print("cache-proxy purge: needs a store (--redis URL or REDIS_URL) or a running proxy (--url "
+              "http://proxy:8080, with --admin-token or CACHE_ADMIN_TOKEN: purges through its POST /_cache/purge; "
+              "the only way to reach a memory store, which lives inside its proxy)", file=sys.stderr)
         return 2
     try:
         rules = load_rules(args.rules or os.environ.get("RULES_PATH") or default_rules_path())
@@ -401,9 +443,9 @@ async def cmd_purge(args: argparse.Namespace) -> int:
             return 2
         rendered = _render_pattern(args.pattern, rules)
         if rendered is None:
-            declared = ", ".join(t.text + ":*" for t in rules.namespaces)
-            print(f"cache-proxy purge: {args.pattern!r} is neither a declared namespace followed by ':*' "
-                  f"({declared}) nor an exact key of a rule", file=sys.stderr)
+            from .explain import refusal
+
+            print(f"cache-proxy purge: {refusal(args.pattern, rules)}", file=sys.stderr)
             return 1
         gen_keys = [namespace_gen_key(rules.prefix, rendered)]
         shown = args.pattern
@@ -464,8 +506,11 @@ def _call(base: str, method: str, path: str, admin_token: str | None, body: dict
         return status, {"detail": raw[:200].decode("utf-8", "replace")}
 
 
-def _detail(document: object) -> str:
-    return document.get("detail", str(document)) if isinstance(document, dict) else str(document)
+def _detail(document: object, status: int = 0) -> str:
+    text = document.get("detail", str(document)) if isinstance(document, dict) else str(document)
+    if status == 401:  # nothing was sent: say where the credential comes from
+        text += " (no admin credential: give --admin-token or set CACHE_ADMIN_TOKEN)"
+    return text
 
 
 def cmd_purge_url(args: argparse.Namespace) -> int:
@@ -478,7 +523,7 @@ def cmd_purge_url(args: argparse.Namespace) -> int:
         return 2
     status, document = _call(args.url, "POST", "/_cache/purge", _admin_token(args), body)
     if status != 200:
-        print(f"cache-proxy purge: {_detail(document)}", file=sys.stderr)
+        print(f"cache-proxy purge: {_detail(document, status)}", file=sys.stderr)
         if isinstance(document, dict) and document.get("namespaces"):
             print("declared namespaces: " + ", ".join(document["namespaces"]), file=sys.stderr)
         return 1
@@ -533,8 +578,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         query = urlencode({"method": args.method.upper(), "url": args.url})
         status, result = _call(args.instance, "GET", f"/_cache/explain?{query}", _admin_token(args), headers=headers)
         if status != 200:
-            print(f"cache-proxy explain: {_detail(result)} (HTTP {status})" if status else
-                  f"cache-proxy explain: {_detail(result)}", file=sys.stderr)
+            print(f"cache-proxy explain: {_detail(result, status)}", file=sys.stderr)
             return 1
     else:
         path = args.rules or os.environ.get("RULES_PATH") or default_rules_path()
@@ -574,6 +618,10 @@ def format_stats(stats: dict) -> str:
         purges = stats.get("purges") or {}
         lines.append("purges: " + (", ".join(f"{k} {v}" for k, v in sorted(purges.items())) or "none")
                      + f"; pending {stats.get('pending_purges', 0)}; mode {stats.get('mode', '?')}")
+        reloads = stats.get("reloads") or {}
+        lines.append(f"reloads: success {reloads.get('success', 0)}, failure {reloads.get('failure', 0)}")
+        if stats.get("shadow") or stats.get("mode") == "shadow":
+            lines += _shadow_lines(stats.get("shadow") or {}, rules)
     store = stats.get("store", {})
     if "error" in store:
         lines.append(f"store: {store.get('name')}: unavailable ({store['error']})")
@@ -588,13 +636,33 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def _shadow_lines(shadow: dict, rules: dict) -> list[str]:
+    """Shadow mode's figures per rule: what the cache would have answered (and whether it matched)."""
+    names = sorted(set(shadow) | {name for name, row in rules.items() if row["requests"]},
+                   key=lambda name: (-sum(shadow.get(name, {}).values()), name))
+    width = max([len("rule")] + [len(name) for name in names])
+    lines = ["shadow mode: what the cache would have answered (every answer came from the backend)",
+             f"{'rule':<{width}}  {'requests':>8}  {'would-hit':>9}  {'would-stale':>11}  {'mismatch':>8}  "
+             f"{'would-miss':>10}  would-hit rate"]
+    for name in names:
+        row = shadow.get(name, {})
+        total = sum(row.values())
+        hit = row.get("would-hit-match", 0) + row.get("would-hit-mismatch", 0)
+        stale = row.get("would-stale-match", 0) + row.get("would-stale-mismatch", 0)
+        mismatch = row.get("would-hit-mismatch", 0) + row.get("would-stale-mismatch", 0)
+        rate = f"{(hit + stale) / total * 100:.1f}%" if total else "-"
+        lines.append(f"{name:<{width}}  {total:>8}  {hit:>9}  {stale:>11}  {mismatch:>8}  "
+                     f"{row.get('would-miss', 0):>10}  {rate}")
+    return lines
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     import json
 
     if args.url:
         status, stats = _call(args.url, "GET", "/_cache/stats", _admin_token(args))
         if status != 200:
-            print(f"cache-proxy stats: {_detail(stats)}", file=sys.stderr)
+            print(f"cache-proxy stats: {_detail(stats, status)}", file=sys.stderr)
             return 1
     else:
         url = args.redis or os.environ.get("REDIS_URL")
@@ -602,6 +670,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
             print("cache-proxy stats: needs --url (a running proxy) or --redis / REDIS_URL", file=sys.stderr)
             return 2
         stats = asyncio.run(_redis_stats(url))
+        store = stats["store"]
+        if "error" in store and not args.json:
+            print(f"cache-proxy stats: store unavailable: {store['error']}", file=sys.stderr)
+            return 1
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0 if "error" not in stats.get("store", {}) else 1
 

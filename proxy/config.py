@@ -109,6 +109,11 @@ SETTINGS: tuple[Setting, ...] = (
             "every worker", read_by="metrics"),
     Setting("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "", "test-only switches that break a guarantee on purpose; "
             "never set in production", read_by="cli"),
+    # -- traces (proxy/tracing.py; the other OTEL_* variables are read by the OpenTelemetry SDK itself)
+    Setting("OTEL_TRACES_EXPORTER", "", "span exporters, e.g. otlp or console: OpenTelemetry spans per request "
+            "(needs the otel extra; otlp needs opentelemetry-exporter-otlp); unset or none: no tracing",
+            read_by="tracing"),
+    Setting("OTEL_SDK_DISABLED", "", "true: no tracing whatever OTEL_TRACES_EXPORTER says", read_by="tracing"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -97,7 +97,8 @@ class EndpointsMixin:
             return web.json_response({"detail": "body must be a JSON object"}, status=422)
         if path == GLOBAL_INVALIDATE:
             if not is_admin:
-                return web.json_response({"detail": "admin credential required"}, status=403)
+                return web.json_response({"detail": "admin credential required: a user's token cannot purge the "
+                                                    "global achievements"}, status=403)
             namespaces = ["achievements:global"]
             stored = [assemble(["achievements", "global"], ("achievements", "global"))]  # {achievements:global}
         else:

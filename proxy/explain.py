@@ -11,14 +11,16 @@ The endpoints (``ENDPOINTS``, registered by ``server.Proxy._internal``) all need
 ``Authorization: Bearer <CACHE_ADMIN_TOKEN>`` (401 without a credential, 403 with any other):
 
 * ``GET /_cache/explain?method=GET&url=/api/v1/users/profile[&user_id=ID]`` (or the caller's token in
-  ``X-Explain-Token``): ``explain`` plus one ``store.lookup`` of the entry; the key is shown unmasked.
-* ``GET /_cache/stats``: requests per rule and result with the hit rate (this process's counters), purges,
-  reloads and the store's own figures (entries, bytes, evictions).
+  ``X-Explain-Token``): ``explain`` plus one ``store.lookup`` of the entry; the user id is masked in the
+  key and the identity, as offline.
+* ``GET /_cache/stats``: requests per rule and result with the hit rate, shadow mode's would-be answers,
+  purges, reloads (the whole instance's counters: every worker's with ``--workers N``) and the store's own
+  figures (entries, bytes, evictions).
 * ``GET /_cache/audit``: the staleness auditor's report (this process's audits): per read rule the audits
   and their results, and the purges the write rules seem to miss (``audit.AuditBook.report``).
 * ``POST /_cache/purge`` ``{"pattern": "user:{ID}:*"}`` or ``{"all": true}``: validated like
   ``cache-proxy purge`` (an exact key or a declared namespace followed by ``:*``), else 400 listing the
-  declared namespaces.
+  declared namespaces, and the braced form to type for ``user:123:*`` (``suggest_pattern``).
 """
 from __future__ import annotations
 
@@ -376,27 +378,73 @@ def declared_patterns(rules: Rules) -> list[str]:
     return [t.text + ":*" for t in rules.namespaces]
 
 
+def suggest_pattern(pattern: str, rules: Rules) -> str | None:
+    """The pattern to type when ``pattern`` names a declared namespace (or exact key) with its values
+    unbraced: ``user:123:*`` -> ``user:{123}:*``. None unless exactly one declared shape fits.
+
+    Unbraced values are not accepted as they are: a segment can be a literal (``achievements:global:*``
+    next to ``achievements:{user_id}:*``), so the braces are what tell a value from a name."""
+    if render_pattern(pattern, rules) is not None:
+        return None  # typed right already
+    wildcard = pattern.endswith(":*")
+    segments = (pattern[:-2] if wildcard else pattern).split(":")
+    pool = rules.namespaces if wildcard else tuple(r.key for r in rules.rules if r.key)
+    found = set()
+    for template in pool:
+        shape = template.shape
+        if len(shape) != len(segments):
+            continue
+        typed = []
+        for literal, seg in zip(shape, segments):
+            if literal is not None:
+                if seg != literal:
+                    break
+                typed.append(seg)
+            elif seg and "*" not in seg and seg.strip("{}") and seg.count("{") <= 1 and seg.count("}") <= 1:
+                typed.append("{" + seg.strip("{}") + "}")
+            else:
+                break
+        else:
+            found.add(":".join(typed) + (":*" if wildcard else ""))
+    found.discard(pattern)
+    if len(found) != 1:
+        return None
+    candidate = found.pop()
+    return candidate if render_pattern(candidate, rules) is not None else None
+
+
+def refusal(pattern: object, rules: Rules) -> str:
+    """Why a purge pattern is refused, with the form to type when one declared shape fits."""
+    text = (f"{pattern!r} is neither a declared namespace followed by ':*' ({', '.join(declared_patterns(rules))}) "
+            f"nor an exact key of a rule")
+    hint = suggest_pattern(pattern, rules) if isinstance(pattern, str) else None
+    if hint is not None:
+        text += f"; values go in braces: did you mean '{hint}'?"
+    return text
+
+
 # ---------------------------------------------------------------------------------- counters
 
 
-def rule_counts(metrics, rules: Rules | None = None) -> dict[str, dict[str, Any]]:
+def rule_counts(metrics, rules: Rules | None = None, families: Mapping[str, Any] | None = None
+                ) -> dict[str, dict[str, Any]]:
     """Requests per rule and result from ``katiba_cache_requests_total``, with the hit rate.
 
     hit_rate = (hit + stale) / every request of the rule, bypasses included. Every read rule of
     ``rules`` is listed, with zeros if it saw no request; the proxy's own endpoints are left out.
+    ``families``: ``Metrics.families()`` (every worker's figures), read once by the caller.
     """
+    families = metrics.families() if families is None else families
     counts: dict[str, dict[str, float]] = {}
-    metrics.tally.flush()  # the per-request figures held back from Prometheus (proxy/metrics.py)
     if rules is not None:
         for rule in rules.rules:
             if rule.key is not None:
                 counts[rule.name] = {}
-    for family in metrics.requests.collect():
-        for sample in family.samples:
-            if not sample.name.endswith("_total") or sample.labels.get("rule") == "internal":
-                continue
-            row = counts.setdefault(sample.labels["rule"], {})
-            row[sample.labels["result"]] = row.get(sample.labels["result"], 0) + sample.value
+    for labels, value in _samples(families, "katiba_cache_requests"):
+        if labels.get("rule") == "internal":
+            continue
+        row = counts.setdefault(labels["rule"], {})
+        row[labels["result"]] = row.get(labels["result"], 0) + value
     out = {}
     for name, row in counts.items():
         values = {r: int(row.get(r, 0)) for r in RESULTS}
@@ -406,13 +454,33 @@ def rule_counts(metrics, rules: Rules | None = None) -> dict[str, dict[str, Any]
     return out
 
 
-def _labelled(counter, label: str) -> dict[str, int]:
+def shadow_counts(families: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Shadow mode's outcomes per rule (``katiba_cache_shadow_total``): would-hit-match, would-miss, ..."""
+    out: dict[str, dict[str, int]] = {}
+    for labels, value in _samples(families, "katiba_cache_shadow"):
+        if value:
+            row = out.setdefault(labels["rule"], {})
+            row[labels["outcome"]] = row.get(labels["outcome"], 0) + int(value)
+    return out
+
+
+def _samples(families: Mapping[str, Any], name: str):
+    family = families.get(name)
+    for sample in family.samples if family is not None else ():
+        if sample.name.endswith("_total"):
+            yield sample.labels, sample.value
+
+
+def _gauge(families: Mapping[str, Any], name: str, default: int) -> int:
+    family = families.get(name)
+    return int(sum(s.value for s in family.samples)) if family is not None and family.samples else default
+
+
+def _labelled(families: Mapping[str, Any], name: str, label: str) -> dict[str, int]:
     out: dict[str, int] = {}
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                key = sample.labels.get(label, "") if label else ""
-                out[key] = out.get(key, 0) + int(sample.value)
+    for labels, value in _samples(families, name):
+        key = labels.get(label, "") if label else ""
+        out[key] = out.get(key, 0) + int(value)
     return out
 
 
@@ -438,7 +506,8 @@ def _refuse(proxy, request):
         return _json({"detail": "admin endpoints are off: set CACHE_ADMIN_TOKEN"}, 403)
     if token is None:
         return _json({"detail": "Not authenticated"}, 401, {"WWW-Authenticate": "Bearer"})
-    return _json({"detail": "admin credential required"}, 403)
+    return _json({"detail": "admin credential refused: the bearer token sent is not the admin token "
+                            "(CACHE_ADMIN_TOKEN)"}, 403)
 
 
 def _method(request, *allowed: str):
@@ -478,7 +547,8 @@ async def explain_endpoint(proxy, request):
                 state = EntryState(decode_entry(raw), tuple(tokens), pending)
             except StoreUnavailable as exc:
                 state = EntryState(store_error=str(exc), pending_purge=pending)
-    result = explain(rules, method, url, identity_or_error, state, is_admin=True, now=proxy.clock(),
+    # masked as offline: an explain answer gets pasted into tickets and chats
+    result = explain(rules, method, url, identity_or_error, state, is_admin=False, now=proxy.clock(),
                      mode=getattr(proxy, "mode", "on"))
     return _json(result)
 
@@ -493,16 +563,17 @@ async def stats_endpoint(proxy, request):
         store = {"name": proxy.store.name, **(await proxy.store.stats())}
     except StoreUnavailable as exc:
         store = {"name": proxy.store.name, "error": str(exc)}
-    m = proxy.metrics
+    families = proxy.metrics.families()  # with --workers N: all of them, as /metrics shows
     body = {
         "mode": getattr(proxy, "mode", "on"),
         "rules_file": proxy.config.rules_path,
-        "rules": rule_counts(m, proxy.rules),
-        "purges": _labelled(m.purges, "rule"),
-        "purge_failures": _labelled(m.purge_failures, "").get("", 0),
-        "pending_purges": len(proxy.pending),
-        "store_errors": _labelled(m.store_errors, "op"),
-        "reloads": _labelled(m.reloads, "result"),
+        "rules": rule_counts(proxy.metrics, proxy.rules, families),
+        "shadow": shadow_counts(families),
+        "purges": _labelled(families, "katiba_cache_purges", "rule"),
+        "purge_failures": _labelled(families, "katiba_cache_purge_failures", "").get("", 0),
+        "pending_purges": _gauge(families, "katiba_cache_pending_purges", len(proxy.pending)),
+        "store_errors": _labelled(families, "katiba_cache_store_errors", "op"),
+        "reloads": {"success": 0, "failure": 0, **_labelled(families, "katiba_cache_reloads", "result")},
         "store": store,
     }
     return _json(body)
@@ -526,8 +597,7 @@ async def purge_endpoint(proxy, request):
         pattern = document.get("pattern")
         rendered = render_pattern(pattern, rules) if isinstance(pattern, str) else None
         if rendered is None:
-            return _json({"detail": f"{pattern!r} is neither a declared namespace followed by ':*' nor an exact "
-                                    f"key of a rule", "namespaces": declared_patterns(rules)}, 400)
+            return _json({"detail": refusal(pattern, rules), "namespaces": declared_patterns(rules)}, 400)
         gen_keys, shown = (policy.namespace_gen_key(rules.prefix, rendered),), pattern
     applied = await proxy.purge(gen_keys, "manual", caller="admin")
     if shown == "*" and applied:

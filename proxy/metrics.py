@@ -145,6 +145,17 @@ class Metrics:
         tally.inc(children[1])
         tally.observe(children[2], seconds)
 
+    def families(self) -> dict[str, Any]:
+        """Every metric family by name (``katiba_cache_requests``, ...), as a scrape of ``/metrics`` sees
+        it: with ``--workers N``, summed over all the workers (multiprocess mode), not this one's alone."""
+        self.tally.flush()
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return {family.name: family for family in registry.collect()}
+        return {family.name: family for family in self.registry.collect()}
+
     def render(self) -> bytes:
         self.tally.flush()
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -42,7 +42,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpcache, httpserve, interim, locations, policy, streaming
+from . import fastpath, httpcache, httpserve, interim, locations, policy, streaming, tracing
 from .arms import rollout_arm
 from .auditor import Auditor
 from .config import Config
@@ -672,7 +672,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             verdict = policy.judge(decode_entry(raw), tokens, rule, self.clock())
             if verdict.usable != "fresh" or verdict.age < rule.ttl - max(horizon, rule.ttl * 0.1):
                 continue
-            headers = CIMultiDict({"Accept": "application/json"})
+            headers = CIMultiDict({"Accept": "application/json", "traceparent": tracing.new_traceparent()})
             if self.config.warm_authorization:
                 headers["Authorization"] = self.config.warm_authorization
             if d.origin_field is not None:  # the key holds it: the refresh must get the answer it keys
@@ -930,8 +930,9 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(point_at_client)  # every answer of aiohttp's path (fastpath.py: its own)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    if config.fast_path:
+    # Tracing (proxy/tracing.py) is decided here, once: off, nothing on the request path changes.
+    app.router.add_route("*", "/{tail:.*}", tracing.instrument(proxy) if tracing.ENABLED else proxy.handle)
+    if config.fast_path and not tracing.ENABLED:  # traced, every request takes aiohttp's path
         fastpath.install(app, proxy)
     return app
 

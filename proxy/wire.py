@@ -12,8 +12,30 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BRACED = re.compile(r"\{([^}]*)\}")
 
 
+# Every RFC 9211 ``fwd`` value this proxy puts in Cache-Status, with what it means to an operator. The
+# documented table (docs/OPERATIONS.md, "What fwd= means") is checked against this mapping, and
+# ``CacheStatus`` emits no other value (tests/ops/test_cache_status_fwd.py).
+FWD = {
+    "uri-miss": "no entry is stored under this request's key: fetched from the backend (and stored if the "
+                "answer qualifies)",
+    "vary-miss": "RFC 9111 cache of unruled routes (http_cache): an entry exists for the URI, but not for "
+                 "this request's values of the headers its Vary names",
+    "miss": "an entry exists but may not be used: one of its namespaces was purged since it was stored (a "
+            "write, `cache-proxy purge`, an invalidation endpoint, the global epoch), or a rules reload "
+            "changed its key template or guards",
+    "stale": "the entry is past its TTL: fetched again. With `hit` and `fwd-status`: the backend failed "
+             "(that status) and stale-if-error served the entry",
+    "request": "the client asked for an origin fetch (`Cache-Control: no-cache` or `max-age=0`, or "
+               "`Pragma: no-cache`) on a rule with `client_cache_control: revalidate`, or on an RFC 9111 entry",
+    "method": "the method is neither a read (GET, HEAD) nor a write (POST, PUT, PATCH, DELETE), e.g. "
+              "OPTIONS: passed through",
+    "bypass": "the cache took no part (`X-Cache: BYPASS`); `detail=` says why: no-rule, no-token, "
+              "invalid-token, pending-purge, store-unavailable, shadow, write, cache-off, unkeyed-query, ...",
+}
+
+
 class CacheStatus:
-    """RFC 9211 values; never the key or a user id."""
+    """RFC 9211 values; never the key or a user id. ``fwd`` is always one of ``FWD``."""
 
     @staticmethod
     def hit(ttl_left: int, detail: str | None = None, fwd_status: int | None = None) -> str:
@@ -24,6 +46,7 @@ class CacheStatus:
 
     @staticmethod
     def miss(fwd: str, fwd_status: int, outcome: str, collapsed: bool) -> str:
+        assert fwd in FWD, f"undocumented Cache-Status fwd={fwd}: add it to wire.FWD and the docs"
         value = f"{CACHE_NAME}; fwd={fwd}"
         if fwd_status:
             value += f"; fwd-status={fwd_status}"

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -79,8 +80,31 @@ def adopt_pending_files(base: str | None, workers: int) -> None:
                                                                    "error": str(exc)})
 
 
+def unbindable(*listens: str | None) -> str | None:
+    """Why one of the ``HOST:PORT`` addresses cannot be listened on (a port in use), else None.
+
+    Bound as the workers bind (``SO_REUSEPORT``), so another cache-proxy sharing the port (a rolling
+    upgrade) is no obstacle; checked before forking, so a port in use is one error line, not one per worker."""
+    for listen in filter(None, listens):
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, kind, proto, _, address = infos[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind(address)
+        except (OSError, ValueError) as exc:
+            return f"cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
 def supervise(workers: int, config, rules, serve) -> int:
     """Fork ``workers`` processes running ``serve(config, rules, started, stop)``; wait; return the exit code."""
+    problem = unbindable(config.listen, config.admin_listen)
+    if problem is not None:
+        log.error("cannot start", extra={"event": "start_failed", "error": problem})
+        return 1
     metrics_dir = tempfile.mkdtemp(prefix="katiba-cache-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from prometheus_client import multiprocess
@@ -146,7 +170,8 @@ def supervise(workers: int, config, rules, serve) -> int:
             if state["stopping"]:
                 state["failed"] |= code != 0
                 continue
-            log.error("worker exited", extra={"event": "worker_exited", "worker": index, "code": code})
+            if was_ready or code < 0:  # a start-up failure was logged by the worker itself
+                log.error("worker exited", extra={"event": "worker_exited", "worker": index, "code": code})
             if not was_ready and code < 0:  # killed during its start-up: not its own failure, but no hot loop
                 time.sleep(1.0)
                 if state["stopping"]:
