@@ -42,6 +42,8 @@ RULE_FIELD_DOCS = {
     "error_when": "backend answers that count as failures for stale_if_error (same shape as cache_when)",
     "l1_ttl": "seconds an entry may also be answered from the in-process L1 in front of Redis (0: off); "
               "invalidated by a message from every purge",
+    "compress": "`{min_bytes: N}`: bodies of N bytes or more are stored zstd-compressed (served "
+                "uncompressed); `off`: never. Entries stay readable across a rolling upgrade",
 }
 TOP_FIELD_DOCS = {
     "version": ("1", "format version of the file (1)"),
@@ -165,7 +167,8 @@ def reference() -> str:
     shown = {"cache_when": "status [200] (the shipped defaults add header.responseCode 200-299)",
              "key": "none (a write rule)", "purge": "[]", "name": "(required)", "match": "(required)",
              "error_when": "none (5xx and unreachable only)", "drop_headers": "[]", "volatile": "[]",
-             "vary_query": "[]", "max_body_bytes": str(1 << 20), "rollout": "100"}
+             "vary_query": "[]", "max_body_bytes": str(1 << 20), "rollout": "100",
+             "compress": "off"}
     for name in sorted(RULE_FIELDS, key=list(RULE_FIELD_DOCS).index):
         default = shown.get(name, rule_defaults.get(name, ""))
         if isinstance(default, bool):

@@ -141,6 +141,7 @@ class Rule:
     max_body_bytes: int = 1 << 20
     error_when: CacheWhen | None = None  # backend answers that count as failures for stale_if_error
     l1_ttl: int = 0  # seconds an entry may be answered from the in-process L1 (0: off); see l1.py
+    compress_from: int = 0  # bodies of at least this many bytes are stored zstd-compressed (0: never); entry.py
     guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
     fingerprint: str = ""
 
@@ -221,7 +222,7 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 RULE_FIELDS = frozenset({
     "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
     "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
-    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl",
+    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "compress",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
 TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache"})
@@ -334,8 +335,8 @@ def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str]
     drafts = [d for i, raw in enumerate(raw_rules) if (d := _draft_rule(check, raw, defaults, i, raw_rules))]
     http_cache = _http_cache(check, doc.get("http_cache"), _line_of(doc, "http_cache"))
     rules, namespaces = _link(check, drafts, prefix)
-    if check.problems:
-        raise RulesError(check.problems)
+    if check.problems:  # a bad default is found once per rule that inherits it: report it once
+        raise RulesError(list(dict.fromkeys(check.problems)))
     return Rules(filename, prefix, rules, namespaces, http_cache)
 
 
@@ -572,6 +573,21 @@ def _sorted_names(check: _Checker, value: Any, line: int, fieldname: str) -> tup
     return None if items is None else tuple(sorted(items))
 
 
+def _parse_compress(check: _Checker, value: Any, line: int, fieldname: str) -> int | None:
+    """``compress: {min_bytes: N}`` stores bodies of N bytes or more compressed; ``compress: off``, never."""
+    if not isinstance(value, dict):
+        if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "false", "no")):
+            return 0
+        check.fail(line, fieldname, f"must be {{min_bytes: N}} or off, got {value!r}")
+        return None
+    for unknown in sorted(set(value) - {"min_bytes"}, key=str):
+        check.fail(_line_of(value, unknown), f"{fieldname}.{unknown}", "unknown field")
+    if "min_bytes" not in value:
+        check.fail(line, f"{fieldname}.min_bytes", "required: the smallest body (bytes) worth compressing")
+        return None
+    return _parse_positive_int(check, value["min_bytes"], _line_of(value, "min_bytes"), f"{fieldname}.min_bytes")
+
+
 _FIELD_PARSERS: dict[str, Callable] = {
     "ttl": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=False),
     "stale_while_revalidate": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=True),
@@ -589,6 +605,7 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "max_body_bytes": _parse_positive_int,
     "l1_ttl": lambda c, v, l, f: _parse_l1_ttl(c, v, l, f),
     "error_when": _parse_cache_when,
+    "compress": _parse_compress,
 }
 
 
@@ -657,6 +674,7 @@ def _link(check: _Checker, drafts: list[dict], prefix: str) -> tuple[tuple[Rule,
         field_lines = d.pop("field_lines")
         d["purge"] = tuple(t for t, *_ in purge_drafts)
         d["purge_exact"] = tuple(e for _, e, *_ in purge_drafts)
+        d["compress_from"] = d.pop("compress", 0)
         if d.get("key") is not None:
             key = d["key"]
             lengths = sorted({len(ns.segments) for ns in declared if ns.covers(key)} | {len(key.segments)})

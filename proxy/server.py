@@ -547,12 +547,13 @@ class Proxy(PurgingMixin, EndpointsMixin):
                       fetched.etag or _content_etag(fetched.body))
         if "no-fill-guard" in self.unsafe:  # test-only: store under whatever generations are current now
             expected = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
-            ok = await self.store.store_if_current(d.key, replace(entry, generations=tuple(expected)).encode(),
+            ok = await self.store.store_if_current(d.key, replace(entry, generations=tuple(expected)).encode(
+                                                       compress_from=d.rule.compress_from),
                                                    policy.store_ttl(d.rule), d.gen_keys, expected, self.gen_ttl, lease)
             self.metrics.stores.labels(rule_name, "stored" if ok else "generation-changed").inc()
             return "stored" if ok else "generation-changed"
-        write = self.store.write_behind(d.key, entry.encode(), policy.store_ttl(d.rule), d.gen_keys, tokens,
-                                        self.gen_ttl, lease)
+        write = self.store.write_behind(d.key, entry.encode(compress_from=d.rule.compress_from),
+                                        policy.store_ttl(d.rule), d.gen_keys, tokens, self.gen_ttl, lease)
         self.background.add(write)
         write.fill = True  # type: ignore[attr-defined]  # shutdown lets it finish
 
