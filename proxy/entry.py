@@ -5,8 +5,8 @@ then the body bytes untouched (no re-serialisation on the hit path beyond slicin
 format version, or one that does not parse, reads as absent: during a rolling upgrade an old and a new
 proxy sharing one store each see the other's entries as misses, never as garbage.
 
-A body of at least the rule's ``compress`` threshold is stored zstd-compressed under the magic ``b"KZ"``
-(same layout otherwise). A release that predates compression checks the magic and so reads such an
+An entry whose body has at least the rule's ``compress`` threshold is stored under the magic ``b"KZ"``:
+the same head, then metadata and body as one zstd frame (compressed together, the headers shrink too). A release that predates compression checks the magic and so reads such an
 entry as absent, never as a compressed body; this one reads both. Entries are decoded once per process
 (``decode_entry``'s table), so a hot entry is decompressed once, not on every hit.
 """
@@ -46,9 +46,9 @@ class Entry:
             "f": self.fingerprint, "e": self.etag,
         })
         if 0 < compress_from <= len(self.body):
-            packed = _COMPRESSOR.compress(self.body)
-            if len(packed) < len(self.body):
-                return _HEAD.pack(_MAGIC_COMPRESSED, version, len(meta)) + meta + packed
+            packed = _COMPRESSOR.compress(meta + self.body)
+            if len(packed) < len(meta) + len(self.body):
+                return _HEAD.pack(_MAGIC_COMPRESSED, version, len(meta)) + packed
         return _HEAD.pack(_MAGIC, version, len(meta)) + meta + self.body
 
 
@@ -81,16 +81,20 @@ def _decode(raw: bytes, version: int) -> Entry | None:
     if len(raw) < _HEAD.size:
         return None
     magic, found, meta_len = _HEAD.unpack_from(raw)
-    if magic not in (_MAGIC, _MAGIC_COMPRESSED) or found != version or _HEAD.size + meta_len > len(raw):
+    if magic not in (_MAGIC, _MAGIC_COMPRESSED) or found != version:
         return None
     try:
-        meta = orjson.loads(raw[_HEAD.size:_HEAD.size + meta_len])
-        body = raw[_HEAD.size + meta_len:]
         if magic == _MAGIC_COMPRESSED:
-            size = zstandard.frame_content_size(body)
-            if not 0 <= size <= MAX_DECOMPRESSED:
+            packed = raw[_HEAD.size:]
+            if not 0 <= zstandard.frame_content_size(packed) <= MAX_DECOMPRESSED:
                 return None
-            body = _DECOMPRESSOR.decompress(body)
+            raw, start = _DECOMPRESSOR.decompress(packed), 0
+        else:
+            start = _HEAD.size
+        if start + meta_len > len(raw):
+            return None
+        meta = orjson.loads(raw[start:start + meta_len])
+        body = raw[start + meta_len:]
         return Entry(
             status=int(meta["s"]),
             headers=tuple((str(k), str(v)) for k, v in meta["h"]),
