@@ -42,6 +42,9 @@ RULE_FIELD_DOCS = {
     "error_when": "backend answers that count as failures for stale_if_error (same shape as cache_when)",
     "l1_ttl": "seconds an entry may also be answered from the in-process L1 in front of Redis (0: off); "
               "invalidated by a message from every purge",
+    "refresh_after_purge": "read rules with a {user_id} key: a write by that user that purges an entry they "
+                           "read within demand_window refetches it in the background with their credentials",
+    "demand_window": "seconds a read counts as recent for refresh_after_purge",
     "compress": "`{min_bytes: N}`: bodies of N bytes or more are stored zstd-compressed (served "
                 "uncompressed); `off`: never. Entries stay readable across a rolling upgrade",
 }

@@ -107,7 +107,7 @@ class Metrics:
         self.shadow = Counter("katiba_cache_shadow_total", "Shadow mode outcomes by rule",
                               ["rule", "outcome"], registry=r)
         self.refreshes = Counter("katiba_cache_background_refreshes_total",
-                                 "Background refreshes (stale-while-revalidate and warming)", ["rule", "kind"],
+                                 "Background refreshes (stale-while-revalidate, warming, after a purge)", ["rule", "kind"],
                                  registry=r)
         self.fast_path = Counter("katiba_cache_fast_path_total",
                                  "Requests on fast-path connections (proxy/fastpath.py): answered there (reads of "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -67,6 +67,7 @@ class Lookup:
     key: str
     gen_keys: tuple[str, ...]  # guarding generations, epoch last
     revalidate: bool = False  # the client asked for an origin fetch and the rule allows it
+    owner: str | None = None  # the verified user whose entry this is (keys with {user_id}), else None
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, to
         if any(h in headers for h in OVERRIDE_HEADERS):
             return Bypass(Reason.OVERRIDE_HEADER, decision.rule)
         if decision.rule.client_cache_control == "revalidate" and _client_wants_origin(decision.rule, headers):
-            return Lookup(decision.rule, decision.key, decision.gen_keys, True)
+            return replace(decision, revalidate=True)
     return decision
 
 
@@ -190,7 +191,8 @@ def _classify_path(req: RequestView, rules: Rules, identity: Identity | None, to
         return Bypass(Reason.ROLLOUT, rule)
     key = f"{rules.prefix}:{rendered}{render_query_suffix(rule.vary_query, query)}"
     key += render_origin_suffix(origin)
-    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards))
+    owner = identity.user_id if identity is not None and rule.identity_scoped else None
+    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards), owner=owner)
 
 
 _NON_CANONICAL = object()

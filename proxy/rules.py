@@ -142,6 +142,8 @@ class Rule:
     error_when: CacheWhen | None = None  # backend answers that count as failures for stale_if_error
     l1_ttl: int = 0  # seconds an entry may be answered from the in-process L1 (0: off); see l1.py
     compress_from: int = 0  # bodies of at least this many bytes are stored zstd-compressed (0: never); entry.py
+    refresh_after_purge: bool = False  # a write by the entry's owner that purges it refetches it (demand.py)
+    demand_window: int = 600  # seconds a read counts as recent for refresh_after_purge
     guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
     fingerprint: str = ""
 
@@ -222,7 +224,8 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 RULE_FIELDS = frozenset({
     "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
     "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
-    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "compress",
+    "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "compress", "refresh_after_purge",
+    "demand_window",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
 TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache"})
@@ -402,9 +405,18 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
             check.fail(_line_of(raw, "key"), f"{name}.key", "keys 'gen:...' and 'epoch' are the store's own")
         if draft["key"].needs_identity and draft.get("auth", "required") != "required":
             check.fail(_line_of(raw, "key"), f"{name}.key", "uses {user_id}, so the rule needs auth: required")
+        if draft.get("refresh_after_purge") and not draft["key"].needs_identity:
+            if "refresh_after_purge" in raw:
+                check.fail(_line_of(raw, "refresh_after_purge"), f"{name}.refresh_after_purge",
+                           "needs a key with {user_id}: the refetch uses the writer's own credentials")
+            draft["refresh_after_purge"] = False  # from defaults: only the rules it can apply to
     else:
         if "key" in raw:
             check.fail(_line_of(raw, "key"), f"{name}.key", "write rules have no key; they purge")
+        if "refresh_after_purge" in raw:
+            check.fail(_line_of(raw, "refresh_after_purge"), f"{name}.refresh_after_purge",
+                       "read rules only: it says which entries a purge refetches")
+        draft.pop("refresh_after_purge", None)
         purges = raw.get("purge")
         if not isinstance(purges, list) or not purges:
             check.fail(_line_of(raw, "purge") if "purge" in raw else line, f"{name}.purge",
@@ -606,6 +618,8 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "l1_ttl": lambda c, v, l, f: _parse_l1_ttl(c, v, l, f),
     "error_when": _parse_cache_when,
     "compress": _parse_compress,
+    "refresh_after_purge": lambda c, v, l, f: c.boolean(v, l, f),
+    "demand_window": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=False),
 }
 
 
