@@ -50,6 +50,11 @@ RULE_FIELD_DOCS = {
     "honor_cdn_cache_control": "RFC 9213: a valid `CDN-Cache-Control` (or `http_cache.targeted_fields`) from the "
                                "backend may forbid storing (no-store, private, no-cache) or shorten the ttl "
                                "and stale windows; never lengthens them",
+    "refresh_after_purge": "read rules with a {user_id} key: a write by that user that purges an entry they "
+                           "read within demand_window refetches it in the background with their credentials",
+    "demand_window": "seconds a read counts as recent for refresh_after_purge",
+    "compress": "`{min_bytes: N}`: bodies of N bytes or more are stored zstd-compressed (served "
+                "uncompressed); `off`: never. Entries stay readable across a rolling upgrade",
 }
 TOP_FIELD_DOCS = {
     "version": ("1", "format version of the file (1)"),
@@ -183,7 +188,7 @@ def reference() -> str:
              "key": "none (a write rule)", "purge": "[]", "name": "(required)", "match": "(required)",
              "error_when": "none (5xx and unreachable only)", "drop_headers": "[]", "volatile": "[]",
              "vary_query": "[]", "max_body_bytes": str(1 << 20), "rollout": "100",
-             "purge_when": "success_or_unknown"}
+             "purge_when": "success_or_unknown", "compress": "off"}
     for name in sorted(RULE_FIELDS, key=list(RULE_FIELD_DOCS).index):
         default = shown.get(name, rule_defaults.get(name, ""))
         if isinstance(default, bool):

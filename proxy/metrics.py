@@ -111,7 +111,7 @@ class Metrics:
                               "result: match, mismatch (the entry was stale: replaced), skipped (a purge raced "
                               "the fetch, or the backend's answer was not storable)", ["rule", "result"], registry=r)
         self.refreshes = Counter("katiba_cache_background_refreshes_total",
-                                 "Background refreshes (stale-while-revalidate and warming)", ["rule", "kind"],
+                                 "Background refreshes (stale-while-revalidate, warming, after a purge)", ["rule", "kind"],
                                  registry=r)
         self.fast_path = Counter("katiba_cache_fast_path_total",
                                  "Requests on fast-path connections (proxy/fastpath.py): answered there (reads of "

@@ -78,6 +78,7 @@ class Lookup:
     gen_keys: tuple[str, ...]  # guarding generations, epoch last
     revalidate: bool = False  # the client asked for an origin fetch and the rule allows it
     origin_field: str | None = None  # the Origin field the key holds, exactly as forwarded (a refresh sends it)
+    owner: str | None = None  # the verified user whose entry this is (keys with {user_id}), else None
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,8 @@ def _classify_path(req: RequestView, rules: Rules, identity: Identity | None, to
         return Bypass(Reason.ROLLOUT, rule)
     key = f"{rules.prefix}:{rendered}{render_query_suffix(rule.vary_query, query)}"
     key += render_origin_suffix(origin)
-    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards), origin_field=origin)
+    owner = identity.user_id if identity is not None and rule.identity_scoped else None
+    return Lookup(rule, key, guard_keys(rules.prefix, rendered, rule.guards), origin_field=origin, owner=owner)
 
 
 _NON_CANONICAL = object()

@@ -175,6 +175,9 @@ class Rule:
     purge_when: PurgeWhen = PurgeWhen()  # write rules: which answers purge (see PurgeWhen)
     honor_cdn_cache_control: bool = False  # RFC 9213: the backend's targeted field may shorten ttl, forbid storing
     cdn_fields: tuple[str, ...] = ()  # the target list (http_cache.targeted_fields) when honoured
+    compress_from: int = 0  # bodies of at least this many bytes are stored zstd-compressed (0: never); entry.py
+    refresh_after_purge: bool = False  # a write by the entry's owner that purges it refetches it (demand.py)
+    demand_window: int = 600  # seconds a read counts as recent for refresh_after_purge
     guards: tuple[int, ...] = ()  # key-segment prefix lengths whose generations guard an entry
     fingerprint: str = ""
 
@@ -270,6 +273,7 @@ RULE_FIELDS = frozenset({
     "name", "match", "key", "ttl", "vary_query", "auth", "cache_when", "purge", "stale_while_revalidate",
     "stale_if_error", "warm", "enabled", "drop_headers", "volatile", "rollout", "repurge_after",
     "client_cache_control", "max_body_bytes", "error_when", "l1_ttl", "purge_when", "honor_cdn_cache_control",
+    "compress", "refresh_after_purge", "demand_window",
 })
 DEFAULTABLE = RULE_FIELDS - {"name", "match", "key", "purge"}
 TOP_FIELDS = frozenset({"version", "prefix", "defaults", "rules", "http_cache", "unmatched_writes", "audit"})
@@ -388,7 +392,7 @@ def parse_rules(text: str, filename: str = "rules.yaml", environ: dict[str, str]
     audit = _audit(check, doc.get("audit"), _line_of(doc, "audit"))
     rules, namespaces = _link(check, drafts, prefix, unmatched_drafts)
     if check.problems:
-        raise RulesError(check.problems)
+        raise RulesError(list(dict.fromkeys(check.problems)))  # a bad default: once, not once per rule
     rules = tuple(replace(r, cdn_fields=http_cache.targeted_fields) if r.honor_cdn_cache_control else r
                   for r in rules)
     return Rules(filename, prefix, rules, namespaces, http_cache, unmatched, audit)
@@ -458,9 +462,18 @@ def _draft_rule(check: _Checker, raw: Any, defaults: dict, index: int, container
             check.fail(_line_of(raw, "key"), f"{name}.key", "keys 'gen:...' and 'epoch' are the store's own")
         if draft["key"].needs_identity and draft.get("auth", "required") != "required":
             check.fail(_line_of(raw, "key"), f"{name}.key", "uses {user_id}, so the rule needs auth: required")
+        if draft.get("refresh_after_purge") and not draft["key"].needs_identity:
+            if "refresh_after_purge" in raw:
+                check.fail(_line_of(raw, "refresh_after_purge"), f"{name}.refresh_after_purge",
+                           "needs a key with {user_id}: the refetch uses the writer's own credentials")
+            draft["refresh_after_purge"] = False  # from defaults: only the rules it can apply to
     else:
         if "key" in raw:
             check.fail(_line_of(raw, "key"), f"{name}.key", "write rules have no key; they purge")
+        if "refresh_after_purge" in raw:
+            check.fail(_line_of(raw, "refresh_after_purge"), f"{name}.refresh_after_purge",
+                       "read rules only: it says which entries a purge refetches")
+        draft.pop("refresh_after_purge", None)
         purges = raw.get("purge")
         if not isinstance(purges, list) or not purges:
             check.fail(_line_of(raw, "purge") if "purge" in raw else line, f"{name}.purge",
@@ -721,6 +734,21 @@ def _sorted_names(check: _Checker, value: Any, line: int, fieldname: str) -> tup
     return None if items is None else tuple(sorted(items))
 
 
+def _parse_compress(check: _Checker, value: Any, line: int, fieldname: str) -> int | None:
+    """``compress: {min_bytes: N}`` stores bodies of N bytes or more compressed; ``compress: off``, never."""
+    if not isinstance(value, dict):
+        if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "false", "no")):
+            return 0
+        check.fail(line, fieldname, f"must be {{min_bytes: N}} or off, got {value!r}")
+        return None
+    for unknown in sorted(set(value) - {"min_bytes"}, key=str):
+        check.fail(_line_of(value, unknown), f"{fieldname}.{unknown}", "unknown field")
+    if "min_bytes" not in value:
+        check.fail(line, f"{fieldname}.min_bytes", "required: the smallest body (bytes) worth compressing")
+        return None
+    return _parse_positive_int(check, value["min_bytes"], _line_of(value, "min_bytes"), f"{fieldname}.min_bytes")
+
+
 _FIELD_PARSERS: dict[str, Callable] = {
     "ttl": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=False),
     "stale_while_revalidate": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=True),
@@ -740,6 +768,9 @@ _FIELD_PARSERS: dict[str, Callable] = {
     "error_when": _parse_cache_when,
     "purge_when": _parse_purge_when,
     "honor_cdn_cache_control": lambda c, v, l, f: c.boolean(v, l, f),
+    "compress": _parse_compress,
+    "refresh_after_purge": lambda c, v, l, f: c.boolean(v, l, f),
+    "demand_window": lambda c, v, l, f: c.seconds(v, l, f, allow_zero=False),
 }
 
 
@@ -860,6 +891,7 @@ def _link(check: _Checker, drafts: list[dict], prefix: str, unmatched: list | No
         field_lines = d.pop("field_lines")
         d["purge"] = tuple(t for t, *_ in purge_drafts)
         d["purge_exact"] = tuple(e for _, e, *_ in purge_drafts)
+        d["compress_from"] = d.pop("compress", 0)
         if d.get("key") is not None:
             key = d["key"]
             lengths = sorted({len(ns.segments) for ns in declared if ns.covers(key)} | {len(key.segments)})

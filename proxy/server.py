@@ -45,6 +45,7 @@ from multidict import CIMultiDict
 from . import fastpath, httpcache, httpserve, interim, locations, policy, streaming, tracing
 from .arms import rollout_arm
 from .auditor import Auditor
+from .demand import RecentReads
 from .config import Config
 from .entry import Entry, decode_entry
 from .errors import IdentityError, StoreUnavailable, UpstreamError
@@ -70,6 +71,8 @@ _UNSEEN = object()  # no poll has looked at the entry yet
 WRITE_ANSWER_PEEK = 64 << 10
 
 PROXY_KEY = web.AppKey("proxy", "Proxy")
+# Refetches after a purge in flight at once per instance (``refresh_after_purge``); more wait their turn.
+REFRESH_AFTER_PURGE_CONCURRENCY = 8
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first (metrics and logs)
 CONDITIONAL_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")
 # Never sent with a fill (a bodyless GET whose answer every client with the key gets): body framing (a
@@ -153,6 +156,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
         metrics.store_usable.set(1)
         self.background: set[asyncio.Task] = set()
         self.demand: dict[str, tuple[int, Lookup, str]] = {}  # warm rules: key -> (requests, lookup, path)
+        self.recent_reads = RecentReads()  # refresh_after_purge rules: each user's own recent reads
+        self.refresh_slots = asyncio.Semaphore(REFRESH_AFTER_PURGE_CONCURRENCY)
         self.ready = False
         self.admin_limiter = RateLimiter(config.admin_rate, burst=max(1.0, config.admin_rate * 2))
         self.gate = Gate(config.max_inflight, metrics, admin_paths_public=config.admin_listen is None)
@@ -309,6 +314,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
             self.l1.put(d.key, entry, tokens, d.gen_keys, min(rule.l1_ttl, rule.ttl - verdict.age))
         if rule.warm:
             self._note_demand(d, path_qs)
+        if rule.refresh_after_purge and d.owner is not None:
+            self.recent_reads.note(d.owner, d.key, d.gen_keys[:-1], rule.demand_window, (d, path_qs))
         return entry, verdict
 
     async def _read(self, request: web.Request, d: Lookup, origin: Origin) -> tuple[web.StreamResponse, str]:
@@ -597,12 +604,13 @@ class Proxy(PurgingMixin, EndpointsMixin):
                       fetched.etag or _content_etag(fetched.body))
         if "no-fill-guard" in self.unsafe:  # test-only: store under whatever generations are current now
             expected = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
-            ok = await self.store.store_if_current(d.key, replace(entry, generations=tuple(expected)).encode(),
+            ok = await self.store.store_if_current(d.key, replace(entry, generations=tuple(expected)).encode(
+                                                       compress_from=d.rule.compress_from),
                                                    policy.store_ttl(d.rule), d.gen_keys, expected, self.gen_ttl, lease)
             self.metrics.stores.labels(rule_name, "stored" if ok else "generation-changed").inc()
             return "stored" if ok else "generation-changed"
-        write = self.store.write_behind(d.key, entry.encode(), policy.store_ttl(d.rule), d.gen_keys, tokens,
-                                        self.gen_ttl, lease)
+        write = self.store.write_behind(d.key, entry.encode(compress_from=d.rule.compress_from),
+                                        policy.store_ttl(d.rule), d.gen_keys, tokens, self.gen_ttl, lease)
         self.background.add(write)
         write.fill = True  # type: ignore[attr-defined]  # shutdown lets it finish
 
@@ -640,6 +648,33 @@ class Proxy(PurgingMixin, EndpointsMixin):
                 self.refreshing.discard(d.key)
 
         self._spawn(refresh()).fill = True  # type: ignore[attr-defined]  # shutdown lets fills finish
+
+    def _refresh_after_purge(self, user_id: str, purged: tuple[str, ...], write: Origin) -> None:
+        """``refresh_after_purge``: refetch, in the background, the writer's own recent reads that this
+        purge emptied, with the writer's credentials, under the fill guard (``_fill``), a bounded number
+        at a time. Each refetch sends the Origin its entry is keyed on (as warming does), not the write's."""
+        for read in self.recent_reads.emptied_by(user_id, purged):
+            d, path_qs = read.request
+            rule = self.rules.by_name(d.rule.name)
+            if rule is None or not rule.refresh_after_purge or rule.fingerprint != d.rule.fingerprint:
+                continue
+            headers = CIMultiDict(write.headers)
+            headers.popall("Origin", None)
+            if d.origin_field is not None:
+                headers["Origin"] = d.origin_field
+            origin = replace(write, path_qs=path_qs, headers=headers)
+            self._spawn(self._refetch(replace(d, rule=rule), origin)).fill = True  # type: ignore[attr-defined]
+
+    async def _refetch(self, d: Lookup, origin: Origin) -> None:
+        async with self.refresh_slots:
+            try:  # the generations as they are after the purge: a later purge still wins (fill guard)
+                tokens = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
+            except StoreUnavailable:
+                return
+            self.metrics.refreshes.labels(d.rule.name, "after-purge").inc()
+            fetched = await self._fill(d, tokens, origin)
+            if fetched.stream is not None:
+                fetched.stream[1].release()
 
     def _note_demand(self, d: Lookup, path_qs: str) -> None:
         count = self.demand.get(d.key, (0, d, path_qs))[0]
@@ -761,6 +796,8 @@ class Proxy(PurgingMixin, EndpointsMixin):
             await self.purge(gen_keys, label)
             return answer_out
         await self.purge(gen_keys, label)
+        if identity is not None and gen_keys:
+            self._refresh_after_purge(identity.user_id, gen_keys, origin)
         if d.rule is not None and d.rule.repurge_after and gen_keys:
             self._spawn(self._repurge(gen_keys, label, d.rule.repurge_after))
         return await self._stream(request, response, self._pass_headers(response, status), prefix)

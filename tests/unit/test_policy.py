@@ -59,8 +59,9 @@ def lookup(target: str, identity: Identity | None = ALICE, **headers) -> Lookup:
 def test_canonical_reads_look_up_their_key(target, identity, rule, key, gens):
     for method in ("GET", "HEAD"):
         decision = decide(method, target, identity)
+        owner = identity.user_id if RULES.by_name(rule).identity_scoped else None  # whose entry it is
         assert decision == Lookup(RULES.by_name(rule), f"{P}:{key}",
-                                  tuple(f"{P}:gen:{g}" for g in gens) + (f"{P}:epoch",))
+                                  tuple(f"{P}:gen:{g}" for g in gens) + (f"{P}:epoch",), owner=owner)
 
 
 @pytest.mark.parametrize("target", [
