@@ -105,7 +105,7 @@ async def test_the_auditor_names_a_removed_purge_and_replaces_the_stale_entry(
     assert await asyncio.to_thread(main, ["audit", "--url", base, "--token", proxy.admin_token, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == result
     assert await asyncio.to_thread(main, ["audit", "--url", base, "--token", "not-the-admin-token"]) == 1
-    assert "admin credential required" in capsys.readouterr().err
+    assert "admin credential refused" in capsys.readouterr().err
 
 
 async def test_an_up_to_date_entry_is_counted_as_a_match(make_proxy, backend, poll, tmp_path, monkeypatch,

@@ -25,7 +25,8 @@ USER = "trace-user-0f1e2d3c4b5a"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 TRACESTATE = "vendor1=opaque1,katiba=t61rcWkgMzE"
-TYPES = "/api/v1/achievements/types"  # public, warmed (rules.yaml)
+TYPES = "/api/v1/achievements/types"  # global, warmed (rules.yaml) with WARM_AUTHORIZATION
+WARMER = auth("trace-warming-service")["Authorization"]
 UNRULED = "/api/v1/auth/me-not-a-route"
 
 
@@ -88,9 +89,9 @@ async def test_off_trace_context_reaches_the_backend_unchanged(make_proxy, recor
 
 
 async def test_off_warming_starts_a_new_trace(make_proxy, recorder):
-    ops = await make_proxy()
+    ops = await make_proxy(warm_authorization=WARMER)
     real = ops.proxy.clock
-    status, headers, _ = await ops.get(TYPES, headers=TRACE)
+    status, headers, _ = await ops.get(TYPES, headers=auth(USER) | TRACE)
     assert (status, headers["X-Cache"]) == (200, "MISS")
     assert recorder.last("GET", TYPES) == (TRACEPARENT, TRACESTATE)
     ops.proxy.clock = lambda: real() + 86400 - 10  # ten seconds before the 24 h TTL ends
@@ -169,11 +170,11 @@ async def test_on_a_miss_then_a_hit_then_a_write(make_proxy, recorder, spans):
 
 
 async def test_on_a_pass_through_keeps_the_trace_and_warming_starts_a_new_one(make_proxy, recorder, spans):
-    ops = await make_proxy()
+    ops = await make_proxy(warm_authorization=WARMER)
     status, headers, _ = await ops.get(UNRULED, headers=auth(USER) | TRACE)
     assert headers["X-Cache"] == "BYPASS"
     assert recorder.last("GET", UNRULED)[0].split("-")[1] == TRACE_ID
-    status, headers, _ = await ops.get(TYPES, headers=TRACE)
+    status, headers, _ = await ops.get(TYPES, headers=auth(USER) | TRACE)
     assert headers["X-Cache"] == "MISS"
     real = ops.proxy.clock
     ops.proxy.clock = lambda: real() + 86400 - 10
