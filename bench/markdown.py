@@ -359,7 +359,9 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
     add("```\npython -m bench            # full: 60 s katiba run, longer rounds\n"
         "python -m bench --quick    # under 3 minutes; ends with the summary line\n"
         "python -m bench --smoke    # CI: no nginx or wrk, Python load generator, a few seconds\n"
-        "python -m bench --report-only   # rebuild plots and this page from bench/results/*.json\n```\n")
+        "python -m bench --report-only   # rebuild plots and this page from bench/results/*.json\n"
+        "python -m bench --scenarios f --keyspace-levels 1000,100000 --out /tmp/ks   # (f) alone, chosen key "
+        "counts (a partial run writes its JSON only)\n```\n")
     add("The harness installs nginx-light and wrk with apt-get when they are missing (as root), starts its own "
         "stand-in backend (`python -m standin --delay-ms 20`), redis-server (`--save \"\" --appendonly no`), a 6-node "
         "Redis Cluster (`tests/cluster/harness.py`'s `LocalCluster`), nginx "

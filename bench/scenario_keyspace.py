@@ -196,9 +196,13 @@ def _redis_commands(client: redis.Redis) -> int:
     return int(client.info("stats")["total_commands_processed"])
 
 
-def _hits(delta: dict) -> tuple[float, float]:
-    rows = {k: v for k, v in delta.items() if k[0] in RULES}
-    return sum(v for (_, res), v in rows.items() if res == "hit"), sum(rows.values())
+def _results(delta: dict) -> dict[str, int]:
+    """katiba_cache_requests_total deltas of the two rules, by result (hit, miss, stale, ...)."""
+    out: dict[str, int] = {}
+    for (rule, res), v in delta.items():
+        if rule in RULES:
+            out[res] = out.get(res, 0) + int(v)
+    return out
 
 
 def prefill(bench: Bench, svc: Service, data: Path, keys: int, limit_s: float, pids: tuple[int, ...]) -> dict:
@@ -229,9 +233,10 @@ def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, 
         run.extra["redis_commands_per_request"] = round((_redis_commands(client) - cmds0) / run.requests, 4) \
             if run.requests else None
     if proxy:
-        hit, total = _hits(metric_delta(before, bench.metrics(svc)))
-        run.extra["hit_share"] = round(hit / total, 4) if total else None
-        run.extra["counted_requests"] = int(total)
+        results = _results(metric_delta(before, bench.metrics(svc)))
+        total = sum(results.values())
+        run.extra["hit_share"] = round(results.get("hit", 0) / total, 4) if total else None
+        run.extra["results"] = results
     elif run.requests:  # nginx (no cache lock): each miss is one backend request
         run.extra["hit_share"] = round(max(0.0, 1 - backend / run.requests), 4)
     if run.errors["status"] or run.errors["timeout"] or run.errors["connect"]:
