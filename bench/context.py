@@ -58,8 +58,8 @@ class Settings:
     keyspace_duration: float = 8
     keyspace_rounds: int = 3
     keyspace_warmup_s: float = 3  # one unmeasured run per target and level
-    keyspace_prefill_s: float = 240  # time bound of each cache's prefill (nginx, Redis) per level
-    keyspace_l1_max_bytes: int = 32 << 20  # L1_MAX_BYTES of the redis+l1 target
+    keyspace_prefill_s: float = 300  # time bound of each prefill walk (nginx, Redis) per level
+    keyspace_l1_max_bytes: int = 64 << 20  # L1_MAX_BYTES of the redis+l1 target (the config's default)
     keyspace_redis_benchmark_requests: int = 500_000
 
     @classmethod

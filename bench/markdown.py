@@ -404,8 +404,8 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
         "proxy's `katiba_cache_requests_total` for the two rules (L1 hits are hits; nginx: 1 - backend "
         "requests / requests, each of its misses being one backend request); `L1 share`: an estimate, 1 - (Redis commands per request of `redis+l1`) "
         "/ (of `redis`). Beside each level, `redis-benchmark -t get -r N -c 50 -P 1` against a separate "
-        "redis-server (core 0; client on core 1) holding N keys with values of the entries' body size "
-        f"({ks['entry_body_bytes']} B): the p99 Redis itself shows at that keyspace.\n")
+        "redis-server (core 0; client on core 1) holding N keys with values of a stored entry's size "
+        f"({ks.get('entry_bytes')} B: metadata and body): the p99 Redis itself shows at that keyspace.\n")
     rows = []
     for lv in levels:
         rb = lv["redis_benchmark"]

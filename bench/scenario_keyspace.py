@@ -23,8 +23,8 @@ rounds (nginx, redis, redis+l1, nginx, ...), each target's best round kept. Hit 
 proxies' ``katiba_cache_requests_total`` deltas (L1 hits are hits); the share answered from L1 is
 estimated from Redis' ``total_commands_processed`` per request against the ``redis`` target's; nginx's
 is 1 - backend requests / requests (no cache lock: each of its misses is one backend request). Beside each level: ``redis-benchmark -t get -r N
--c 50 -P 1`` against a separate redis-server (core 0, client on core 1) holding N keys of the entries'
-size: the p99 Redis itself shows at that keyspace.
+-c 50 -P 1`` against a separate redis-server (core 0, client on core 1) holding N keys of the hottest
+user's stored entry's size: the p99 Redis itself shows at that keyspace.
 """
 from __future__ import annotations
 
@@ -140,26 +140,33 @@ def shape(keys: int, max_users: int) -> tuple[int, int]:
     return max_users, -(-keys // (len(PATHS) * max_users))
 
 
+def base_keys(rules_path: Path, user_ids: list[str]) -> dict[str, list[str]]:
+    """Per rule of RULES, the store key of each user's entry without query, rendered as the proxy
+    renders it (the rule's key template under the rules' prefix)."""
+    from proxy.rules import load_rules
+
+    rules = load_rules(str(rules_path))
+    by_name = {r.name: r for r in rules.rules}
+    out = {}
+    for name in RULES:
+        template = by_name[name].key
+        out[name] = [f"{rules.prefix}:{template.render(lambda src, uid=uid: uid if src.kind == 'identity' else None)}"
+                     for uid in user_ids]
+    return out
+
+
 def copy_variants(client: redis.Redis, rules_path: Path, user_ids: list[str], variants: int) -> dict:
     """Copy every stored base entry (user, path) under its ``variants`` keys ``...|q:v=<k>``, server-side.
     Keys are rendered as the proxy renders them (the rule's key template, ``render_query_suffix``);
     a variant key shares its base key's guards (they are rendered without the query), so a copy is a
     live entry. Returns the counts and the time taken."""
     from proxy.keys import render_query_suffix
-    from proxy.rules import load_rules
 
-    rules = load_rules(str(rules_path))
-    by_name = {r.name: r for r in rules.rules}
     suffixes = [render_query_suffix((VARIANT_PARAM,), {VARIANT_PARAM: str(k)}) for k in range(variants)]
     script = client.register_script(COPY)
     t0 = time.monotonic()
     bases = copied = 0
-    for name in RULES:
-        template = by_name[name].key
-        keys = []
-        for uid in user_ids:
-            rendered = template.render(lambda src, uid=uid: uid if src.kind == "identity" else None)
-            keys.append(f"{rules.prefix}:{rendered}")
+    for keys in base_keys(rules_path, user_ids).values():
         for lo in range(0, len(keys), COPY_CHUNK):
             chunk = keys[lo:lo + COPY_CHUNK]
             copied += int(script(args=[len(suffixes), *suffixes, *chunk]))
@@ -271,8 +278,9 @@ def redis_benchmark(keys: int, value_bytes: int, requests: int, tmp: Path) -> di
             "avg_ms": float(row["avg_latency_ms"]), "max_ms": float(row["max_latency_ms"])}
 
 
-def _entry_bytes(bench: Bench, svc: Service, token: str) -> int:
-    return max(len(bench.http("GET", svc.url + p, {"Authorization": f"Bearer {token}"})[2]) for p in PATHS)
+def _entry_bytes(client: redis.Redis, rules_path: Path, user_id: str) -> int:
+    """The larger of the two entries the hottest user has in Redis (bytes stored: metadata and body)."""
+    return max(int(client.strlen(keys[0])) for keys in base_keys(rules_path, [user_id]).values())
 
 
 def scenario(bench: Bench) -> dict:
@@ -302,7 +310,7 @@ def scenario(bench: Bench) -> dict:
     pids = {"nginx": (nginx.pid,), "redis": (proxies["redis"].pid, rds.pid),
             "redis+l1": (proxies["redis+l1"].pid, rds.pid)}
     client = redis.Redis(port=rds.extra["port"], socket_timeout=30)
-    entry_bytes = _entry_bytes(bench, proxies["redis"], tokens[0])
+    entry_bytes = 0
     levels = []
     try:
         for n in s.keyspace_levels:
@@ -340,6 +348,7 @@ def scenario(bench: Bench) -> dict:
                 filled["redis"]["copy_check"] = bench.http("GET", url, auth)[1].get("X-Cache")
                 log(f"  (f) a variant copy through the proxy: X-Cache {filled['redis']['copy_check']}")
             info = client.info("memory")
+            entry_bytes = entry_bytes or _entry_bytes(client, rules_plain, user_ids[0])
             for name in TARGETS:  # unmeasured: warms nginx's page cache, the proxies' token cache, the L1
                 measure(bench, name, svcs[name], data, s.keyspace_warmup_s, s.keyspace_connections, pids[name],
                         None, 99, f"{name}/warm-up")
@@ -380,5 +389,5 @@ def scenario(bench: Bench) -> dict:
             "zipf_s": s.katiba_zipf, "connections": s.keyspace_connections, "duration_s": s.keyspace_duration,
             "rounds": s.keyspace_rounds, "warmup_s": s.keyspace_warmup_s, "prefill_limit_s": s.keyspace_prefill_s,
             "max_users": s.keyspace_max_users, "variant_param": VARIANT_PARAM if variants_used else None,
-            "l1_max_bytes": s.keyspace_l1_max_bytes, "l1_ttl": L1_TTL, "entry_body_bytes": entry_bytes,
+            "l1_max_bytes": s.keyspace_l1_max_bytes, "l1_ttl": L1_TTL, "entry_bytes": entry_bytes,
             "levels": levels}
