@@ -444,6 +444,7 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
             f"{_f(step.get('redis'), 2)}x, `redis+l1` {_f(step.get('redis+l1'), 2)}x, nginx "
             f"{_f(step.get('nginx'), 2)}x; redis-benchmark's GET alone {_f(step.get('redis_benchmark'), 2)}x. "
             f"Redis memory with the largest level stored: {levels[-1]['redis_used_memory_human']} "
-            f"({levels[-1]['redis_db_size']:,} keys, every level's entries and generations).\n")
+            f"({levels[-1]['redis_db_size']:,} keys: every level's entries and generations, and what the run's "
+            "earlier scenarios left in that Redis, e.g. (d)'s copies).\n")
     if plot:
         add(f"![throughput and p99 against keys]({plot})\n")
