@@ -4,5 +4,6 @@ Modules: ``procs`` (the services it starts and stops, tools, CPU accounting), ``
 mode, the running services, HTTP helpers), ``wrk`` (wrk runs and their reports; Lua scripts in
 ``bench/lua``), ``loadgen`` (a Python load generator for the smoke mode), ``workload`` (the katiba mix,
 users, tokens, Zipf), ``scenario_hits`` (a), ``scenario_miss`` (b), ``scenario_katiba`` (c),
-``scenario_purge`` (d), ``report`` (final line, targets, plots) and ``markdown`` (BENCHMARKS.md).
+``scenario_purge`` (d), ``scenario_coalesce`` (e), ``scenario_keyspace`` (f), ``report`` (final line,
+targets, plots) and ``markdown`` (BENCHMARKS.md).
 """

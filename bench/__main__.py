@@ -1,11 +1,12 @@
-"""``python -m bench [--quick | --smoke] [--out DIR] [--scenarios a,b,c,d,e] [--report-only]``
+"""``python -m bench [--quick | --smoke] [--out DIR] [--scenarios a,b,c,d,e,f] [--keyspace-levels N,N] [--report-only]``
 
 Starts its own services on loopback (stand-in backend with 20 ms DB delay, redis-server, a 6-node Redis
 Cluster, nginx with proxy_cache, our proxy with the memory store, the Redis store, the Redis store with
 the in-process L1 for two rules, and the cluster store), runs the scenarios, writes
-``<out>/<scenario>.json`` (hits, misses, katiba, purge, coalesce) and ``summary.json``, the PNG plots, and
+``<out>/<scenario>.json`` (hits, misses, katiba, purge, coalesce, keyspace) and ``summary.json``, the PNG plots, and
 BENCHMARKS.md (not in smoke mode), shows progress on stderr, and prints as its last line:
-``hit_rps_ratio_vs_nginx=... l1_hit_rps_ratio_vs_nginx=... miss_overhead_ms=... katiba_hit_rate=...``
+``hit_rps_ratio_vs_nginx=... l1_hit_rps_ratio_vs_nginx=... miss_overhead_ms=... katiba_hit_rate=...
+katiba_ceiling=... keyspace_hit_rps_ratio_vs_nginx=...``
 
 Modes: default (full: 60 s katiba run, longer rounds), ``--quick`` (under 3 minutes), ``--smoke``
 (CI: no nginx, no wrk; the Python load generator, the Redis store, about 10 s; results go to a temp
@@ -14,6 +15,7 @@ directory unless ``--out`` is given, and BENCHMARKS.md is left alone).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -31,7 +33,7 @@ from .procs import (ROOT, log, machine, proxy_has_workers, rules_with_l1, start_
                     start_redis_cluster, start_standin, ensure_tools, tool_versions)
 
 RESULTS = ROOT / "bench" / "results"
-FILES = {"a": "hits", "b": "misses", "c": "katiba", "d": "purge", "e": "coalesce"}
+FILES = {"a": "hits", "b": "misses", "c": "katiba", "d": "purge", "e": "coalesce", "f": "keyspace"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="shorter runs: finishes in under 3 minutes")
     mode.add_argument("--smoke", action="store_true", help="CI smoke: no nginx/wrk, a few seconds")
     p.add_argument("--out", type=Path, help="results directory (default bench/results; smoke: a temp dir)")
-    p.add_argument("--scenarios", default="a,b,c,d,e", help="subset to run, e.g. a,d (default all)")
+    p.add_argument("--scenarios", default=",".join(FILES), help="subset to run, e.g. a,d (default all)")
+    p.add_argument("--keyspace-levels", help="scenario (f)'s key counts instead of the mode's, e.g. 1000,20000")
     p.add_argument("--report-only", action="store_true", help="rebuild plots and BENCHMARKS.md from the JSON")
     p.add_argument("--no-markdown", action="store_true", help="do not rewrite BENCHMARKS.md")
     return p.parse_args(argv)
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return finish(results, meta, out, markdown=not args.no_markdown)
     started = time.monotonic()
     settings = Settings.for_mode(mode)
+    if args.keyspace_levels:
+        settings = dataclasses.replace(settings, keyspace_levels=tuple(
+            int(n) for n in args.keyspace_levels.replace("_", "").split(",") if n.strip()))
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="katiba-bench-"))
     bench = Bench(settings=settings, tmp=tmp, out=out, secret=standin.DEFAULT_SECRET,
@@ -77,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             if not bench.workers_flag:
                 log("cache-proxy serve has no --workers option: 1 worker only")
             start_all(bench)
-            from . import scenario_coalesce, scenario_hits, scenario_katiba, scenario_miss, scenario_purge
+            from . import (scenario_coalesce, scenario_hits, scenario_katiba, scenario_keyspace, scenario_miss,
+                           scenario_purge)
             modules = {"a": scenario_hits, "b": scenario_miss, "c": scenario_katiba, "d": scenario_purge,
-                       "e": scenario_coalesce}
+                       "e": scenario_coalesce, "f": scenario_keyspace}
             for key in chosen:
                 t0 = time.monotonic()
                 results[FILES[key]] = modules[key].scenario(bench)

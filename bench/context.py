@@ -52,6 +52,15 @@ class Settings:
     coalesce_requests: int = 100  # concurrent identical GETs of one fresh key
     coalesce_delay_ms: float = 200  # the stand-in's DB delay while they run (restored afterwards)
     coalesce_instances: int = 3  # proxies sharing one Redis in the cross-instance case
+    keyspace_levels: tuple[int, ...] = (1_000, 100_000, 1_000_000)  # keys: users x 2 paths (x variants)
+    keyspace_max_users: int = 50_000  # beyond users x 2 paths, keys come from ?v= variants per user
+    keyspace_connections: int = 50
+    keyspace_duration: float = 8
+    keyspace_rounds: int = 3
+    keyspace_warmup_s: float = 3  # one unmeasured run per target and level
+    keyspace_prefill_s: float = 300  # time bound of each prefill walk (nginx, Redis) per level
+    keyspace_l1_max_bytes: int = 64 << 20  # L1_MAX_BYTES of the redis+l1 target (the config's default)
+    keyspace_redis_benchmark_requests: int = 500_000
 
     @classmethod
     def for_mode(cls, mode: str) -> "Settings":
@@ -60,10 +69,16 @@ class Settings:
             return cls(mode, hit_duration=2, hit_rounds=2, sweep_levels=(1, 50, 128), sweep_duration=1,
                        half_duration=2, half_keys=("per_user",), workers_rounds=1, miss_duration=2, miss_rounds=2,
                        miss_max_duration=2, katiba_duration=15, katiba_probe=2, katiba_warmup=20, katiba_max_run=2,
-                       purge_bumps=1000)
+                       # (f): 100k keys as 5k users x 2 paths x 10 variants, so most of the prefill is
+                       # copies (Redis) and nginx's fill tier, not backend requests.
+                       purge_bumps=1000, keyspace_levels=(1_000, 100_000), keyspace_max_users=5_000,
+                       keyspace_duration=2,
+                       keyspace_rounds=2, keyspace_warmup_s=1, keyspace_prefill_s=60,
+                       keyspace_redis_benchmark_requests=200_000)
         if mode == "smoke":
             return cls(mode, miss_rate=0, miss_connections=1, miss_duration=1, miss_rounds=1,
-                       katiba_connections=16, katiba_duration=3, katiba_warmup=0, purge_levels=())
+                       katiba_connections=16, katiba_duration=3, katiba_warmup=0, purge_levels=(),
+                       keyspace_levels=())
         return cls(mode)
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .report import TARGET_ORDER, final_line, target_label
+from .report import TARGET_ORDER, final_line, keyspace_p99_step, target_label
 
 # The sections this module owns; any other "## " section already in the file (e.g. "## Fault soak",
 # written by bench/soak.py) is kept as it is, after these.
-OWN = ("## The run", "## Where we stand", "## (a) ", "## (b) ", "## (c) ", "## (d) ", "## (e) ", "## How to run")
+OWN = ("## The run", "## Where we stand", "## (a) ", "## (b) ", "## (c) ", "## (d) ", "## (e) ", "## (f) ",
+       "## How to run")
 
 
 def _foreign_sections(path: Path) -> list[str]:
@@ -135,7 +136,8 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
             f"(`GET /api/v1/users/profile`, one user's token; body {hits['body_bytes_profile']} bytes: display "
             "name and bio sized for ~2 KB; our proxy verifies the JWT on every request, with its verified-token "
             "cache; nginx keys on the Authorization header and verifies nothing) and the global "
-            "`GET /api/v1/achievements/types`. nginx: 1 worker, `proxy_cache` keyed "
+            "`GET /api/v1/achievements/types` (sent with the same token: the backend wants one on every route; "
+            "our proxy keys it once for everyone, nginx on the Authorization header: one key either way here). nginx: 1 worker, `proxy_cache` keyed "
             "`$request_method$request_uri$http_authorization`, `proxy_cache_valid 200 1h`, "
             "`proxy_ignore_headers Cache-Control Expires Set-Cookie`. Our proxy, 1 worker each: `memory store`; "
             "`redis` (every hit a Redis round trip); `redis+l1`, the Redis store with the in-process L1 in front "
@@ -356,11 +358,17 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
                 + ", ".join(f"{k}: {v}" for k, v in sorted(p["x_cache"].items()))
                 + f", collapsed {p['collapsed']}" for p in c["per_instance"]) + ".\n")
 
+    ks = results.get("keyspace")
+    if ks and ks.get("levels"):
+        _keyspace_section(add, ks, "keyspace.png" in plots and _rel(out, root, "keyspace.png"))
+
     add("## How to run\n")
     add("```\npython -m bench            # full: 60 s katiba run, longer rounds\n"
         "python -m bench --quick    # under 3 minutes; ends with the summary line\n"
         "python -m bench --smoke    # CI: no nginx or wrk, Python load generator, a few seconds\n"
-        "python -m bench --report-only   # rebuild plots and this page from bench/results/*.json\n```\n")
+        "python -m bench --report-only   # rebuild plots and this page from bench/results/*.json\n"
+        "python -m bench --scenarios f --keyspace-levels 1000,100000 --out /tmp/ks   # (f) alone, chosen key "
+        "counts (a partial run writes its JSON only)\n```\n")
     add("The harness installs nginx-light and wrk with apt-get when they are missing (as root), starts its own "
         "stand-in backend (`python -m standin --delay-ms 20`), redis-server (`--save \"\" --appendonly no`), a 6-node "
         "Redis Cluster (`tests/cluster/harness.py`'s `LocalCluster`), nginx "
@@ -372,3 +380,78 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
     if foreign:
         text += "\n" + "\n\n".join(foreign) + "\n"
     path.write_text(text)
+
+
+def _keyspace_section(add, ks: dict, plot: str | None) -> None:
+    """(f): throughput, latency and hit share against the number of keys, with Redis' own p99 beside."""
+    levels = ks["levels"]
+    mb = ks["l1_max_bytes"] / (1 << 20)
+    add("## (f) Many keys, many users\n")
+    variants = next((lv for lv in levels if lv["variants"] > 1), None)
+    how = (f" Above {ks['max_users']:,} users the keys come from more keys per user, not more users: "
+           f"{variants['keys']:,} keys are {variants['users']:,} users x 2 paths x {variants['variants']} values "
+           f"of a query parameter `?{ks['variant_param']}=`, drawn uniformly, which our proxies key on through a "
+           f"copy of rules.yaml giving both rules `vary_query: [{ks['variant_param']}]` (nginx keys on "
+           "`$request_uri`, so it stores as many keys); so the figure there is about the keyspace, not about "
+           "verifying more distinct tokens than the proxy's verified-token cache holds (100k)." if variants else "")
+    add(f"Per-user reads of `{ks['paths'][0]}` and `{ks['paths'][1]}` (50/50 per request), the user drawn from "
+        f"a Zipf law (s = {ks['zipf_s']}) over the level's users, each request with that user's own "
+        f"pre-minted token (wrk, `bench/lua/keyspace.lua`, one thread, {ks['connections']} connections, no "
+        "Lua per response). Keys = users x 2 paths." + how + " Targets, every server on core 0 and wrk on "
+        "core 1: nginx (1 worker, `proxy_cache` keyed `$request_method$request_uri$http_authorization`, keys "
+        "zone 256 MB; its misses go to a fill tier in the same nginx that caches per (user, path) whatever "
+        "the query, so variant keys fill from the base entries at nginx's speed; measured runs only hit the "
+        "first tier), `redis` (our proxy, Redis store, every hit a Redis round trip) and `redis+l1` (the same "
+        f"Redis with the in-process L1 in front, `l1_ttl: {ks['l1_ttl']}` on both rules, byte budget "
+        f"`L1_MAX_BYTES={ks['l1_max_bytes']}` ({mb:g} MiB)). Per level: a prefill of every key once in rank "
+        "order, hottest users first (stand-in DB delay 0 meanwhile, at most "
+        f"{_f(ks['prefill_limit_s'], 0)} s per walk: nginx, then Redis; `redis+l1` reads that Redis and "
+        f"fills its L1 from the load), a {_f(ks['warmup_s'], 0)} s unmeasured run per target, then "
+        f"{ks['rounds']} interleaved rounds of {_f(ks['duration_s'], 0)} s (best kept). `hit share`: the "
+        "proxy's `katiba_cache_requests_total` for the two rules (L1 hits are hits; nginx: 1 - backend "
+        "requests / requests, each of its misses being one backend request); `L1 share`: an estimate, 1 - (Redis commands per request of `redis+l1`) "
+        "/ (of `redis`). Beside each level, `redis-benchmark -t get -r N -c 50 -P 1` against a separate "
+        "redis-server (core 0; client on core 1) holding N keys with values of a stored entry's size "
+        f"({ks.get('entry_bytes')} B: metadata and body): the p99 Redis itself shows at that keyspace.\n")
+    rows = []
+    for lv in levels:
+        rb = lv["redis_benchmark"]
+        for r in lv["rows"]:
+            rows.append([f"{lv['keys']:,}", f"{lv['users']:,} x 2 x {lv['variants']}", target_label(r["target"]),
+                         _f(r["rps"], 0), _f(r.get("ratio_vs_nginx"), 3), _lat(r, "50"), _lat(r, "99"),
+                         _pct(r.get("hit_share")) if r.get("hit_share") is not None else "-",
+                         _pct(r.get("l1_share_estimate")) if r.get("l1_share_estimate") is not None else "-",
+                         r.get("backend_requests"), _f(r.get("server_cpu"), 2), _f(r.get("client_cpu"), 2),
+                         _f(r.get("cpu_pressure_avg10"), 0), ", ".join(f"{x:,.0f}" for x in r.get("all_rounds_rps", []))])
+        rows.append([f"{lv['keys']:,}", "", "redis-benchmark GET", _f(rb["rps"], 0), "", _f(rb["p50_ms"], 3),
+                     _f(rb["p99_ms"], 3), "", "", "", "", "", "", ""])
+    add(_table(["keys", "users x paths x variants", "target", "req/s", "ratio vs nginx", "p50 ms", "p99 ms",
+                "hit share", "L1 share (est.)", "backend req", "server cpu", "wrk cpu", "cpu pressure %",
+                "req/s per round"], rows))
+    add("")
+    add("Prefill (every key once, hottest users first; `covered`: share of the level's keys stored before the "
+        "rounds; at a level with variants, the Redis store reads the base keys (user, path) through the proxy "
+        "and copies each entry, server-side in Lua, under its variant keys, rendered as the proxy renders them "
+        "(the same user's own entry: the backend ignores the parameter); nginx walks the base keys, then "
+        "every key, the variants filling from its fill tier):\n")
+    prows = []
+    for lv in levels:
+        for name, f in lv["prefill"].items():
+            copies = f.get("copies")
+            prows.append([f"{lv['keys']:,}", target_label(name), f"{f['ok']:,}", _pct(f.get("covered")),
+                          _f(f["seconds"], 0), _f(f["rps"], 0), f.get("x_cache_hit"), f.get("other_status"),
+                          f"{copies['copies']:,} in {_f(copies['seconds'], 1)} s (a copy read: "
+                          f"{f.get('copy_check')})" if copies else "-"])
+    add(_table(["keys", "cache", "keys read", "covered", "seconds", "req/s", "X-Cache HIT", "non-200",
+                "variant copies in Redis"], prows))
+    add("")
+    step = keyspace_p99_step(ks)
+    if step:
+        add(f"p99 at {step['largest']:,} keys over p99 at {step['smallest']:,}: Redis store "
+            f"{_f(step.get('redis'), 2)}x, `redis+l1` {_f(step.get('redis+l1'), 2)}x, nginx "
+            f"{_f(step.get('nginx'), 2)}x; redis-benchmark's GET alone {_f(step.get('redis_benchmark'), 2)}x. "
+            f"Redis memory with the largest level stored: {levels[-1]['redis_used_memory_human']} "
+            f"({levels[-1]['redis_db_size']:,} keys: every level's entries and generations, and what the run's "
+            "earlier scenarios left in that Redis, e.g. (d)'s copies).\n")
+    if plot:
+        add(f"![throughput and p99 against keys]({plot})\n")

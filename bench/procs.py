@@ -240,13 +240,16 @@ def proxy_has_workers() -> bool:
 
 
 def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: str, redis_url: str | None = None,
-                workers: int = 1, cores: str | None = None, rules: Path | None = None) -> Service:
+                workers: int = 1, cores: str | None = None, rules: Path | None = None,
+                settings: dict[str, str] | None = None) -> Service:
+    """``settings``: more environment settings of the proxy (e.g. ``L1_MAX_BYTES``)."""
     port = free_port()
     log_path = tmp / f"proxy-{name}.log"
     env = dict(os.environ, JWT_SECRET_KEY=secret, CACHE_ADMIN_TOKEN=admin_token, LOG_FORMAT="json",
                PENDING_PURGES_FILE=str(tmp / f"pending-{name}"))
     for var in ("REDIS_URL", "UPSTREAM_URL", "RULES_PATH", "CACHE_MODE", "LISTEN"):
         env.pop(var, None)
+    env.update(settings or {})
     cmd = [*pinned(cores), sys.executable, "-m", "proxy", "serve", "--upstream", upstream,
            "--listen", f"127.0.0.1:{port}", "--rules", str(rules or ROOT / "rules.yaml")]
     if redis_url:
@@ -264,6 +267,12 @@ def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: s
 def rules_with_l1(tmp: Path, rules: tuple[str, ...], l1_ttl: int = 60) -> Path:
     """A copy of rules.yaml in ``tmp`` where each rule named in ``rules`` gets ``l1_ttl`` (the line
     ``    l1_ttl: <n>`` inserted after the rule's ``key:`` line)."""
+    return rules_with(tmp, "rules-l1.yaml", {name: [f"l1_ttl: {l1_ttl}"] for name in rules})
+
+
+def rules_with(tmp: Path, filename: str, additions: dict[str, list[str]]) -> Path:
+    """A copy of rules.yaml as ``tmp/filename`` where each rule named in ``additions`` gets those lines
+    (e.g. ``"l1_ttl: 60"``, ``"vary_query: [v]"``), inserted after the rule's ``key:`` line."""
     lines = (ROOT / "rules.yaml").read_text().splitlines(keepends=True)
     out, current, done = [], None, set()
     for line in lines:
@@ -271,13 +280,13 @@ def rules_with_l1(tmp: Path, rules: tuple[str, ...], l1_ttl: int = 60) -> Path:
         m = re.match(r"\s*- name:\s*([A-Za-z0-9_]+)", line)
         if m:
             current = m.group(1)
-        elif current in rules and current not in done and re.match(r"\s+key:", line):
-            out.append(f"    l1_ttl: {l1_ttl}\n")
+        elif current in additions and current not in done and re.match(r"\s+key:", line):
+            out.extend(f"    {extra}\n" for extra in additions[current])
             done.add(current)
-    missing = set(rules) - done
+    missing = set(additions) - done
     if missing:
         raise RuntimeError(f"rules.yaml: no key: line found for {', '.join(sorted(missing))}")
-    path = tmp / "rules-l1.yaml"
+    path = tmp / filename
     path.write_text("".join(out))
     return path
 
@@ -315,7 +324,10 @@ http {{
 """
 
 
-def start_nginx(tmp: Path, backend_url: str, workers: int = 1, cores: str | None = None) -> Service:
+def start_nginx(tmp: Path, backend_url: str, workers: int = 1, cores: str | None = None,
+                template: str = NGINX_CONF) -> Service:
+    """nginx with ``template`` (NGINX_CONF by default) as its configuration; a template may use
+    ``{base_port}``, a second free port."""
     exe = _which("nginx")
     if not exe:
         raise RuntimeError("nginx not installed")
@@ -325,12 +337,14 @@ def start_nginx(tmp: Path, backend_url: str, workers: int = 1, cores: str | None
     backend = backend_url.removeprefix("http://").rstrip("/")
     user = "user root;" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workers=workers, prefix=prefix, port=port, backend=backend, user=user))
+    conf.write_text(template.format(workers=workers, prefix=prefix, port=port, backend=backend, user=user,
+                                    base_port=free_port()))
     log_path = prefix / "stderr.log"
     proc = subprocess.Popen([*pinned(cores), exe, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     svc = Service("nginx", proc, f"http://127.0.0.1:{port}", prefix / "error.log", {"workers": workers})
-    wait_http(svc.url + "/api/v1/achievements/types", service=svc, ok=(200, 401))  # 401: no token, but up
+    # Any answer from the backend through nginx says it is up (the backend may want a token: 401).
+    wait_http(svc.url + "/api/v1/achievements/types", service=svc, ok=(200, 401))
     return svc
 
 

@@ -44,7 +44,39 @@ def headline(results: dict) -> dict:
     return {"hit_rps_ratio_vs_nginx": _get(hit_row(hits, "redis"), "ratio_vs_nginx"),
             "l1_hit_rps_ratio_vs_nginx": _get(hit_row(hits, "redis+l1"), "ratio_vs_nginx"),
             "miss_overhead_ms": _get(miss, "miss_overhead_ms", "redis"),
-            "katiba_hit_rate": _get(kat, "comparison", "hit_rate")}
+            "katiba_hit_rate": _get(kat, "comparison", "hit_rate"),
+            "katiba_ceiling": _get(kat, "purge_ceiling", "overall"),
+            "keyspace_hit_rps_ratio_vs_nginx": _get(keyspace_row(results.get("keyspace"), 100_000, "redis"),
+                                                    "ratio_vs_nginx")}
+
+
+def keyspace_row(keyspace: dict | None, keys: int, target: str) -> dict | None:
+    """Scenario (f)'s row for ``target`` at the level of ``keys`` keys (asked for), or None."""
+    for level in (keyspace or {}).get("levels", []):
+        if level.get("asked_keys", level["keys"]) == keys:
+            return next((r for r in level["rows"] if r["target"] == target), None)
+    return None
+
+
+def keyspace_p99_step(keyspace: dict | None) -> dict | None:
+    """p99 at the largest level over p99 at the smallest, for the Redis store and for redis-benchmark's
+    GET over the same number of keys (what Redis itself shows as its keyspace grows)."""
+    levels = (keyspace or {}).get("levels", [])
+    if len(levels) < 2:
+        return None
+    first, last = levels[0], levels[-1]
+
+    def p99(level: dict, target: str) -> float | None:
+        row = next((r for r in level["rows"] if r["target"] == target), None)
+        return _get(row, "latency_ms", "99")
+
+    out = {"smallest": first["keys"], "largest": last["keys"]}
+    for target in ("redis", "redis+l1", "nginx"):
+        a, b = p99(first, target), p99(last, target)
+        out[target] = round(b / a, 3) if a and b else None
+    a, b = first["redis_benchmark"]["p99_ms"], last["redis_benchmark"]["p99_ms"]
+    out["redis_benchmark"] = round(b / a, 3) if a and b else None
+    return out
 
 
 def final_line(h: dict) -> str:
@@ -52,7 +84,9 @@ def final_line(h: dict) -> str:
         return "n/a" if x is None else f"{x:.2f}"
     return (f"hit_rps_ratio_vs_nginx={f(h['hit_rps_ratio_vs_nginx'])} "
             f"l1_hit_rps_ratio_vs_nginx={f(h['l1_hit_rps_ratio_vs_nginx'])} "
-            f"miss_overhead_ms={f(h['miss_overhead_ms'])} katiba_hit_rate={f(h['katiba_hit_rate'])}")
+            f"miss_overhead_ms={f(h['miss_overhead_ms'])} katiba_hit_rate={f(h['katiba_hit_rate'])} "
+            f"katiba_ceiling={f(h.get('katiba_ceiling'))} "
+            f"keyspace_hit_rps_ratio_vs_nginx={f(h.get('keyspace_hit_rps_ratio_vs_nginx'))}")
 
 
 def targets(results: dict) -> list[dict]:
@@ -99,6 +133,17 @@ def targets(results: dict) -> list[dict]:
     add("purge time, largest vs smallest key count (RedisStore.bump p50)", ratio, "<= 2x", ratio is not None and ratio <= 2)
     ratio_e = _get(purge, "ratio_largest_vs_smallest", "endpoint_p50")
     add("purge time, largest vs smallest key count (manual endpoint p50)", ratio_e, "<= 2x", ratio_e is not None and ratio_e <= 2)
+    ks = results.get("keyspace")
+    if ks:
+        for target, goal, floor in (("redis", ">= 0.5x", 0.5), ("redis+l1", ">= 0.8x (L1 with a byte budget)", 0.8)):
+            r = _get(keyspace_row(ks, 100_000, target), "ratio_vs_nginx")
+            add(f"keyspace (f), 100k keys, Zipf users, {target}: req/s vs nginx", r, goal, r is not None and r >= floor)
+        step = keyspace_p99_step(ks)
+        if step:
+            mine, theirs = step.get("redis"), step.get("redis_benchmark")
+            add(f"keyspace (f): p99 at {step['largest']:,} / at {step['smallest']:,} keys, Redis store", mine,
+                f"no step beyond Redis' own (redis-benchmark GET: {theirs}x; met within 1.2x of it, or <= 1.2x)",
+                mine is not None and mine <= 1.2 * max(1.0, theirs or 1.0))
     cases = {c["case"]: c for c in (co or {}).get("cases", [])}
     n = (co or {}).get("requests", 100)
     for case, what in (("redis-1", "1 instance, Redis store"), ("memory-1", "1 instance, memory store")):
@@ -136,6 +181,14 @@ def _plain(axis) -> None:
 
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+
+def _count(n: int) -> str:
+    """1000 -> "1k", 100000 -> "100k", 1000000 -> "1M"."""
+    for div, unit in ((1_000_000, "M"), (1_000, "k")):
+        if n >= div:
+            return f"{n / div:g}{unit}"
+    return str(n)
 
 
 def plots(results: dict, out: Path) -> list[str]:
@@ -220,6 +273,37 @@ def plots(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "purge_cost.png", dpi=110)
         plt.close(fig)
         made.append("purge_cost.png")
+    ks = results.get("keyspace")
+    if ks and ks.get("levels"):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        levels = ks["levels"]
+        xs = [lv["keys"] for lv in levels]
+        for target in [t for t in TARGET_ORDER if any(r["target"] == t for lv in levels for r in lv["rows"])]:
+            rows = [next(r for r in lv["rows"] if r["target"] == target) for lv in levels]
+            ax1.plot(xs, [r["rps"] for r in rows], marker="o", label=target_label(target))
+            ax2.plot(xs, [r["latency_ms"]["99"] for r in rows], marker="o", label=target_label(target))
+        ax2.plot(xs, [lv["redis_benchmark"]["p99_ms"] for lv in levels], marker="x", ls="--",
+                 label="redis-benchmark GET (Redis alone)")
+        for ax, title, ylabel in ((ax1, "Zipf users, per-user keys: throughput", "requests/s"),
+                                  (ax2, "Zipf users, per-user keys: p99 latency", "ms")):
+            ax.set_xscale("log")
+            ax.set_xlabel("keys")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        from matplotlib.ticker import NullLocator
+
+        for ax in (ax1, ax2):
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(xs, [_count(x) for x in xs])
+        ax1.set_ylim(bottom=0)
+        ax2.set_yscale("log")
+        _plain(ax2.yaxis)
+        fig.tight_layout()
+        fig.savefig(out / "keyspace.png", dpi=110)
+        plt.close(fig)
+        made.append("keyspace.png")
     return made
 
 

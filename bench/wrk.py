@@ -110,7 +110,12 @@ def run_wrk(url: str, *, script: str, connections: int, duration: float, threads
                percentiles_ms={_pkey(p): v / 1000 for p, v in report["percentiles_us"]},
                errors=report["errors"], bytes_per_response=report["bytes"] / requests if requests else 0.0,
                client_cpu=client_cpu, server_cpu=server_cpu, routes=routes,
-               extra={"cpu_pressure_avg10": cpu_pressure()})
+               extra={"cpu_pressure_avg10": cpu_pressure(), **{k: v for k, v in report.items() if k not in REPORT_KEYS}})
+
+
+# What common.lua's write_report always writes; a script's own extra fields (e.g. keyspace.lua's "prefill"
+# counts) go into Run.extra.
+REPORT_KEYS = {"duration_us", "requests", "bytes", "errors", "latency_us", "percentiles_us"}
 
 
 def _collect_lines(out_path: str) -> dict:

@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 NUMBER = r"-?\d+\.\d\d"
 FINAL_LINE = re.compile(rf"^hit_rps_ratio_vs_nginx=(n/a|{NUMBER}) l1_hit_rps_ratio_vs_nginx=(n/a|{NUMBER}) "
-                        rf"miss_overhead_ms=({NUMBER}) katiba_hit_rate=(\d\.\d\d)$")
+                        rf"miss_overhead_ms=({NUMBER}) katiba_hit_rate=(\d\.\d\d) katiba_ceiling=(n/a|{NUMBER}) "
+                        rf"keyspace_hit_rps_ratio_vs_nginx=(n/a|{NUMBER})$")
 
 
 def test_smoke_run_writes_results_and_the_summary_line(tmp_path):

@@ -1,0 +1,69 @@
+"""Scenario (f)'s parts that do not measure: the shape of a level, the rules copy its proxies run, the
+variant copies of its Redis prefill (they must sit under the keys the proxy looks up), and the final
+line's keys (their order is a convention: new keys only at the end)."""
+from __future__ import annotations
+
+import redis
+
+from bench.procs import rules_with
+from bench.report import final_line, headline
+from bench.scenario_keyspace import PATHS, RULES, VARIANT_PARAM, copy_variants, shape
+from proxy.identity import Identity
+from proxy.policy import Lookup, RequestView, classify
+from proxy.rules import load_rules
+
+
+def test_a_level_is_users_times_paths_then_variants_per_user():
+    assert shape(1_000, 50_000) == (500, 1)
+    assert shape(100_000, 50_000) == (50_000, 1)
+    assert shape(1_000_000, 50_000) == (50_000, 10)
+    users, variants = shape(150_000, 50_000)  # rounded up to whole variants: never fewer keys than asked
+    assert (users, variants) == (50_000, 2) and users * len(PATHS) * variants >= 150_000
+
+
+def test_the_rules_copy_keys_both_reads_on_the_variant_and_gives_them_an_l1(tmp_path):
+    path = rules_with(tmp_path, "rules-keyspace-l1.yaml",
+                      {r: [f"vary_query: [{VARIANT_PARAM}]", "l1_ttl: 60"] for r in RULES})
+    rules = {r.name: r for r in load_rules(str(path)).rules}
+    for name in RULES:
+        assert rules[name].vary_query == (VARIANT_PARAM,)
+        assert rules[name].l1_ttl == 60
+    assert rules["user_preferences"].vary_query == ()  # the other rules are untouched
+
+
+def test_variant_copies_sit_under_the_keys_the_proxy_looks_up(tmp_path, redis_url):
+    rules_path = rules_with(tmp_path, "rules-keyspace.yaml", {r: [f"vary_query: [{VARIANT_PARAM}]"] for r in RULES})
+    rules = load_rules(str(rules_path))
+    users = ["user-a", "user-b", "user-c"]
+    client = redis.Redis.from_url(redis_url)
+
+    def lookup(uid: str, path: str, query: str) -> Lookup:
+        decision = classify(RequestView("GET", path, query, {}), rules, Identity(uid, 2e9))
+        assert isinstance(decision, Lookup), decision
+        return decision
+
+    for uid in users[:2]:  # user-c has no base entry: nothing to copy for it
+        for path in PATHS:
+            client.set(lookup(uid, path, "").key, f"entry of {uid} {path}".encode(), ex=600)
+    done = copy_variants(client, rules_path, users, 3)
+    assert done["base_keys"] == 6 and done["base_entries_found"] == 4 and done["copies"] == 12
+    for uid in users:
+        for path in PATHS:
+            for v in range(3):
+                key = lookup(uid, path, f"{VARIANT_PARAM}={v}").key
+                expected = f"entry of {uid} {path}".encode() if uid != "user-c" else None
+                assert client.get(key) == expected, key
+                if expected:
+                    assert 0 < client.ttl(key) <= 600
+    client.close()
+
+
+def test_the_final_line_adds_the_ceiling_then_the_keyspace_ratio_at_the_end():
+    results = {"katiba": {"comparison": {"hit_rate": 0.7412}, "purge_ceiling": {"overall": 0.7629}},
+               "keyspace": {"levels": [
+                   {"keys": 1_000, "asked_keys": 1_000, "rows": [{"target": "redis", "ratio_vs_nginx": 0.9}]},
+                   {"keys": 100_000, "asked_keys": 100_000, "rows": [{"target": "redis", "ratio_vs_nginx": 0.613}]}]}}
+    line = final_line(headline(results))
+    assert line.split(" ") == ["hit_rps_ratio_vs_nginx=n/a", "l1_hit_rps_ratio_vs_nginx=n/a", "miss_overhead_ms=n/a",
+                               "katiba_hit_rate=0.74", "katiba_ceiling=0.76", "keyspace_hit_rps_ratio_vs_nginx=0.61"]
+    assert final_line(headline({})).endswith("katiba_ceiling=n/a keyspace_hit_rps_ratio_vs_nginx=n/a")
