@@ -16,7 +16,8 @@ from tests.cluster.conftest import PREFIX, profile_key, users_on_distinct_primar
 API = "/api/v1"
 LEADERBOARD = f"{API}/achievements/leaderboard?limit=10&offset=0"
 # the harness' own topology reads and INFO calls are not the proxy's
-NOT_THE_PROXYS = ("info", "cluster|nodes", "config|resetstat")
+# The harness' own commands, and REPLCONF: a replica acknowledges its offset to its primary every second.
+NOT_THE_PROXYS = ("info", "cluster|nodes", "config|resetstat", "replconf")
 
 
 def data_commands(cluster) -> dict[int, dict[str, int]]:
