@@ -274,7 +274,7 @@ async def test_a_client_gone_during_a_relayed_miss_is_no_error(make_proxy, origi
     no upstream body failure counted (the backend did nothing wrong)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(CUSTOM_RULES)
-    scripted = await make_proxy(upstream=UpstreamConfig(url=origin.url, read_timeout=0.2), rules_path=rules,
+    scripted = await make_proxy(upstream=UpstreamConfig(url=origin.url), rules_path=rules,
                                 fast_path=fast_path)
     reader, writer, head = await _raw_get(scripted, "/scripted/vast")
     assert b"X-Cache: MISS" in head
