@@ -106,9 +106,9 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
          else "`cache-proxy serve` has no `--workers` option yet: 1 worker only, no 2-worker rows"],
     ]))
     add("")
-    add("**Read the figures as ratios measured in the same run.** The machine is shared with other jobs "
-        "(other helpers' test suites ran at the same time): absolute requests/s and tail latencies move with "
-        "that load, from run to run and within a run. Each wrk run records the CPU pressure "
+    add("**Read the figures as ratios measured in the same run.** The machine may be shared with other jobs, "
+        "and machines differ from session to session: absolute requests/s and tail latencies move with "
+        "that, from run to run and within a run. Each wrk run records the CPU pressure "
         "(`/proc/pressure/cpu` some-avg10: % of time some task waited for a CPU) and how much CPU the "
         "server processes actually got (`server cpu`, in cores), both in the JSON. Against that, rounds of "
         "the hot-hit runs are interleaved (nginx, memory store, Redis, Redis + L1, Redis Cluster, then again) and each "

@@ -29,10 +29,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 STARTUP_TIMEOUT = 10.0
-# The staleness auditor re-fetches a random 1% of hits with the shipped rules: tests count backend
-# requests exactly, so it is off for the suite (proxies started as children inherit this too). Tests of
-# the auditor turn it on with monkeypatch.setenv("CACHE_AUDIT_SAMPLE", ...): the variable wins over the file.
-os.environ["CACHE_AUDIT_SAMPLE"] = "0"
+
+
+def pytest_configure(config) -> None:
+    """The staleness auditor re-fetches a random 1% of hits with the shipped rules: tests count backend
+    requests exactly, so it is off for the suite (proxies started as children inherit this too). Tests of
+    the auditor turn it on with monkeypatch.setenv("CACHE_AUDIT_SAMPLE", ...): the variable wins over the
+    file. A hook, not an import-time assignment: bench/soak.py imports this module, and a benchmark must
+    run the proxy as shipped."""
+    os.environ["CACHE_AUDIT_SAMPLE"] = "0"
 
 
 def _free_port() -> int:

@@ -74,3 +74,17 @@ def test_the_katiba_figures_are_set_against_the_operators_hopes():
     assert rows == {"profile reads faster (p50 cut)": "**not met**", "achievement pages faster (p50 cut)": "met",
                     "leaderboards faster (p50 cut)": "met", "database load (backend queries cut, all requests)": "met",
                     "hit rate (cached reads)": "**not met**"}
+
+
+def test_importing_the_benchmarks_leaves_the_proxys_settings_alone():
+    """bench/soak.py imports tests/conftest.py: the suite's CACHE_AUDIT_SAMPLE=0 must not leak into a
+    benchmark's proxies (the auditor is part of the shipped rules' cost, and of scenario (c)'s figure)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CACHE_AUDIT_SAMPLE"}
+    probe = "import os, bench.__main__, bench.soak; print(os.environ.get('CACHE_AUDIT_SAMPLE'))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.stdout.strip() == "None", out
