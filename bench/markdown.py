@@ -389,8 +389,8 @@ def _after_write_section(add, aw: dict) -> None:
     ship, ref, added = aw["shipped"], aw["refresh_after_purge"], aw.get("added", {})
     pairs = ", ".join(f"{w} -> {r}" for w, r in aw["rereads"].items())
     add("### Reads right after a write (`refresh_after_purge`)\n")
-    add(f"Two more paced runs of the same mix at the same rate ({_f(aw.get('paced_rps'), 0)} req/s, "
-        f"{_f(aw['duration_s'], 0)} s each), where every write answered 2xx is followed on its connection, "
+    add(f"Two more runs of the same mix paced at the same rate ({_f(aw.get('paced_rps'), 0)} req/s, the "
+        f"re-reads on top; {_f(aw['duration_s'], 0)} s each), where every write answered 2xx is followed on its connection, "
         f"{aw['think_ms']} ms after its answer (an app rendering), by a read of a per-user route the write "
         f"purged, as the same user ({pairs}). Those re-reads are counted apart (the figures above have none). "
         "First with the shipped rules, then through a second proxy on the same Redis whose rules add "
