@@ -130,6 +130,6 @@ def test_benchmarks_md_shows_both_runs_side_by_side():
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]]
             for line in text.splitlines() if line.startswith("| ")}
     assert rows["... hit"] == ["0.0%", "75.0%"]
-    assert rows["... collapsed onto the refetch"] == ["0.0%", "20.0%"]
+    assert rows["... collapsed (waited for a fill in flight)"] == ["0.0%", "20.0%"]
     assert rows["backend req/s"] == ["100.0", "110.0"]
     assert "by 10.0 req/s" in text and "+75.0 points" in text
