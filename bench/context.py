@@ -46,6 +46,7 @@ class Settings:
     katiba_warmup: float = 60  # time bound of the prefill (it ends when every pair was read once)
     katiba_max_run: float = 10
     katiba_load: float = 0.3  # paced runs at this share of the smaller measured capacity (backend, proxy)
+    katiba_reread_duration: float = 30  # each of the two read-after-own-write runs (shipped, refresh_after_purge)
     purge_levels: tuple[int, ...] = (1_000, 100_000, 1_000_000)
     purge_bumps: int = 5000
     purge_endpoint_calls: int = 8
@@ -69,6 +70,7 @@ class Settings:
             return cls(mode, hit_duration=2, hit_rounds=2, sweep_levels=(1, 50, 128), sweep_duration=1,
                        half_duration=2, half_keys=("per_user",), workers_rounds=1, miss_duration=2, miss_rounds=2,
                        miss_max_duration=2, katiba_duration=15, katiba_probe=2, katiba_warmup=20, katiba_max_run=2,
+                       katiba_reread_duration=8,
                        # (f): 100k keys as 5k users x 2 paths x 10 variants, so most of the prefill is
                        # copies (Redis) and nginx's fill tier, not backend requests.
                        purge_bumps=1000, keyspace_levels=(1_000, 100_000), keyspace_max_users=5_000,
@@ -77,7 +79,8 @@ class Settings:
                        keyspace_redis_benchmark_requests=200_000)
         if mode == "smoke":
             return cls(mode, miss_rate=0, miss_connections=1, miss_duration=1, miss_rounds=1,
-                       katiba_connections=16, katiba_duration=3, katiba_warmup=0, purge_levels=(),
+                       katiba_connections=16, katiba_duration=3, katiba_warmup=0,
+                       katiba_reread_duration=2, purge_levels=(),
                        keyspace_levels=())
         return cls(mode)
 

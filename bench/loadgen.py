@@ -16,7 +16,7 @@ from typing import Callable
 
 import aiohttp
 
-from .workload import Workload
+from .workload import REREAD_PREFIX, REREAD_THINK_MS, Request, Workload, reread_label
 from .wrk import Run
 
 PERCENTILES = (0.1, 1, 5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 90, 95, 97.5, 99, 99.5, 99.9, 99.95, 99.99, 100)
@@ -33,9 +33,14 @@ def percentiles_ms(latencies_us: list[float]) -> dict[str, float]:
     return out
 
 
+Made = tuple[str, str, str, dict, bytes | None]  # name, method, path, headers, body
+
+
 async def _drive(base_url: str, connections: int, duration: float, max_requests: int,
-                 make: Callable[[random.Random], tuple[str, str, str, dict, bytes | None]], seed: int,
-                 label: str) -> Run:
+                 make: Callable[[random.Random], Made], seed: int, label: str,
+                 follow: Callable[[Made, int], tuple[Made, float] | None] | None = None) -> Run:
+    """``follow(request, status)``: the request this connection sends next, after how many seconds (the
+    katiba workload's read after own write), or None to draw the next one with ``make``."""
     routes: dict[str, dict] = defaultdict(lambda: {"count": 0, "xcache": defaultdict(int),
                                                   "status": defaultdict(int), "lat_us": []})
     all_lat: list[float] = []
@@ -50,14 +55,18 @@ async def _drive(base_url: str, connections: int, duration: float, max_requests:
         async def worker(n: int) -> None:
             nonlocal sent, nbytes
             rng = random.Random(seed * 1000 + n)
+            due: Made | None = None
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
-                name, method, path, headers, body = make(rng)
+                req, due = due or make(rng), None
+                name, method, path, headers, body = req
                 t0 = time.perf_counter()
                 try:
                     async with session.request(method, base_url + path, headers=headers, data=body) as resp:
                         payload = await resp.read()
                         status, xcache = resp.status, resp.headers.get("X-Cache", "none")
+                        if name.startswith(REREAD_PREFIX):
+                            xcache = reread_label(xcache, resp.headers.get("Cache-Status", ""))
                 except asyncio.TimeoutError:
                     errors["timeout"] += 1
                     continue
@@ -74,6 +83,10 @@ async def _drive(base_url: str, connections: int, duration: float, max_requests:
                 st["status"][str(status)] += 1
                 st["lat_us"].append(elapsed_us)
                 all_lat.append(elapsed_us)
+                after = follow(req, status) if follow else None
+                if after is not None:
+                    due = after[0]
+                    await asyncio.sleep(after[1])
 
         await asyncio.gather(*(worker(i) for i in range(connections)))
     elapsed = time.perf_counter() - start
@@ -85,16 +98,35 @@ async def _drive(base_url: str, connections: int, duration: float, max_requests:
                            "lat_us": v["lat_us"]} for k, v in routes.items()})
 
 
-def run_katiba(base_url: str, workload: Workload, *, connections: int, duration: float, max_requests: int,
-               seed: int = 1, label: str = "") -> Run:
-    def make(rng: random.Random):
-        r = workload.draw(rng)
-        headers = {"Authorization": f"Bearer {r.token}"}
-        if r.body is not None:
-            headers["Content-Type"] = "application/json"
-        return r.name, r.method, r.path, headers, r.body
+def katiba_request(r: Request) -> Made:
+    headers = {"Authorization": f"Bearer {r.token}"}
+    if r.body is not None:
+        headers["Content-Type"] = "application/json"
+    return r.name, r.method, r.path, headers, r.body
 
-    return asyncio.run(_drive(base_url, connections, duration, max_requests, make, seed, label))
+
+def reread_after(workload: Workload, req: Made, status: int) -> tuple[Made, float] | None:
+    """The read after own write that follows ``req`` when it was a write of the mix answered 2xx (same
+    user, same token), with the think time before it in seconds; else None."""
+    name, method, path, headers, body = req
+    if body is None or not 200 <= status < 300:
+        return None
+    token = headers["Authorization"].removeprefix("Bearer ")
+    nxt = workload.reread(Request(name, method, path, token, body, True))
+    return (katiba_request(nxt), REREAD_THINK_MS / 1000) if nxt is not None else None
+
+
+def run_katiba(base_url: str, workload: Workload, *, connections: int, duration: float, max_requests: int,
+               seed: int = 1, label: str = "", reread: bool = False) -> Run:
+    """``reread``: each write answered 2xx is followed by its read after own write (workload.py)."""
+    def make(rng: random.Random) -> Made:
+        return katiba_request(workload.draw(rng))
+
+    def follow(req: Made, status: int) -> tuple[Made, float] | None:
+        return reread_after(workload, req, status)
+
+    return asyncio.run(_drive(base_url, connections, duration, max_requests, make, seed, label,
+                              follow if reread else None))
 
 
 def run_fixed(base_url: str, make: Callable[[random.Random], tuple[str, str, str, dict, bytes | None]], *,

@@ -291,6 +291,18 @@ def rules_with(tmp: Path, filename: str, additions: dict[str, list[str]]) -> Pat
     return path
 
 
+def rules_with_defaults(tmp: Path, filename: str, lines: list[str]) -> Path:
+    """A copy of rules.yaml as ``tmp/filename`` with ``lines`` (e.g. ``"refresh_after_purge: true"``)
+    added at the top of its ``defaults:`` block."""
+    text = (ROOT / "rules.yaml").read_text()
+    m = re.search(r"^defaults:[ \t]*\n", text, re.MULTILINE)
+    if m is None:
+        raise RuntimeError("rules.yaml: no defaults: block")
+    path = tmp / filename
+    path.write_text(text[:m.end()] + "".join(f"  {line}\n" for line in lines) + text[m.end():])
+    return path
+
+
 NGINX_CONF = """\
 worker_processes {workers};
 daemon off;

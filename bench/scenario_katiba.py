@@ -10,15 +10,23 @@ route, compared with step 4. Pacing matters for latency: in a closed loop at ful
 just connections / throughput. The direct run's writes bypass the proxy (entries they change stay
 cached until a proxied write purges them); no figure here depends on the freshness of answers.
 ``run_smoke`` is the same workload with the Python load generator, no nginx or wrk needed.
+
+Then reads after own write (issue 21, ``after_write``): two more paced runs of the same mix at the same
+rate, where each write is followed on its connection, after a think time, by a read of a per-user route
+it purged (workload.py ``REREADS``): through the proxy with the shipped rules, then through a second
+proxy on the same Redis whose rules add ``refresh_after_purge: true`` under ``defaults:``. Each is
+prefilled first through its own proxy (so the second one knows each user's recent reads, as a
+long-running one would). The re-reads are counted apart; the main run above has none, so its figures
+keep the mix of conventions.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .context import CLIENT_CORES, Bench, metric_delta
+from .context import CLIENT_CORES, SERVER_CORES, Bench, metric_delta
 from .loadgen import percentiles_ms, run_katiba
-from .procs import log
-from .workload import Workload
+from .procs import log, rules_with_defaults, start_proxy
+from .workload import REREAD_PREFIX, REREAD_THINK_MS, REREADS, WRITES, Workload
 from .wrk import Run, run_wrk
 
 
@@ -36,10 +44,12 @@ def _route_table(run: Run) -> dict[str, dict]:
 
 
 def _execute(bench: Bench, url: str, wl_path: str, *, rate: float, duration: float, connections: int,
-             pids: tuple[int, ...], seed: int, label: str, prefill: bool = False) -> tuple[Run, dict]:
+             pids: tuple[int, ...], seed: int, label: str, prefill: bool = False,
+             reread: bool = False) -> tuple[Run, dict]:
     before = bench.standin_stats()
     run = run_wrk(url, script="katiba.lua", connections=connections, threads=connections, duration=duration,
-                  env={"BENCH_DATA": wl_path, "BENCH_SEED": str(seed), "BENCH_PREFILL": "1" if prefill else "0"},
+                  env={"BENCH_DATA": wl_path, "BENCH_SEED": str(seed), "BENCH_PREFILL": "1" if prefill else "0",
+                       "BENCH_REREAD": "1" if reread else "0"},
                   rate=rate,
                   max_per_thread=int(duration * 20_000), cores=CLIENT_CORES, server_pids=pids, label=label)
     after = bench.standin_stats()
@@ -147,6 +157,110 @@ def audit_figures(delta: dict[tuple[str, str], float], backend_requests: int, du
             "results": results, "by_rule": by_rule}
 
 
+def after_write_figures(routes: dict[str, dict], read_names: list[str]) -> dict:
+    """The reads after own write of one run, from its per-route counts (``reread:<rule>`` rows with their
+    X-Cache values, ``-collapsed`` marking a read that waited for a fill in flight: workload.py): how many
+    hit, collapsed or missed, overall and per re-read rule; and the hit rate of the mix's own reads and of
+    all reads, re-reads included."""
+    def outcomes(xcache: dict[str, int], count: int) -> dict:
+        hit = xcache.get("HIT", 0)
+        collapsed = sum(v for k, v in xcache.items() if k.endswith("-collapsed"))
+        miss = xcache.get("MISS", 0)
+        return {"count": count, "hit": hit, "collapsed": collapsed, "miss": miss,
+                "other": count - hit - collapsed - miss,
+                "hit_share": _r4(hit / count) if count else None,
+                "collapsed_share": _r4(collapsed / count) if count else None,
+                "hit_or_collapsed_share": _r4((hit + collapsed) / count) if count else None}
+
+    per_rule, merged = {}, {}
+    for name, r in sorted(routes.items()):
+        if name.startswith(REREAD_PREFIX):
+            per_rule[name.removeprefix(REREAD_PREFIX)] = outcomes(r["xcache"], r["count"])
+            for k, v in r["xcache"].items():
+                merged[k] = merged.get(k, 0) + v
+    out = outcomes(merged, sum(r["count"] for r in per_rule.values()))
+    mix = [routes[n] for n in read_names if n in routes]
+    mix_hits, mix_reads = sum(r["xcache"].get("HIT", 0) for r in mix), sum(r["count"] for r in mix)
+    out.update(routes=per_rule, mix_hit_rate=_r4(mix_hits / mix_reads) if mix_reads else None,
+               all_reads_hit_rate=_r4((mix_hits + out["hit"]) / (mix_reads + out["count"]))
+               if mix_reads + out["count"] else None)
+    return out
+
+
+def after_write_added(shipped: dict, refresh: dict) -> dict:
+    """What ``refresh_after_purge`` changes between the two runs' rows (``_after_write_row``)."""
+    def diff(key: str, digits: int = 2):
+        a, b = shipped.get(key), refresh.get(key)
+        return None if a is None or b is None else round(b - a, digits)
+
+    return {"backend_requests_per_second": diff("backend_rps"),
+            "backend_requests_per_client_request": diff("backend_per_request", 4),
+            "backend_requests_per_write": diff("backend_per_write", 3),
+            "refreshes_per_second": refresh.get("refreshes_per_second"),
+            "reread_hit_share": diff("reread_hit_share", 4),
+            "mix_hit_rate": diff("mix_hit_rate", 4)}
+
+
+def _after_write_row(run: Run, backend: dict, refreshes: dict[tuple[str, str], float], read_names: list[str]) -> dict:
+    fig = after_write_figures(run.routes, read_names)
+    writes = sum(run.routes[w[0]]["count"] for w in WRITES if w[0] in run.routes)
+    lat = [x for n, r in run.routes.items() if n.startswith(REREAD_PREFIX) for x in r.get("lat_us", [])]
+    pct = percentiles_ms(lat)
+    after_purge = int(sum(v for (_, kind), v in refreshes.items() if kind == "after-purge"))
+    d = run.duration_s
+    return {"requests": run.requests, "rps": round(run.rps, 1), "duration_s": round(d, 2), "writes": writes,
+            "backend_requests": backend["requests"], "backend_rps": round(backend["requests"] / d, 1) if d else None,
+            "backend_per_request": _r4(backend["requests"] / run.requests) if run.requests else None,
+            "backend_per_write": round(backend["requests"] / writes, 3) if writes else None,
+            "refreshes_after_purge": after_purge, "refreshes_per_second": round(after_purge / d, 2) if d else None,
+            "reread_p50_ms": round(pct["50"], 3), "reread_p99_ms": round(pct["99"], 3),
+            "reread_hit_share": fig["hit_share"], "mix_hit_rate": fig["mix_hit_rate"], "figures": fig}
+
+
+REFRESH_PROXY = "proxy-redis-refresh"
+
+
+def after_write(bench: Bench, wl: Workload, wl_path: str | None, rate: float) -> dict:
+    """Reads after own write, with the shipped rules and with ``refresh_after_purge: true`` (module doc).
+    ``wl_path`` None: the Python load generator, unpaced and without prefill (smoke)."""
+    s = bench.settings
+    smoke = wl_path is None
+    rules = rules_with_defaults(bench.tmp, "rules-refresh.yaml", ["refresh_after_purge: true"])
+    bench.services[REFRESH_PROXY] = start_proxy(bench.tmp, "redis-refresh", bench["standin"].url, bench.secret,
+                                                bench.admin_token, redis_url=bench["redis"].url, rules=rules,
+                                                cores=None if smoke else SERVER_CORES)
+    rows = {}
+    try:
+        for variant, name in (("shipped", "proxy-redis"), ("refresh_after_purge", REFRESH_PROXY)):
+            proxy = bench[name]
+            pids = (proxy.pid, bench["redis"].pid, bench["standin"].pid)
+            if not smoke:
+                _execute(bench, proxy.url, wl_path, rate=0, duration=s.katiba_warmup, connections=s.katiba_connections,
+                         pids=pids, seed=13, label=f"{variant}/prefill", prefill=True)
+            before = bench.metrics(proxy, "katiba_cache_background_refreshes", "kind")
+            if smoke:
+                b0 = bench.standin_stats()
+                run = run_katiba(proxy.url, wl, connections=s.katiba_connections, duration=s.katiba_reread_duration,
+                                 max_requests=int(s.katiba_reread_duration * 5000), seed=16,
+                                 label=f"{variant}/after-write", reread=True)
+                backend = {"requests": bench.standin_stats()["requests"] - b0["requests"]}
+            else:
+                run, backend = _execute(bench, proxy.url, wl_path, rate=rate, duration=s.katiba_reread_duration,
+                                        connections=s.katiba_connections, pids=pids, seed=16,
+                                        label=f"{variant}/after-write", reread=True)
+            refreshes = metric_delta(before, bench.metrics(proxy, "katiba_cache_background_refreshes", "kind"))
+            rows[variant] = _after_write_row(run, backend, refreshes, wl.read_names())
+            log(f"  (c) reads after own write, {variant}: {rows[variant]['figures']['count']} re-reads, hit "
+                f"{rows[variant]['figures']['hit_share']}, collapsed {rows[variant]['figures']['collapsed_share']}; "
+                f"backend {rows[variant]['backend_rps']} req/s, after-purge refreshes {rows[variant]['refreshes_after_purge']}")
+    finally:
+        bench.services.pop(REFRESH_PROXY).stop()
+    return {"think_ms": REREAD_THINK_MS, "rereads": dict(REREADS), "duration_s": s.katiba_reread_duration,
+            "paced_rps": round(rate, 1) if rate else None, "prefill": not smoke,
+            "shipped": rows["shipped"], "refresh_after_purge": rows["refresh_after_purge"],
+            "added": after_write_added(rows["shipped"], rows["refresh_after_purge"])}
+
+
 def _r4(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
@@ -194,6 +308,7 @@ def scenario(bench: Bench) -> dict:
         if rule in cmp["routes"]:
             cmp["routes"][rule]["coalesced_waiters"] = int(n)
     log(f"  (c) hit rate {cmp['hit_rate']}, backend queries cut {cmp['backend_queries_cut']}")
+    after = after_write(bench, wl, wl_path, rate)
     return {"scenario": "c", "title": "katiba workload", "store": "redis", "users": s.katiba_users,
             "zipf_s": s.katiba_zipf, "connections": c, "duration_s": s.katiba_duration,
             "prefill": {"requests": warm.requests, "expected": expected, "duration_s": round(warm.duration_s, 2),
@@ -202,7 +317,7 @@ def scenario(bench: Bench) -> dict:
             "probe": _summarise(probe, probe_backend, 0), "direct": d_row, "proxy": p_row,
             "proxy_unpaced": _summarise(top, top_backend, 0),
             "throughput_ratio_vs_direct": round(top.rps / probe.rps, 3) if probe.rps else None,
-            "comparison": cmp, "audit": audits}
+            "comparison": cmp, "audit": audits, "after_write": after}
 
 
 def run_smoke(bench: Bench) -> dict:
@@ -230,4 +345,5 @@ def run_smoke(bench: Bench) -> dict:
     return {"scenario": "c", "title": "katiba workload (smoke: Python load generator, Redis store)",
             "store": "redis", "users": s.katiba_users, "zipf_s": s.katiba_zipf, "connections": s.katiba_connections,
             "duration_s": s.katiba_duration, "proxy": row, "metrics_by_rule": per_rule,
-            "comparison": {"hit_rate": round(hits / total, 4) if total else None}, "audit": audits}
+            "comparison": {"hit_rate": round(hits / total, 4) if total else None}, "audit": audits,
+            "after_write": after_write(bench, wl, None, 0)}

@@ -6,6 +6,12 @@ load generators send the same distribution: 1,000 users ranked by a Zipf law (s 
 (profile 25, auth/me 10, preferences 10, full profile 10, achievements 15, summary 10, leaderboard 15,
 recent 5), writes 10% (profile 40, preferences 30, award 20, languages/interests 10) by users drawn from
 the same law. Each mix entry is named after the rule of rules.yaml that handles it.
+
+Reads after own write (issue 21, ``refresh_after_purge``): with ``reread`` on, each write is followed, on
+the same connection, ``REREAD_THINK_MS`` after its answer (an app rendering), by one read of a per-user
+route that write purges (``REREADS``), by the same user. Those reads are counted under their own name,
+``reread:<rule>``, with ``-collapsed`` added to their X-Cache when Cache-Status says the read waited for a
+fill in flight, so the mix's own figures keep the proportions of conventions.md.
 """
 from __future__ import annotations
 
@@ -39,6 +45,12 @@ WRITES: tuple[tuple[str, str, str, float, str | None], ...] = (
     ("add_interest", "POST", f"{API}/users/interests", 5, "interest"),
 )
 WRITE_SHARE = 0.10
+# The read an app makes right after each write of the mix: a per-user route that the write purges.
+REREADS: dict[str, str] = {"update_profile": "auth_me", "update_preferences": "user_preferences",
+                           "award_achievement": "achievements", "add_language": "auth_me",
+                           "add_interest": "user_full_profile"}
+REREAD_PREFIX = "reread:"
+REREAD_THINK_MS = 30
 BADGES = ("bronze", "silver", "gold", "platinum")
 LANGUAGES = ("sw", "en", "fr", "ar", "so", "am", "luo", "kik")
 INTERESTS = ("bill of rights", "devolution", "land", "elections", "judiciary", "citizenship", "leadership",
@@ -97,6 +109,13 @@ class Workload:
     def read_names() -> list[str]:
         return [r[0] for r in READS]
 
+    def reread(self, write: Request) -> Request | None:
+        """The read right after ``write`` (same user, same token), or None for a read or an unlisted write."""
+        name = REREADS.get(write.name) if write.write else None
+        if name is None:
+            return None
+        return Request(REREAD_PREFIX + name, "GET", _read_path(name), write.token, None, False)
+
     def write_lua(self, path: str) -> None:
         def entries(rows):
             return ",\n".join(
@@ -113,6 +132,9 @@ class Workload:
             "badges = {" + ",".join(_lua(b) for b in BADGES) + "},",
             "languages = {" + ",".join(_lua(b) for b in LANGUAGES) + "},",
             "interests = {" + ",".join(_lua(b) for b in INTERESTS) + "},",
+            f"reread_think_ms = {REREAD_THINK_MS},",
+            "rereads = {" + ", ".join(f"{w} = {{name = {_lua(REREAD_PREFIX + r)}, path = {_lua(_read_path(r))}}}"
+                                      for w, r in REREADS.items()) + "},",
             "}",
         ]
         with open(path, "w", encoding="utf-8") as fh:
@@ -141,6 +163,16 @@ class Workload:
         else:
             doc = {"interest": rng.choice(INTERESTS)}
         return json.dumps(doc).encode()
+
+
+def reread_label(xcache: str, cache_status: str) -> str:
+    """How a read after own write is recorded: its X-Cache, plus ``-collapsed`` when it waited for a fill
+    already in flight (a background refetch, say), which X-Cache alone shows as a MISS."""
+    return xcache + "-collapsed" if "collapsed" in cache_status else xcache
+
+
+def _read_path(name: str) -> str:
+    return next(r[2] for r in READS if r[0] == name)
 
 
 def _cumulative(weights: list[float]) -> list[float]:

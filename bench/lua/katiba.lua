@@ -8,13 +8,23 @@
 -- is taken in request(), which wrk calls right before writing). Each response is a line "route X-Cache
 -- status latency_us" in a file per thread ($BENCH_OUT.t<N>); done() writes the summary into $BENCH_OUT.
 -- BENCH_RATE (total/s) paces the sends on a fixed schedule; BENCH_MAX bounds the count per thread.
+-- BENCH_REREAD=1: after each write answered 2xx, this connection waits data.reread_think_ms, then reads
+-- the per-user route the write purged (data.rereads), as the same user, recorded as "reread:<rule>" with
+-- "-collapsed" added to X-Cache when Cache-Status says it waited for a fill in flight (workload.py).
 local common = dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 local data = dofile(assert(os.getenv("BENCH_DATA"), "BENCH_DATA not set"))
 
 local rate = tonumber(os.getenv("BENCH_RATE") or "0")
 local threads = tonumber(os.getenv("BENCH_THREADS") or "1")
-if rate > 0 then
-  delay = common.pacer(rate / threads)
+local reread = os.getenv("BENCH_REREAD") == "1"
+local pending = nil  -- {u, item}: the read due after the last write (BENCH_REREAD)
+local pace = rate > 0 and common.pacer(rate / threads) or nil
+if pace or reread then
+  -- The read after a write goes out after the think time, outside the pacer's schedule.
+  delay = function()
+    if pending then return data.reread_think_ms end
+    return pace and pace() or 0
+  end
 end
 local max = tonumber(os.getenv("BENCH_MAX") or "0")
 -- BENCH_PREFILL=1: instead of random draws, read every (user, read route) once, threads taking turns;
@@ -46,7 +56,7 @@ local function search(cdf, x)  -- first index with cdf[i] >= x
 end
 
 local read_cdf, write_cdf = cumulative(data.reads), cumulative(data.writes)
-local last_route, sent_at, n = nil, 0, 0
+local last_route, last_write, sent_at, n = nil, nil, 0, 0
 local out
 
 function init(args)
@@ -88,13 +98,22 @@ function request()
     sent_at = common.now_us()
     return wrk.format("GET", item.path, {Authorization = "Bearer " .. data.tokens[u]})
   end
+  if pending then
+    u, item = pending[1], pending[2]
+    pending = nil
+    last_route, last_write = item.name, nil
+    sent_at = common.now_us()
+    return wrk.format("GET", item.path, {Authorization = "Bearer " .. data.tokens[u]})
+  end
   u = search(data.cdf, math.random())
   local headers = {Authorization = "Bearer " .. data.tokens[u]}
   if math.random() < data.write_share then
     item = data.writes[search(write_cdf, math.random())]
     headers["Content-Type"] = "application/json"
     body = bodies[item.body](u)
+    last_write = reread and data.rereads[item.name] and {u, data.rereads[item.name]} or nil
   else
+    last_write = nil
     item = data.reads[search(read_cdf, math.random())]
   end
   last_route = item.name
@@ -105,6 +124,11 @@ end
 function response(status, headers, body)
   local elapsed = common.now_us() - sent_at
   local xc = headers["X-Cache"] or headers["x-cache"] or "none"
+  if reread and string.sub(last_route, 1, 7) == "reread:" then
+    local cs = headers["Cache-Status"] or headers["cache-status"] or ""
+    if string.find(cs, "collapsed", 1, true) then xc = xc .. "-collapsed" end
+  end
+  if last_write and status >= 200 and status < 300 then pending = last_write end
   out:write(last_route, " ", xc, " ", status, " ", math.floor(elapsed + 0.5), "\n")
   if max > 0 then
     max = max - 1

@@ -54,6 +54,18 @@ def test_smoke_run_writes_results_and_the_summary_line(tmp_path):
     metric_hits = sum(v.get("hit", 0) for v in katiba["metrics_by_rule"].values())
     assert metric_hits == hits
 
+    # reads after own write (issue 21): one re-read per write answered, counted apart from the mix
+    after = katiba["after_write"]
+    assert after["shipped"]["refreshes_after_purge"] == 0  # off in the shipped rules
+    for variant in ("shipped", "refresh_after_purge"):
+        row = after[variant]
+        fig = row["figures"]
+        assert fig["count"] > 0 and fig["count"] == sum(r["count"] for r in fig["routes"].values())
+        assert 0 <= row["writes"] - fig["count"] <= katiba["connections"]  # a write at the deadline goes unread
+        assert fig["hit"] + fig["collapsed"] + fig["miss"] + fig["other"] == fig["count"]
+        assert row["refreshes_after_purge"] <= row["backend_requests"]
+    assert after["added"]["refreshes_per_second"] == after["refresh_after_purge"]["refreshes_per_second"]
+
     misses = json.loads((out / "misses.json").read_text())
     paced = {row["target"]: row for row in misses["paced"]}
     assert paced["direct"]["requests"] > 0 and paced["redis"]["requests"] > 0
