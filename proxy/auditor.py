@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import replace as with_fields
 from typing import Any, Awaitable, Callable
 
@@ -49,6 +50,11 @@ class Auditor:
         self.writes = WriteLog()
         self.book = AuditBook()
         self.auditing: set[str] = set()  # keys with an audit in flight: one at a time per key
+        # Writes forwarded and not yet purged, by verified writer; None counts every write. An audit whose
+        # fetch ends while a write of its entry's owner (of anyone, for a shared entry) is out cannot tell
+        # a missing purge from one not applied yet: it is skipped. A write that ended during the fetch
+        # has purged already, which ``_unpurged`` sees, unless its rule misses the entry: the case to find.
+        self.writes_out: Counter = Counter()
         self.rules: Rules | None = None
 
     def configure(self, rules: Rules) -> None:
@@ -79,7 +85,7 @@ class Auditor:
             fetched = await self.fetch(d, tokens, origin)
             if fetched.stream is not None:
                 fetched.stream[1].release()
-            if not _judgeable(fetched):
+            if not _judgeable(fetched) or self.writes_out.get(d.owner):
                 self._count(rule, "skipped")
                 return
             if not await self._unpurged(d, tokens):
@@ -148,6 +154,18 @@ class Auditor:
         self.book.record(rule.name, result, preceding)
 
     # --------------------------------------------------------------------------------- writes
+
+    def write_begins(self, user_id: str | None) -> None:
+        """A write is about to be forwarded (``user_id``: its verified writer, if any)."""
+        for who in {user_id, None}:
+            self.writes_out[who] += 1
+
+    def write_ends(self, user_id: str | None) -> None:
+        """That write's purge is applied (or it failed): what the backend committed is now visible."""
+        for who in {user_id, None}:
+            self.writes_out[who] -= 1
+            if self.writes_out[who] <= 0:
+                del self.writes_out[who]
 
     def note_write(self, identity, method: str, path_qs: str, rule: Rule | None, status: int) -> None:
         """A write the backend accepted (< 400) for a verified identity: remembered for attribution."""

@@ -756,6 +756,15 @@ class Proxy(PurgingMixin, EndpointsMixin):
     # ------------------------------------------------------------------------------ writes
 
     async def _write(self, request: web.Request, d: Write, origin: Origin, identity: Identity | None) -> web.StreamResponse:
+        writer = identity.user_id if identity is not None else None
+        self.auditor.write_begins(writer)  # until its purge is applied, audits of the writer's entries wait
+        try:
+            return await self._forward_write(request, d, origin, identity)
+        finally:
+            self.auditor.write_ends(writer)
+
+    async def _forward_write(self, request: web.Request, d: Write, origin: Origin,
+                             identity: Identity | None) -> web.StreamResponse:
         body: Any = request.content if request.body_exists else None
         if d.needs_body:
             try:

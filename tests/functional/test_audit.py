@@ -147,6 +147,34 @@ async def test_a_purge_racing_the_audit_fetch_is_skipped(make_proxy, backend, po
     assert (await proxy.get(FULL, user)).x_cache == "MISS"  # purged, and the audit stored nothing
 
 
+async def test_an_audit_during_the_owners_write_in_flight_is_skipped(make_proxy, backend, poll, tmp_path,
+                                                                    monkeypatch):
+    """The backend has committed a write but not answered it yet, so the proxy has not purged: an audit
+    fetch then sees data newer than the entry through no fault of the rules. Not a mismatch (it would
+    blame the rules, and name earlier writes): skipped, and nothing replaced."""
+    monkeypatch.setenv("CACHE_AUDIT_SAMPLE", "1")
+    proxy = await make_proxy(rules_path=audit_rules(tmp_path))
+    user = new_user()
+    assert (await proxy.get(FULL, user)).x_cache == "MISS"
+    await proxy.writes_landed()
+    await backend.control("POST", "gate", {"method": "POST", "path": PREFERENCES, "count": 1})
+    write = asyncio.ensure_future(proxy.request("POST", PREFERENCES, user, json={"theme": "dark"}))
+
+    async def write_committed() -> bool:
+        return (await backend.control("GET", "gate"))["waiting"] >= 1
+    await poll(write_committed, "the write committed at the backend and held before its answer")
+    assert (await proxy.get(FULL, user)).x_cache == "HIT"  # sampled: audited while the write is out
+    result = await audited(proxy, poll, "user_full_profile", audited=1)
+    assert result["rules"]["user_full_profile"]["skipped"] == 1, result
+    assert result["suggestions"] == []
+    await backend.control("POST", "gate/release")
+    written = await write
+    assert written.status == 200 and written.code == 200, written
+    await proxy.writes_landed()
+    fresh = await proxy.get(FULL, user)
+    assert fresh.x_cache == "MISS" and fresh.json["body"]["preferences"]["theme"] == "dark"
+
+
 async def test_the_rate_budget_bounds_audit_fetches(make_proxy, backend, poll, tmp_path, monkeypatch, fast_path):
     """max_per_second 0.001: a bucket of one audit that refills in 1000 s. A burst of sampled hits on
     five keys costs the backend one audit fetch; the other samples are not taken (and not counted)."""
