@@ -303,7 +303,8 @@ def rules_with_defaults(tmp: Path, filename: str, lines: list[str]) -> Path:
     return path
 
 
-NGINX_CONF = """\
+# What every benchmark nginx shares: one process tree under {prefix}, no access log, temp paths there.
+NGINX_HEAD = """\
 worker_processes {workers};
 daemon off;
 master_process on;
@@ -315,6 +316,8 @@ http {{
     access_log off;
     client_body_temp_path {prefix}/client_body;
     proxy_temp_path {prefix}/proxy_temp;
+"""
+NGINX_CONF = NGINX_HEAD + """\
     proxy_cache_path {prefix}/cache levels=1:2 keys_zone=katiba:32m max_size=1g inactive=2h use_temp_path=off;
     upstream backend {{ server {backend}; keepalive 64; }}
     server {{

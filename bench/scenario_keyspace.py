@@ -40,7 +40,7 @@ from pathlib import Path
 import redis
 
 from .context import CLIENT_CORES, SERVER_CORES, Bench, metric_delta
-from .procs import Service, log, pinned, rules_with, start_nginx, start_proxy, start_redis
+from .procs import NGINX_HEAD, Service, log, pinned, rules_with, start_nginx, start_proxy, start_redis
 from .workload import mint
 from .wrk import Run, run_wrk
 
@@ -85,18 +85,7 @@ COPY_CHUNK = 2_000
 # same nginx, cached per (user, path) whatever the query, so the variant keys of the 1M level fill at
 # nginx's speed from the base entries instead of one backend request each. Measured runs only hit the
 # measured tier.
-NGINX_KEYSPACE_CONF = """\
-worker_processes {workers};
-daemon off;
-master_process on;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-{user}
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy_temp;
+NGINX_KEYSPACE_CONF = NGINX_HEAD + """\
     proxy_cache_path {prefix}/cache levels=1:2 keys_zone=katiba:256m max_size=10g inactive=2h use_temp_path=off;
     proxy_cache_path {prefix}/base levels=1:2 keys_zone=base:64m max_size=2g inactive=2h use_temp_path=off;
     upstream backend {{ server {backend}; keepalive 64; }}
