@@ -132,7 +132,7 @@ def shape(keys: int, max_users: int) -> tuple[int, int]:
 def base_keys(rules_path: Path, user_ids: list[str]) -> dict[str, list[str]]:
     """Per rule of RULES, the store key of each user's entry without query, rendered as the proxy
     renders it (the rule's key template under the rules' prefix)."""
-    from proxy.rules import load_rules
+    from proxy.core.rules import load_rules
 
     rules = load_rules(str(rules_path))
     by_name = {r.name: r for r in rules.rules}
@@ -149,7 +149,7 @@ def copy_variants(client: redis.Redis, rules_path: Path, user_ids: list[str], va
     Keys are rendered as the proxy renders them (the rule's key template, ``render_query_suffix``);
     a variant key shares its base key's guards (they are rendered without the query), so a copy is a
     live entry. Returns the counts and the time taken."""
-    from proxy.keys import render_query_suffix
+    from proxy.core.keys import render_query_suffix
 
     suffixes = [render_query_suffix((VARIANT_PARAM,), {VARIANT_PARAM: str(k)}) for k in range(variants)]
     script = client.register_script(COPY)

@@ -22,9 +22,9 @@ import time
 
 import redis
 
-from proxy.keys import escape_value
-from proxy.policy import namespace_gen_key
-from proxy.rules import load_rules
+from proxy.core.keys import escape_value
+from proxy.core.policy import namespace_gen_key
+from proxy.core.rules import load_rules
 from proxy.store.redis import RedisStore
 
 from .context import Bench

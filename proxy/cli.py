@@ -16,7 +16,7 @@ import sys
 import time
 from importlib import metadata
 
-from .errors import KatibaError, RulesError, StoreUnavailable
+from .core.errors import KatibaError, RulesError, StoreUnavailable
 
 log = logging.getLogger("proxy")
 # The demo's shared secret (the stand-in backend receives it through JWT_SECRET_KEY). At least 32 bytes:
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _rules_or_report(path: str):
     """The compiled rules, or None after printing every problem as ``file:line: field: message``."""
-    from .rules import load_rules
+    from .core.rules import load_rules
 
     try:
         return load_rules(path)
@@ -193,7 +193,7 @@ def _split_listen(listen: str) -> tuple[str, int]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .config import config_from
     from .logs import setup_logging
-    from .rules import load_rules
+    from .core.rules import load_rules
 
     try:
         config = config_from(args)
@@ -332,7 +332,7 @@ async def watch_rules(proxy, path: str, stop: asyncio.Event | None = None, debou
     """
     from watchfiles import awatch
 
-    from .rulewatch import RulesFileChanges
+    from .core.rulewatch import RulesFileChanges
 
     changes_of_the_rules = RulesFileChanges(path)  # not the log file or anything else beside it
     last = _digest(path)
@@ -364,7 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .config import config_from
     from .logs import setup_logging
-    from .rules import load_rules
+    from .core.rules import load_rules
 
     env = dict(os.environ)
     env.setdefault("JWT_SECRET_KEY", DEMO_SECRET)
@@ -419,8 +419,8 @@ def _with_rules(config, path: str):
 
 
 async def cmd_purge(args: argparse.Namespace) -> int:
-    from .policy import epoch_key, namespace_gen_key
-    from .rules import load_rules
+    from .core.policy import epoch_key, namespace_gen_key
+    from .core.rules import load_rules
     from .store import open_store
 
     url = args.redis or os.environ.get("REDIS_URL")
@@ -542,8 +542,8 @@ def _identity_from_token(token: str | None):
     else decoded without trusting it."""
     import jwt
 
-    from .errors import IdentityError
-    from .identity import Identity, Verifier, config_from_env
+    from .core.errors import IdentityError
+    from .core.identity import Identity, Verifier, config_from_env
 
     if not token:
         return None, False
@@ -682,7 +682,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def format_audit(report: dict) -> str:
-    from .audit import suggestion_text
+    from .core.audit import suggestion_text
 
     rules = report.get("rules", {})
     width = max([len("rule")] + [len(name) for name in rules])
@@ -709,7 +709,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 async def _redis_stats(url: str) -> dict:
-    from .errors import StoreUnavailable
+    from .core.errors import StoreUnavailable
     from .store import open_store
 
     from .redisconf import resolve_redis_url

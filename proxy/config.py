@@ -5,7 +5,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from .identity import IdentityConfig, config_from_env
+from .core.identity import IdentityConfig, config_from_env
 from .upstream import UpstreamConfig
 
 CACHE_MODES = ("on", "off", "shadow")

@@ -141,7 +141,7 @@ def _rules_yaml_substitutions() -> list[tuple[str, str]]:
 def reference() -> str:
     from .cli import build_parser
     from .config import SETTINGS
-    from .rules import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS, HttpCacheConfig, Rule
+    from .core.rules import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS, HttpCacheConfig, Rule
 
     missing = (RULE_FIELDS ^ set(RULE_FIELD_DOCS)) | (TOP_FIELDS ^ set(TOP_FIELD_DOCS))
     if missing:

@@ -11,10 +11,10 @@ import uuid
 import orjson
 from aiohttp import web
 
-from . import policy
-from .errors import StoreUnavailable
-from .identity import bearer_token
-from .keys import assemble, escape_value
+from .core import policy
+from .core.errors import StoreUnavailable
+from .core.identity import bearer_token
+from .core.keys import assemble, escape_value
 from .wire import BodyTooLarge, mask_gen_key, read_body
 
 log = logging.getLogger("proxy")

@@ -35,12 +35,12 @@ from urllib.parse import urlsplit
 import orjson
 from multidict import CIMultiDict
 
-from . import policy
-from .entry import Entry, decode_entry
-from .identity import Identity, bearer_token
-from .keys import assemble, escape_value
-from .policy import Bypass, Lookup, Reason, RequestView, Write
-from .rules import Rules
+from .core import policy
+from .core.entry import Entry, decode_entry
+from .core.identity import Identity, bearer_token
+from .core.keys import assemble, escape_value
+from .core.policy import Bypass, Lookup, Reason, RequestView, Write
+from .core.rules import Rules
 
 log = logging.getLogger("proxy")
 
@@ -517,7 +517,7 @@ def _method(request, *allowed: str):
 
 
 async def explain_endpoint(proxy, request):
-    from .errors import StoreUnavailable
+    from .core.errors import StoreUnavailable
 
     refused = _method(request, "GET") or _refuse(proxy, request)
     if refused is not None:
@@ -554,7 +554,7 @@ async def explain_endpoint(proxy, request):
 
 
 async def stats_endpoint(proxy, request):
-    from .errors import StoreUnavailable
+    from .core.errors import StoreUnavailable
 
     refused = _method(request, "GET") or _refuse(proxy, request)
     if refused is not None:

@@ -45,12 +45,12 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from . import interim, locations
+from .core import interim, locations
 from . import server as _server  # circular on purpose (as in httpserve): names are looked up at call time
-from .entry import Entry
-from .errors import LookupRedirected, StoreUnavailable
+from .core.entry import Entry
+from .core.errors import LookupRedirected, StoreUnavailable
 from .logs import request_id as request_id_var
-from .policy import Lookup
+from .core.policy import Lookup
 from .upstream import body_failure, framed_length
 from .wire import CacheStatus, error_response
 
@@ -340,7 +340,7 @@ class ReadPath:
         headers = _server.miss_headers(fetched.headers, fetched.etag, cache_status)
         p.point_at_client(headers, head.headers, peer[1])
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
-        hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/interim.py)
+        hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/core/interim.py)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
             length = framed_length(upstream.headers)

@@ -99,7 +99,7 @@ class FillResponse:
         self._extra = False  # a second message after ours: the backend is not speaking HTTP/1.1 to us
         self._keep_alive = False
         self.overran = False  # bytes arrived after the complete answer (beyond its Content-Length)
-        self.interim: list[tuple[int, tuple[tuple[str, str], ...]]] = []  # 1xx before it (proxy/interim.py)
+        self.interim: list[tuple[int, tuple[tuple[str, str], ...]]] = []  # 1xx before it (proxy/core/interim.py)
 
     # -- httptools callbacks -----------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -120,7 +120,7 @@ class FillResponse:
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (103 Early Hints): the real one follows
-            if status != 101 and len(self.interim) < 10:  # kept for the client (proxy/interim.py)
+            if status != 101 and len(self.interim) < 10:  # kept for the client (proxy/core/interim.py)
                 self.interim.append((status, tuple(self._raw_headers)))
             self._raw_headers, self.reason = [], ""
             return

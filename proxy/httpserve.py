@@ -32,13 +32,13 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import httpcache as hc
-from . import interim
+from .core import httpcache as hc
+from .core import interim
 from . import server as _server  # circular on purpose: names are looked up at call time
-from .entry import Entry, decode_entry
-from .errors import StoreUnavailable, UpstreamError
+from .core.entry import Entry, decode_entry
+from .core.errors import StoreUnavailable, UpstreamError
 from .logs import request_id as request_id_var
-from .policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
+from .core.policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
 from .streaming import is_event_stream
 from .upstream import overran, overrun_failure, strip_hop_by_hop
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
@@ -82,7 +82,7 @@ class Got:
     error: UpstreamError | None = None
     stream: Any = None  # (prefix, upstream response): too large to store
     revalidated: Entry | None = None  # the stored entry, updated by a 304
-    interim: tuple = ()  # 1xx answers before it: relayed, never stored (proxy/interim.py)
+    interim: tuple = ()  # 1xx answers before it: relayed, never stored (proxy/core/interim.py)
 
 
 # ------------------------------------------------------------------------------- routing

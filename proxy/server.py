@@ -42,20 +42,21 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from . import fastpath, httpcache, httpserve, interim, locations, policy, streaming, tracing
-from .arms import rollout_arm
+from . import fastpath, httpserve, streaming, tracing
+from .core import httpcache, interim, locations, policy
+from .core.arms import rollout_arm
 from .auditor import Auditor
-from .demand import RecentReads
+from .core.demand import RecentReads
 from .config import Config
-from .entry import Entry, decode_entry
-from .errors import IdentityError, StoreUnavailable, UpstreamError
-from .identity import Identity, Verifier, bearer_token
+from .core.entry import Entry, decode_entry
+from .core.errors import IdentityError, StoreUnavailable, UpstreamError
+from .core.identity import Identity, Verifier, bearer_token
 from .l1 import L1Cache, follow_invalidations
 from .logs import request_id as request_id_var
-from .metrics import Metrics
+from .core.metrics import Metrics
 from .overload import Gate
-from .policy import Bypass, Lookup, Reason, RequestView, Write
-from .rules import Rules, load_rules
+from .core.policy import Bypass, Lookup, Reason, RequestView, Write
+from .core.rules import Rules, load_rules
 from .store import open_store
 from .store.guard import CircuitBreaker, GuardedStore
 from .upstream import (Upstream, body_failure, framed_length, overran, overrun_failure, response_headers,
@@ -283,7 +284,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
     def point_at_client(self, headers: CIMultiDict, request_headers, scheme: str) -> None:
         """A Location/Content-Location on the backend's address, pointed at the client's instead
-        (proxy/locations.py); for every answer of both request paths, stored ones included."""
+        (proxy/core/locations.py); for every answer of both request paths, stored ones included."""
         if "Location" in headers or "Content-Location" in headers:
             locations.rewrite(headers, self.upstream_address, request_headers, scheme)
 
@@ -984,7 +985,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
 
 
 async def _flush_metrics(metrics: Metrics, interval: float = 1.0) -> None:
-    """Per-request figures are tallied in memory (proxy/metrics.py); other workers' scrapes see them
+    """Per-request figures are tallied in memory (proxy/core/metrics.py); other workers' scrapes see them
     within ``interval``. A scrape of this process flushes first, and so does shutdown."""
     try:
         while True:

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from .errors import UpstreamError
+from .core.errors import UpstreamError
 from .failures import classify
 from .wire import CacheStatus, error_response
 

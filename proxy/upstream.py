@@ -32,7 +32,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from . import resend
-from .errors import UpstreamError
+from .core.errors import UpstreamError
 from .failures import FailureReport, classify
 from .http1 import FillClient, FillResponse
 

@@ -63,7 +63,7 @@ from redis.exceptions import AskError, ClusterError, ReadOnlyError, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TryAgainError
 
-from ..errors import LookupRedirected, StoreUnavailable
+from ..core.errors import LookupRedirected, StoreUnavailable
 from .base import new_token
 from ..l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe

@@ -22,8 +22,8 @@ import logging
 import time
 from typing import Callable, Sequence
 
-from ..errors import StoreUnavailable
-from ..metrics import Metrics
+from ..core.errors import StoreUnavailable
+from ..core.metrics import Metrics
 from .base import Store
 
 log = logging.getLogger("proxy.store")

@@ -44,7 +44,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
 from .base import new_token
 from ..l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe

@@ -10,7 +10,7 @@ from collections import Counter
 
 from redis.crc import key_slot
 
-from proxy.errors import LookupRedirected
+from proxy.core.errors import LookupRedirected
 from tests.cluster.conftest import profile_key, users_on_distinct_primaries
 
 PROFILE = "/api/v1/users/profile"

@@ -159,7 +159,7 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(tmp_path, standin_
                    if re.match(r"counter_(\d+)\.db$", f)}
         assert len(writers) == WORKERS, writers
         # Each worker adds its per-request figures to the shared files at least once a second
-        # (proxy/metrics.py): poll, bounded, until the scrape has them all.
+        # (proxy/core/metrics.py): poll, bounded, until the scrape has them all.
         for _ in range(50):
             status, _, metrics = _get(f"{base}/metrics")
             assert status == 200

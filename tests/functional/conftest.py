@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import standin
 from proxy.config import Config
-from proxy.identity import IdentityConfig
+from proxy.core.identity import IdentityConfig
 from proxy.server import PROXY_KEY, build_app
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore

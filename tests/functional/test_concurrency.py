@@ -228,7 +228,7 @@ async def test_a_miss_costs_two_redis_round_trips_three_for_a_request_seen_befor
 
 
 def _profile_key(proxy, user: str) -> str:
-    from proxy.keys import escape_value
+    from proxy.core.keys import escape_value
 
     return f"{proxy.proxy.rules.prefix}:user:{{{escape_value(user)}}}:profile"
 

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 from multidict import CIMultiDict
 
-from proxy.errors import UpstreamError
+from proxy.core.errors import UpstreamError
 from proxy.upstream import Upstream, UpstreamConfig
 
 Answer = Callable[[int], list[bytes]]  # request number (from 1) -> what the server writes, in pieces

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from proxy.metrics import Metrics
+from proxy.core.metrics import Metrics
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore

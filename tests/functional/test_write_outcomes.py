@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 
-from proxy.policy import Lookup, RequestView, classify
-from proxy.identity import Identity
+from proxy.core.policy import Lookup, RequestView, classify
+from proxy.core.identity import Identity
 from proxy.upstream import UpstreamConfig
 
 from .conftest import API, ROOT, new_user

@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer
 
 import standin
 from proxy.config import Config
-from proxy.identity import IdentityConfig
+from proxy.core.identity import IdentityConfig
 from proxy.server import build_app
 from proxy.store.memory import MemoryStore
 from proxy.upstream import UpstreamConfig

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from proxy.cli import build_parser, version
 from proxy.config import SETTINGS, SETTINGS_BY_NAME, Config, config_from
 from proxy.confref import RULE_FIELD_DOCS, reference
-from proxy.rules import RULE_FIELDS
+from proxy.core.rules import RULE_FIELDS
 
 from .conftest import ROOT, subprocess_env
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from proxy.config import config_from
-from proxy.errors import StoreUnavailable
+from proxy.core.errors import StoreUnavailable
 from proxy.store import open_store
 from proxy.store.redis import RedisStore
 

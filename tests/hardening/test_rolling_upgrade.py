@@ -11,9 +11,9 @@ import uuid
 
 import aiohttp
 
-from proxy.entry import FORMAT_VERSION, Entry, decode_entry
-from proxy.policy import guard_keys
-from proxy.rules import load_rules
+from proxy.core.entry import FORMAT_VERSION, Entry, decode_entry
+from proxy.core.policy import guard_keys
+from proxy.core.rules import load_rules
 from proxy.store.redis import RedisStore
 from tests.functional.conftest import auth
 

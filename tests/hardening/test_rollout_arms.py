@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.policy import in_rollout
+from proxy.core.policy import in_rollout
 
 from .conftest import RULES_PATH, metric
 

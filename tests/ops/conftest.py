@@ -21,7 +21,7 @@ import pytest
 
 import standin
 from proxy.config import Config
-from proxy.identity import IdentityConfig
+from proxy.core.identity import IdentityConfig
 from proxy.server import PROXY_KEY, build_app
 from proxy.store.memory import MemoryStore
 from proxy.upstream import UpstreamConfig

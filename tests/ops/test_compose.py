@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import Counter, Gauge, Histogram
 
-from proxy.metrics import Metrics
+from proxy.core.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from proxy.cli import main
-from proxy.entry import Entry
+from proxy.core.entry import Entry
 from proxy.explain import EntryState, decide, explain
-from proxy.identity import Identity
-from proxy.rules import load_rules
+from proxy.core.identity import Identity
+from proxy.core.rules import load_rules
 
 from .conftest import ADMIN, PROFILE, RULES_PATH, SECRET, auth, mint
 

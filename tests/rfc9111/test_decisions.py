@@ -1,4 +1,4 @@
-"""Tables for the pure decisions of ``proxy/httpcache.py`` (no proxy, no store), one row per rule of
+"""Tables for the pure decisions of ``proxy/core/httpcache.py`` (no proxy, no store), one row per rule of
 RFC 9111 they enforce: parsing (§5.2, §1.2.2, RFC 9110 §5.6.7), freshness (§4.2.1, §4.2.2), age (§4.2.3),
 reuse (§4, §5.2.1, §5.2.2, RFC 5861), storing (§3, §3.5), 304 selection and update (§4.3.4), keys (§4,
 §4.1) and invalidation targets (§4.4)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy import httpcache as hc
+from proxy.core import httpcache as hc
 
 NOW = 1_700_000_000.0
 DATE = hc.format_http_date(NOW)

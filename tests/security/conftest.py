@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from proxy.config import Config
-from proxy.identity import IdentityConfig
+from proxy.core.identity import IdentityConfig
 from proxy.server import build_app
 from proxy.upstream import UpstreamConfig
 from tests.functional.conftest import *  # noqa: F401,F403  (backend, make_proxy, proxy, store_kind, ...)

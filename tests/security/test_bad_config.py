@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from proxy.config import Config
-from proxy.errors import RulesError
-from proxy.rules import load_rules, parse_rules
+from proxy.core.errors import RulesError
+from proxy.core.rules import load_rules, parse_rules
 from proxy.server import build_app
 from proxy.upstream import UpstreamConfig
 

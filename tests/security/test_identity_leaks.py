@@ -15,8 +15,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from proxy.identity import IdentityConfig
-from proxy.rules import load_rules
+from proxy.core.identity import IdentityConfig
+from proxy.core.rules import load_rules
 from tests.functional.conftest import SECRET, auth, mint, new_user
 from tests.functional.test_rules_routes import READ_URLS
 from tests.security.helpers import bad_tokens, claims, hand_signed, unsigned

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.identity import Identity
-from proxy.policy import Bypass, Lookup, RequestView, classify
-from proxy.rules import load_rules
+from proxy.core.identity import Identity
+from proxy.core.policy import Bypass, Lookup, RequestView, classify
+from proxy.core.rules import load_rules
 from tests.functional.conftest import mint, new_user
 from tests.security.helpers import base_url, send
 

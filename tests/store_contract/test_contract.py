@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from proxy.entry import Entry, decode_entry
-from proxy.errors import StoreUnavailable
+from proxy.core.entry import Entry, decode_entry
+from proxy.core.errors import StoreUnavailable
 from proxy.store import MemoryStore, open_store
 from proxy.store.cluster import RedisClusterStore
 from proxy.store.redis import RedisStore

@@ -1,14 +1,14 @@
-"""The staleness auditor's pure parts (proxy/audit.py): path folding, the bounded write log, the token
-bucket, results and suggestions; and the ``audit:`` section of rules.yaml (proxy/rules.py)."""
+"""The staleness auditor's pure parts (proxy/core/audit.py): path folding, the bounded write log, the token
+bucket, results and suggestions; and the ``audit:`` section of rules.yaml (proxy/core/rules.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from proxy.audit import AuditBook, Budget, WriteLog, fold_path, purge_pattern, suggestion_text
-from proxy.errors import RulesError
-from proxy.rules import AuditConfig, load_rules, parse_rules
+from proxy.core.audit import AuditBook, Budget, WriteLog, fold_path, purge_pattern, suggestion_text
+from proxy.core.errors import RulesError
+from proxy.core.rules import AuditConfig, load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 

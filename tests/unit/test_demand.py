@@ -1,7 +1,7 @@
 """RecentReads: which of a user's own reads a purge emptied, within the demand window, bounded."""
 from __future__ import annotations
 
-from proxy.demand import RecentReads
+from proxy.core.demand import RecentReads
 
 
 class Clock:

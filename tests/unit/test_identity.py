@@ -12,8 +12,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.errors import IdentityError
-from proxy.identity import Identity, IdentityConfig, Verifier, bearer_token
+from proxy.core.errors import IdentityError
+from proxy.core.identity import Identity, IdentityConfig, Verifier, bearer_token
 
 SECRET = "unit-test-secret-0123456789abcdef-0123456789abcdef"
 OLD_SECRET = "unit-test-old-secret-fedcba9876543210-fedcba98765"

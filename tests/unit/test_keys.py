@@ -8,9 +8,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from proxy.keys import (MAX_VALUE_CHARS, Source, TemplateError, escape_value, parse_template,
-                        render_origin_suffix, render_query_suffix)
-from proxy.policy import guard_keys
+from proxy.core.keys import (
+    MAX_VALUE_CHARS, Source, TemplateError, escape_value, parse_template, render_origin_suffix, render_query_suffix,
+)
+from proxy.core.policy import guard_keys
 
 PROFILE = parse_template("user:{user_id}:profile")
 ACHIEVEMENT = parse_template("achievements:{user_id}:achievement:{achievement_id}", frozenset({"achievement_id"}))

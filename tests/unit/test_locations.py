@@ -1,10 +1,10 @@
-"""proxy/locations.py: which Location values are on the upstream base, and what they become."""
+"""proxy/core/locations.py: which Location values are on the upstream base, and what they become."""
 from __future__ import annotations
 
 import pytest
 from multidict import CIMultiDict
 
-from proxy.locations import UpstreamAddress, client_base, needs_rewrite, rewrite
+from proxy.core.locations import UpstreamAddress, client_base, needs_rewrite, rewrite
 
 BACKEND = UpstreamAddress.from_url("http://Backend.internal:8000")
 PREFIXED = UpstreamAddress.from_url("https://api.internal/katiba/")

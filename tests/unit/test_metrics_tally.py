@@ -1,4 +1,4 @@
-"""proxy.metrics.Tally: figures held on the request path and flushed in bulk read exactly as if each had
+"""proxy.core.metrics.Tally: figures held on the request path and flushed in bulk read exactly as if each had
 gone to Prometheus directly (it relies on prometheus_client's Histogram internals: this notices a change)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.metrics import LATENCY_BUCKETS, Metrics
+from proxy.core.metrics import LATENCY_BUCKETS, Metrics
 
 
 def test_flushed_figures_equal_direct_ones():

@@ -13,12 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from proxy.entry import Entry
-from proxy.errors import RulesError
-from proxy.identity import Identity
-from proxy.policy import (Bypass, Lookup, Reason, RequestView, Write, classify, judge, purges_after,
-                          reads_answer, refuse_to_store, resolve_write)
-from proxy.rules import RULE_FIELDS, Rules, load_rules, parse_rules
+from proxy.core.entry import Entry
+from proxy.core.errors import RulesError
+from proxy.core.identity import Identity
+from proxy.core.policy import (
+    Bypass, Lookup, Reason, RequestView, Write, classify, judge, purges_after, reads_answer, refuse_to_store,
+    resolve_write,
+)
+from proxy.core.rules import RULE_FIELDS, Rules, load_rules, parse_rules
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "rules.yaml", environ={})
 P = "katiba360:proxy"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main
-from proxy.errors import RulesError
-from proxy.rules import PURGE_ALWAYS, PurgeWhen, load_rules, parse_rules
+from proxy.core.errors import RulesError
+from proxy.core.rules import PURGE_ALWAYS, PurgeWhen, load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [ROOT / "rules.yaml", ROOT / "proxy" / "rules.yaml"]

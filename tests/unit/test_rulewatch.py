@@ -1,9 +1,9 @@
-"""Which changes in the rules file's directory the rules watcher counts (proxy/rulewatch.py)."""
+"""Which changes in the rules file's directory the rules watcher counts (proxy/core/rulewatch.py)."""
 from __future__ import annotations
 
 import pytest
 
-from proxy.rulewatch import RulesFileChanges
+from proxy.core.rulewatch import RulesFileChanges
 
 
 @pytest.mark.parametrize("name, counts", [
