@@ -449,7 +449,7 @@ async def cmd_purge(args: argparse.Namespace) -> int:
             return 1
         gen_keys = [namespace_gen_key(rules.prefix, rendered)]
         shown = args.pattern
-    from .redisconf import resolve_redis_url
+    from .store.redisconf import resolve_redis_url
 
     store = open_store(resolve_redis_url(url, dict(os.environ)))
     try:
@@ -712,7 +712,7 @@ async def _redis_stats(url: str) -> dict:
     from .core.errors import StoreUnavailable
     from .store import open_store
 
-    from .redisconf import resolve_redis_url
+    from .store.redisconf import resolve_redis_url
 
     store = open_store(resolve_redis_url(url, dict(os.environ)))
     try:

@@ -1,7 +1,7 @@
 """The configuration reference (docs/CONFIGURATION.md), generated from the code so it cannot drift.
 
 Sources: the argparse parsers of ``cache-proxy`` (``cli.build_parser``), the table of environment
-variables ``config.SETTINGS`` (``config_from`` takes every default from it), the rules fields
+variables ``settings.SETTINGS`` (``config_from`` takes every default from it), the rules fields
 ``rules.RULE_FIELDS`` / ``rules.TOP_FIELDS`` with the defaults of ``rules.Rule`` and
 ``rules.HttpCacheConfig``, and the ``${VAR:-default}`` substitutions of the shipped rules.yaml.
 ``cache-proxy config-reference`` prints it; tests/hardening/test_confref.py fails when the checked-in
@@ -117,7 +117,7 @@ def _flag_rows(parser: argparse.ArgumentParser, env_by_flag: dict[str, str]) -> 
         env = next((env_by_flag[o] for o in action.option_strings if o in env_by_flag), "")
         shown = _code(_cell(default))
         if env and default == "":
-            from .config import SETTINGS_BY_NAME
+            from .core.settings import SETTINGS_BY_NAME
 
             setting = SETTINGS_BY_NAME[env]
             shown = _cell(setting.shown_default) if setting.shown_default else _code(_cell(setting.default))
@@ -140,7 +140,7 @@ def _rules_yaml_substitutions() -> list[tuple[str, str]]:
 
 def reference() -> str:
     from .cli import build_parser
-    from .config import SETTINGS
+    from .core.settings import SETTINGS
     from .core.rules import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS, HttpCacheConfig, Rule
 
     missing = (RULE_FIELDS ^ set(RULE_FIELD_DOCS)) | (TOP_FIELDS ^ set(TOP_FIELD_DOCS))

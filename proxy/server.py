@@ -51,7 +51,7 @@ from .config import Config
 from .core.entry import Entry, decode_entry
 from .core.errors import IdentityError, StoreUnavailable, UpstreamError
 from .core.identity import Identity, Verifier, bearer_token
-from .l1 import L1Cache, follow_invalidations
+from .store.l1 import L1Cache, follow_invalidations
 from .logs import request_id as request_id_var
 from .core.metrics import Metrics
 from .overload import Gate

@@ -65,7 +65,7 @@ from redis.exceptions import ResponseError, TryAgainError
 
 from ..core.errors import LookupRedirected, StoreUnavailable
 from .base import new_token
-from ..l1 import CHANNEL as L1_CHANNEL
+from .l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
 from .redis import (DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text, connection_run_id,
                     raising_unavailable)
@@ -260,7 +260,7 @@ class RedisClusterStore:
                   "socket_timeout": timeout, "socket_connect_timeout": timeout}
         tls = {k: v for k, v in parsed["params"].items() if k in _TLS_PARAMS} if parsed["ssl"] else {}
         if tls:
-            from ..redisconf import tls_context
+            from .redisconf import tls_context
 
             tls_context(tls)  # a bad CA or certificate file fails here, naming the file
             common.update({k: (v.lower() in ("1", "true", "yes", "on") if k == "ssl_check_hostname" else v)

@@ -75,7 +75,7 @@ class AutoPipeline:
         self.db = int(parts.path.lstrip("/") or 0)
         self.ssl: ssl_module.SSLContext | None = None
         if parts.scheme.startswith("rediss"):
-            from ..redisconf import tls_context
+            from .redisconf import tls_context
 
             self.ssl = tls_context(dict(parse_qsl(parts.query)))
         self.resolver = resolver

@@ -46,7 +46,7 @@ from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from ..core.errors import StoreUnavailable
 from .base import new_token
-from ..l1 import CHANNEL as L1_CHANNEL
+from .l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
 
 __all__ = ["RedisStore"]
@@ -311,7 +311,7 @@ class RedisStore:
             return cls._from_sentinel_url(url, **options)
         if not url.startswith(_SCHEMES):
             raise ValueError(f"unsupported Redis URL scheme (expected redis:// or rediss://): {url.split('://')[0]}://")
-        from ..redisconf import check_tls_files
+        from .redisconf import check_tls_files
 
         check_tls_files(url)  # a bad CA or certificate file fails here, naming the file
         timeout = options.get("timeout")
@@ -342,7 +342,7 @@ class RedisStore:
         replica may still hold a generation a purge already replaced). See ``proxy.redisconf``."""
         from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-        from ..redisconf import parse_sentinel_url, tls_context
+        from .redisconf import parse_sentinel_url, tls_context
 
         parsed = parse_sentinel_url(url)
         timeout = options.get("timeout")

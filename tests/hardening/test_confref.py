@@ -1,6 +1,6 @@
 """The configuration reference: docs/CONFIGURATION.md is exactly what the code generates (every flag,
 environment variable and rules field with its default and meaning), so a new or changed setting without
-a doc fails here, in CI. Also: every environment variable the product reads is in config.SETTINGS, every
+a doc fails here, in CI. Also: every environment variable the product reads is in settings.SETTINGS, every
 default config_from uses comes from there, and `cache-proxy --version` / `config-reference` work."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from proxy.cli import build_parser, version
-from proxy.config import SETTINGS, SETTINGS_BY_NAME, Config, config_from
+from proxy.config import Config, config_from
+from proxy.core.settings import SETTINGS, SETTINGS_BY_NAME
 from proxy.confref import RULE_FIELD_DOCS, reference
 from proxy.core.rules import RULE_FIELDS
 
@@ -42,7 +43,7 @@ def test_every_environment_variable_read_by_the_product_is_documented():
         if "_values(" in text:  # identity: NAME and NAME_FILE
             read.update(f"{name}_FILE" for name in re.findall(r"""_values\(\s*\w+,\s*["']([A-Z_]+)["']""", text))
     assert read, "the scan found nothing: the patterns are stale"
-    assert read - set(SETTINGS_BY_NAME) == set(), "read but not in config.SETTINGS (so not in the reference)"
+    assert read - set(SETTINGS_BY_NAME) == set(), "read but not in settings.SETTINGS (so not in the reference)"
     documented = reference()
     assert all(f"`{s.name}`" in documented for s in SETTINGS)
 

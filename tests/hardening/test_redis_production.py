@@ -148,7 +148,7 @@ async def test_sentinel_reads_the_master_only_never_a_replica(make_proxy, redis_
 
 
 def test_sentinel_urls_are_parsed_and_checked():
-    from proxy.redisconf import parse_sentinel_url
+    from proxy.store.redisconf import parse_sentinel_url
 
     parsed = parse_sentinel_url("rediss+sentinel://u:p%40ss@10.0.0.1:26379,10.0.0.2:26380/cache/2?sentinel_password=x")
     assert parsed.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380))

@@ -19,6 +19,8 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from ..core.settings import setting
+
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _TLS_PARAMS = (("REDIS_CA_FILE", "ssl_ca_certs"), ("REDIS_CLIENT_CERT", "ssl_certfile"),
                ("REDIS_CLIENT_KEY", "ssl_keyfile"))
@@ -29,8 +31,6 @@ def resolve_redis_url(url: str | None, environ: dict[str, str]) -> str | None:
     """``url`` with the credentials and TLS files of ``environ`` folded in (the URL's own values win)."""
     if not url:
         return url
-    from .config import setting
-
     username = setting(environ, "REDIS_USERNAME") or None
     password = setting(environ, "REDIS_PASSWORD") or None
     if password is None and setting(environ, "REDIS_PASSWORD_FILE"):

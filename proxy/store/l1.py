@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Sequence
 
-from .core.entry import Entry
+from ..core.entry import Entry
 
 log = logging.getLogger("proxy.l1")
 
