@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .core.identity import IdentityConfig, config_from_env
 from .core.settings import setting, setting_bool, setting_float, setting_int
-from .upstream import UpstreamConfig
+from .upstream.client import UpstreamConfig
 
 CACHE_MODES = ("on", "off", "shadow")
 

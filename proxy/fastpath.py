@@ -51,7 +51,7 @@ from .core.entry import Entry
 from .core.errors import LookupRedirected, StoreUnavailable
 from .logs import request_id as request_id_var
 from .core.policy import Lookup
-from .upstream import body_failure, framed_length
+from .upstream.client import body_failure, framed_length
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")

@@ -40,7 +40,7 @@ from .core.errors import StoreUnavailable, UpstreamError
 from .logs import request_id as request_id_var
 from .core.policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
 from .streaming import is_event_stream
-from .upstream import overran, overrun_failure, strip_hop_by_hop
+from .upstream.client import overran, overrun_failure, read_limited, strip_hop_by_hop
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
 
 LABEL = "http_cache"  # the metrics' rule label for requests the HTTP cache handles
@@ -316,7 +316,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     request_time = proxy.clock()
     start = time.perf_counter()
     try:
-        response = await proxy.upstream.fetch(origin.path_qs, headers)  # the lean client (proxy/http1.py)
+        response = await proxy.upstream.fetch(origin.path_qs, headers)  # the lean client (proxy/upstream/http1.py)
     except UpstreamError as exc:
         proxy.upstream.failures(exc, LABEL, "GET")
         return Got(error=exc, outcome="upstream-error")
@@ -337,7 +337,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     if is_event_stream(upstream_headers):  # SSE: relayed as it comes, never stored (proxy/streaming.py)
         return Got(response.status, upstream_headers, outcome="event-stream", stream=(b"", response))
     try:
-        body, complete = await _server._read_limited(response, config.max_body_bytes)
+        body, complete = await read_limited(response, config.max_body_bytes)
     except UpstreamError as exc:
         proxy.upstream.failures(exc, LABEL, "GET")
         return Got(error=exc, outcome="upstream-error")

@@ -59,8 +59,10 @@ from .core.policy import Bypass, Lookup, Reason, RequestView, Write
 from .core.rules import Rules, load_rules
 from .store import open_store
 from .store.guard import CircuitBreaker, GuardedStore
-from .upstream import (Upstream, body_failure, framed_length, overran, overrun_failure, response_headers,
-                       strip_hop_by_hop, watch_upstream)
+from .upstream.client import (
+    Upstream, body_failure, framed_length, overran, overrun_failure, read_limited, response_headers,
+    strip_hop_by_hop, watch_upstream,
+)
 from .endpoints import EndpointsMixin
 from .purging import PurgingMixin
 from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_matches, is_valid_request_id, read_body
@@ -163,7 +165,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         self.admin_limiter = RateLimiter(config.admin_rate, burst=max(1.0, config.admin_rate * 2))
         self.gate = Gate(config.max_inflight, metrics, admin_paths_public=config.admin_listen is None)
         upstream.slots.on_busy = metrics.overload.labels("upstream").inc
-        upstream.failures.counter = metrics.upstream_errors  # counted and logged (proxy/failures.py)
+        upstream.failures.counter = metrics.upstream_errors  # counted and logged (proxy/upstream/failures.py)
         # Test-only switches that break a guarantee on purpose, so the stale-read checker is known to bite.
         self.unsafe = unsafe
 
@@ -565,7 +567,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             return Fetched(response.status, strip_hop_by_hop(response.headers), outcome="event-stream",
                            stream=(b"", response))
         try:
-            body, complete = await _read_limited(response, rule.max_body_bytes)
+            body, complete = await read_limited(response, rule.max_body_bytes)
         except UpstreamError as exc:
             self.upstream.failures(exc, rule.name, "GET")
             return Fetched(error=exc, outcome="upstream-error")
@@ -792,7 +794,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         prefix, answer = b"", None  # answer: the whole body, when it was read to judge the envelope
         if policy.reads_answer(d, self.rules, response.status) and not streaming.is_event_stream(response.headers):
             try:
-                prefix, complete = await _read_limited(response, WRITE_ANSWER_PEEK)
+                prefix, complete = await read_limited(response, WRITE_ANSWER_PEEK)
             except UpstreamError as exc:  # the connection was lost mid-answer: the outcome is unknown
                 self.upstream.failures(exc, rule_name, request.method)
                 await self.purge(*policy.purges_after(d, self.rules, None, None))
@@ -877,23 +879,6 @@ def request_target(raw: str) -> str:
     parser drops it, so it is neither keyed nor forwarded (stripped rather than refused: without the
     proxy the backend would have answered)."""
     return raw.partition("#")[0] if "#" in raw else raw
-
-
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """(body, True) when the whole body fits in ``limit``; else (what was read, False), rest unread."""
-    chunks, size = [], 0
-    try:
-        while True:
-            chunk = await response.content.readany()
-            if not chunk:
-                return b"".join(chunks), True
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return b"".join(chunks), False
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        response.release()
-        raise body_failure(exc) from None
 
 
 def _is_failure(fetched: Fetched, rule) -> bool:

@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from .core.errors import UpstreamError
-from .failures import classify
+from .upstream.failures import classify
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")

@@ -52,7 +52,7 @@ class LookupRedirected(KatibaError):
 
 
 class UpstreamError(KatibaError):
-    """``kind`` (the metric label, ``proxy/failures.py``): connect, timeout, framing, body, busy;
+    """``kind`` (the metric label, ``proxy/upstream/failures.py``): connect, timeout, framing, body, busy;
     ``cause``: the underlying exception as ``Class: message``, for the log (never sent to clients)."""
 
     def __init__(self, status: int, detail: str, kind: str | None = None, cause: str = ""):

@@ -4,7 +4,7 @@ A proxy forwards the 1xx answers it did not ask for itself (§15.2); 101 only wi
 WebSocket relay, proxy/streaming.py, handles those), so never here; none to an HTTP/1.0 client (§15.2:
 it cannot read them). They are never stored: an entry holds the final answer only.
 
-Where they are seen: the lean fill client (proxy/http1.py, the fills of rules and of the HTTP cache)
+Where they are seen: the lean fill client (proxy/upstream/http1.py, the fills of rules and of the HTTP cache)
 keeps them on its response (``FillResponse.interim``). aiohttp's client (writes, bypasses, HEAD) reads and
 drops them without a public way to see them, so answers relayed through it carry none.
 

@@ -1,4 +1,4 @@
-"""The fills' lean HTTP/1.1 client (proxy/http1.py) against real local servers that answer the way
+"""The fills' lean HTTP/1.1 client (proxy/upstream/http1.py) against real local servers that answer the way
 backends misbehave: connections reused and closed while idle, bodies framed every way HTTP/1.1 allows,
 interim answers, garbage, silence and resets. Each server counts the connections it accepted and the
 requests it read, so reuse is asserted, not assumed."""
@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.core.errors import UpstreamError
-from proxy.upstream import Upstream, UpstreamConfig
+from proxy.upstream.client import Upstream, UpstreamConfig
 
 Answer = Callable[[int], list[bytes]]  # request number (from 1) -> what the server writes, in pieces
 

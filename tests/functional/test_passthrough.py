@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from proxy.store.memory import MemoryStore
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 
 from .test_fastpath import fast_counts
 

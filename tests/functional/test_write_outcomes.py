@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 
 from proxy.core.policy import Lookup, RequestView, classify
 from proxy.core.identity import Identity
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 
 from .conftest import API, ROOT, new_user
 

@@ -30,7 +30,7 @@ from proxy.config import Config
 from proxy.core.identity import IdentityConfig
 from proxy.server import build_app
 from proxy.store.memory import MemoryStore
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, SECRET, Backend, ProxyClient, _poll
 
 ROOT = Path(__file__).resolve().parents[2]

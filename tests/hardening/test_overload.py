@@ -9,7 +9,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 
 from .conftest import ADMIN_TOKEN, metric
 

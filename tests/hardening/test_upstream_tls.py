@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 
 from .conftest import ADMIN_TOKEN, RULES_PATH, SECRET, free_port, subprocess_env, wait_ready
 

@@ -24,7 +24,7 @@ from proxy.config import Config
 from proxy.core.identity import IdentityConfig
 from proxy.server import PROXY_KEY, build_app
 from proxy.store.memory import MemoryStore
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_PATH = str(ROOT / "rules.yaml")

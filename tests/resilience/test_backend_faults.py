@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 
 from .conftest import PROFILE, new_user
 

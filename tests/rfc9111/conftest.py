@@ -33,7 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.core.httpcache import format_http_date
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import *  # noqa: F401,F403  (make_proxy, store_kind, poll, ...)
 from tests.functional.conftest import RULES_PATH, ProxyClient, Reply, auth
 

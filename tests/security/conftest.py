@@ -18,7 +18,7 @@ import pytest
 from proxy.config import Config
 from proxy.core.identity import IdentityConfig
 from proxy.server import build_app
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import *  # noqa: F401,F403  (backend, make_proxy, proxy, store_kind, ...)
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, SECRET, ProxyClient
 from tests.security.helpers import Reflector

@@ -22,7 +22,7 @@ from proxy.config import Config
 from proxy.core.errors import RulesError
 from proxy.core.rules import load_rules, parse_rules
 from proxy.server import build_app
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "rules.yaml"

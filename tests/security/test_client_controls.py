@@ -16,7 +16,7 @@ import pytest
 
 from proxy.config import Config
 from proxy.core.rules import load_rules
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, mint, new_user
 from tests.security.helpers import bad_tokens
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import ADMIN_TOKEN, mint
 from tests.security.helpers import base_url, send
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import API, Reply, auth, new_user, sample
 
 PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp-path"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import API, mint, new_user
 from tests.security.keepalive import one_exchange
 

@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from proxy.upstream import UpstreamConfig
+from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import mint, new_user
 from tests.security.helpers import OVERRIDES, base_url, send
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from .core.errors import UpstreamError
+from ..core.errors import UpstreamError
 
 log = logging.getLogger("proxy")
 

@@ -32,7 +32,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from . import resend
-from .core.errors import UpstreamError
+from ..core.errors import UpstreamError
 from .failures import FailureReport, classify
 from .http1 import FillClient, FillResponse
 
@@ -236,7 +236,7 @@ class Upstream:
         return response
 
     async def fetch(self, path_qs: str, headers: CIMultiDict) -> FillResponse:
-        """A fill's GET through the lean client (proxy/http1.py): the response with its body unread; the
+        """A fill's GET through the lean client (proxy/upstream/http1.py): the response with its body unread; the
         caller releases it. Failures as ``send``'s: UpstreamError 502 or 504, UpstreamBusy 503."""
         head = self._request_head(path_qs, headers)
         slot = await self.slots.take()
@@ -360,3 +360,20 @@ def response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict:
     out = strip_hop_by_hop(upstream_headers)
     out.popall("Content-Length", None)
     return out
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """(body, True) when the whole body fits in ``limit``; else (what was read, False), rest unread."""
+    chunks, size = [], 0
+    try:
+        while True:
+            chunk = await response.content.readany()
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), False
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        response.release()
+        raise body_failure(exc) from None
