@@ -1,7 +1,7 @@
 """1xx interim answers from the backend (RFC 9110 §15.2), relayed to the client before the final answer.
 
 A proxy forwards the 1xx answers it did not ask for itself (§15.2); 101 only within an upgrade (the
-WebSocket relay, proxy/streaming.py, handles those), so never here; none to an HTTP/1.0 client (§15.2:
+WebSocket relay, proxy/serve/streaming.py, handles those), so never here; none to an HTTP/1.0 client (§15.2:
 it cannot read them). They are never stored: an entry holds the final answer only.
 
 Where they are seen: the lean fill client (proxy/upstream/http1.py, the fills of rules and of the HTTP cache)

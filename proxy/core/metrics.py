@@ -114,7 +114,7 @@ class Metrics:
                                  "Background refreshes (stale-while-revalidate, warming, after a purge)", ["rule", "kind"],
                                  registry=r)
         self.fast_path = Counter("katiba_cache_fast_path_total",
-                                 "Requests on fast-path connections (proxy/fastpath.py): answered there (reads of "
+                                 "Requests on fast-path connections (proxy/serve/fastpath.py): answered there (reads of "
                                  "cached routes, hit or miss), or handed to the full path; released counts connections handed "
                                  "over for good (a request it does not frame itself)", ["outcome"], registry=r)
         # Production hardening: overload refusals, and per-arm figures of rules with a partial rollout.

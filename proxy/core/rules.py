@@ -192,7 +192,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class HttpCacheConfig:
-    """``http_cache:``: the RFC 9111 shared cache for routes no rule matches (proxy/httpserve.py)."""
+    """``http_cache:``: the RFC 9111 shared cache for routes no rule matches (proxy/serve/httpserve.py)."""
 
     enabled: bool = False
     max_bytes: int = 64 << 20  # memory store: bytes of HTTP entries (their own LRU within the total)
@@ -205,7 +205,7 @@ class HttpCacheConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """``audit:``: the staleness auditor (proxy/auditor.py). ``sample``: the share of cache hits fetched
+    """``audit:``: the staleness auditor (proxy/serve/auditor.py). ``sample``: the share of cache hits fetched
     again from the backend and compared (0: off; env ``CACHE_AUDIT_SAMPLE`` wins over the file);
     ``max_per_second``: the most audit fetches one instance sends per second (a token bucket)."""
 

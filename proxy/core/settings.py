@@ -64,7 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
             shown_default="rules.yaml audit.sample (shipped: 0.01)", read_by="rules"),
     Setting("WARM_AUTHORIZATION", "", "Authorization header sent with warming requests (a service token)"),
     Setting("ACCESS_LOG", "0", "1: one log line per request"),
-    Setting("FAST_PATH", "1", "0: answer cached reads through aiohttp's full request path too (proxy/fastpath.py "
+    Setting("FAST_PATH", "1", "0: answer cached reads through aiohttp's full request path too (proxy/serve/fastpath.py "
             "answers plain GETs of cached routes, hit or miss, straight off the socket)"),
     Setting("PENDING_PURGES_FILE", "", "exists while purges are pending; found at start-up it makes the proxy "
             "bump the global epoch; off disables", shown_default="$TMPDIR/katiba-cache-<port>.pending"),
@@ -106,7 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
             "every worker", read_by="metrics"),
     Setting("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "", "test-only switches that break a guarantee on purpose; "
             "never set in production", read_by="cli"),
-    # -- traces (proxy/tracing.py; the other OTEL_* variables are read by the OpenTelemetry SDK itself)
+    # -- traces (proxy/serve/tracing.py; the other OTEL_* variables are read by the OpenTelemetry SDK itself)
     Setting("OTEL_TRACES_EXPORTER", "", "span exporters, e.g. otlp or console: OpenTelemetry spans per request "
             "(needs the otel extra; otlp needs opentelemetry-exporter-otlp); unset or none: no tracing",
             read_by="tracing"),

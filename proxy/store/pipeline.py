@@ -94,7 +94,7 @@ class AutoPipeline:
 
     def submit(self, *args: Any) -> asyncio.Future | None:
         """The command's reply as a future, queued like ``execute``'s; None while not connected (then
-        ``execute`` connects). For callers that chain a callback instead of awaiting (proxy/fastpath.py)."""
+        ``execute`` connects). For callers that chain a callback instead of awaiting (proxy/serve/fastpath.py)."""
         return self._enqueue(args) if self.protocol is not None else None
 
     def _enqueue(self, args: tuple[Any, ...]) -> asyncio.Future:

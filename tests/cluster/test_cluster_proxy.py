@@ -176,7 +176,7 @@ async def test_readyz_and_stats_name_the_cluster_store(proxy, backend, redis_clu
 
 
 async def test_the_cli_purges_and_reports_on_a_cluster(proxy, backend, redis_cluster, cluster_url, capsys):
-    from proxy.cli import main
+    from proxy.ops.cli import main
 
     user = users_on_distinct_primaries(redis_cluster, 1)[0]
     await proxy.get(f"{API}/users/profile", user)

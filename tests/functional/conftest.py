@@ -31,9 +31,9 @@ from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 import standin
-from proxy.config import Config
+from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.server import PROXY_KEY, build_app
+from proxy.serve.requestpath import PROXY_KEY, build_app
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 from proxy.upstream.client import UpstreamConfig

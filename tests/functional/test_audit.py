@@ -14,7 +14,7 @@ import yaml
 from aiohttp import web
 
 import standin
-from proxy.cli import main
+from proxy.ops.cli import main
 
 from .conftest import API, RULES_PATH, Backend, new_user
 
@@ -27,7 +27,7 @@ REMOVED = "user:{user_id}:full_profile"
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "aiohttp-path"])
 def fast_path(request) -> bool:
-    """Both hit paths sample: proxy/fastpath.py's and aiohttp's ``Proxy._read``."""
+    """Both hit paths sample: proxy/serve/fastpath.py's and aiohttp's ``Proxy._read``."""
     return request.param
 
 
@@ -195,7 +195,7 @@ async def test_the_rate_budget_bounds_audit_fetches(make_proxy, backend, poll, t
 
 
 async def test_each_worker_gets_its_share_of_the_instances_budget(make_proxy, tmp_path, monkeypatch):
-    """--workers N hands each worker audit_share = 1/N (proxy/workers.py): the budget stays per instance."""
+    """--workers N hands each worker audit_share = 1/N (proxy/ops/workers.py): the budget stays per instance."""
     monkeypatch.setenv("CACHE_AUDIT_SAMPLE", "1")
     proxy = await make_proxy(rules_path=audit_rules(tmp_path, max_per_second=8), audit_share=1 / 4)
     assert proxy.proxy.auditor.budget.rate == 2.0

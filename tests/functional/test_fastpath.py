@@ -1,4 +1,4 @@
-"""The fast path (proxy/fastpath.py): fresh hits answered off the socket, everything else by aiohttp.
+"""The fast path (proxy/serve/fastpath.py): fresh hits answered off the socket, everything else by aiohttp.
 
 What a client must not be able to tell apart: the answers (headers included) of the two paths, the
 order of answers on one connection whatever mix of hits, misses and writes it pipelines, and requests

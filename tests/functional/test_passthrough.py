@@ -225,7 +225,7 @@ async def test_application_errors_are_not_stored(proxy, backend):
 @pytest.mark.parametrize("path", ["/scripted/ok", "/scripted/big", "/scripted/slow", "unreachable"],
                          ids=["stored", "streamed-too-large", "timeout-504", "unreachable-502"])
 async def test_a_miss_is_answered_alike_by_the_fast_path_and_aiohttps_path(make_proxy, origin, tmp_path, path):
-    """proxy/fastpath.py answers misses too: status, headers and body as aiohttp's own path sends them."""
+    """proxy/serve/fastpath.py answers misses too: status, headers and body as aiohttp's own path sends them."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(CUSTOM_RULES)
     url = f"http://127.0.0.1:{closed_port()}" if path == "unreachable" else origin.url

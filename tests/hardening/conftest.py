@@ -26,9 +26,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import standin
-from proxy.config import Config
+from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.server import build_app
+from proxy.serve.requestpath import build_app
 from proxy.store.memory import MemoryStore
 from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, SECRET, Backend, ProxyClient, _poll

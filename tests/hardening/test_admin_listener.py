@@ -9,9 +9,9 @@ import sys
 import aiohttp
 from aiohttp import web
 
-from proxy.admin import build_admin_app
+from proxy.ops.admin import build_admin_app
 from tests.functional.conftest import auth
-from proxy.server import PROXY_KEY
+from proxy.serve.requestpath import PROXY_KEY
 
 from .conftest import ADMIN_TOKEN, RULES_PATH, SECRET, free_port, metric, subprocess_env, wait_ready
 

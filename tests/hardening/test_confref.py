@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from proxy.cli import build_parser, version
-from proxy.config import Config, config_from
+from proxy.ops.cli import build_parser, version
+from proxy.serve.config import Config, config_from
 from proxy.core.settings import SETTINGS, SETTINGS_BY_NAME
-from proxy.confref import RULE_FIELD_DOCS, reference
+from proxy.ops.confref import RULE_FIELD_DOCS, reference
 from proxy.core.rules import RULE_FIELDS
 
 from .conftest import ROOT, subprocess_env

@@ -51,7 +51,7 @@ def test_the_wheel_holds_the_default_rules_as_a_file(wheel):
         assert not stat.S_ISLNK(info.external_attr >> 16)
         assert archive.read(info) == (ROOT / "rules.yaml").read_bytes()
         entry_points = next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
-        assert "cache-proxy = proxy.cli:main" in archive.read(entry_points).decode()
+        assert "cache-proxy = proxy.ops.cli:main" in archive.read(entry_points).decode()
 
 
 def _site_dirs_of_this_interpreter() -> list[str]:

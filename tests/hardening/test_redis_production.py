@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from proxy.config import config_from
+from proxy.serve.config import config_from
 from proxy.core.errors import StoreUnavailable
 from proxy.store import open_store
 from proxy.store.redis import RedisStore

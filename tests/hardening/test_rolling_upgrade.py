@@ -22,12 +22,12 @@ from .conftest import ADMIN_TOKEN, RULES_PATH, SECRET, free_port, subprocess_env
 PROFILE = "/api/v1/users/profile"
 NEWER = f"""
 import sys
-import proxy.entry as entry
+import proxy.core.entry as entry
 version = entry.FORMAT_VERSION + 1  # a future release that changed the stored format
 entry.FORMAT_VERSION = version
 entry.decode_entry.__defaults__ = (version,)
 entry.Entry.encode.__defaults__ = (version,)
-from proxy.cli import main
+from proxy.ops.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -20,9 +20,9 @@ import orjson
 import pytest
 
 import standin
-from proxy.config import Config
+from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.server import PROXY_KEY, build_app
+from proxy.serve.requestpath import PROXY_KEY, build_app
 from proxy.store.memory import MemoryStore
 from proxy.upstream.client import UpstreamConfig
 

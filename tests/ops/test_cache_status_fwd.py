@@ -1,5 +1,5 @@
 """Issue 20: every ``fwd=`` value of ``Cache-Status`` is documented, and the documented list is exactly what
-the proxy emits. ``proxy.wire.FWD`` is the list: ``CacheStatus`` refuses any other value (an assertion,
+the proxy emits. ``proxy.serve.wire.FWD`` is the list: ``CacheStatus`` refuses any other value (an assertion,
 so every test that reaches an undocumented one fails), the operator's docs must hold the same table,
 and each documented value is produced here by a request that an operator could make."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from proxy.wire import FWD
+from proxy.serve.wire import FWD
 
 from .conftest import PROFILE, auth
 

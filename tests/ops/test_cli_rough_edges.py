@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import main
+from proxy.ops.cli import main
 
 from .conftest import ADMIN, PROFILE, RULES_PATH, mint
 
@@ -295,7 +295,7 @@ def test_stats_with_two_workers_counts_the_whole_instance(tmp_path, standin_proc
     ("nope:123:*", None),
 ])
 def test_the_braced_form_is_suggested_only_where_one_namespace_fits(typed, meant):
-    from proxy.explain import suggest_pattern
+    from proxy.core.explain import suggest_pattern
     from proxy.core.rules import load_rules
 
     assert suggest_pattern(typed, load_rules(RULES_PATH)) == meant

@@ -1,5 +1,5 @@
 """``cache-proxy explain`` (offline from the rules file, and ``--url`` against a running proxy), the pure
-``proxy.explain.explain`` over entry states, and the admin-only ``GET /_cache/explain`` endpoint."""
+``proxy.core.explain.explain`` over entry states, and the admin-only ``GET /_cache/explain`` endpoint."""
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from proxy.cli import main
+from proxy.ops.cli import main
 from proxy.core.entry import Entry
-from proxy.explain import EntryState, decide, explain
+from proxy.core.explain import EntryState, decide, explain
 from proxy.core.identity import Identity
 from proxy.core.rules import load_rules
 

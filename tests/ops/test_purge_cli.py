@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from proxy.cli import main
+from proxy.ops.cli import main
 from proxy.store.redis import RedisStore
 
 from .conftest import ADMIN, PROFILE, RULES_PATH

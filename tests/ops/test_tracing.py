@@ -1,7 +1,7 @@
 """Issue 20, item 6: W3C trace context reaches the backend, and OpenTelemetry spans when tracing is on.
 
 Off (the default): ``traceparent`` and ``tracestate`` reach the backend unchanged on a miss, a write and a
-pass-through; warming fetches carry a new trace. On (``proxy.tracing.start`` with the SDK's
+pass-through; warming fetches carry a new trace. On (``proxy.serve.tracing.start`` with the SDK's
 InMemorySpanExporter, as ``OTEL_TRACES_EXPORTER`` does with a real exporter): one SERVER span per request
 with the cache outcome, rule and timings, CLIENT child spans for the store and the backend, the backend
 seeing the client's trace id, and no user id or key in any attribute.
@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import standin
-from proxy import tracing
+from proxy.serve import tracing
 
 from .conftest import Backend, PROFILE, auth
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-import proxy.purging
+import proxy.serve.purger
 
 from .conftest import PROFILE, new_user, sample, warm
 from .faultproxy import FaultProxy
@@ -58,7 +58,7 @@ async def test_failed_purge_is_kept_and_retried(make_proxy, backend, start_redis
 
 async def test_too_many_pending_purges_become_one_epoch_bump(make_proxy, backend, start_redis, redis_store,
                                                              poll, monkeypatch):
-    monkeypatch.setattr(proxy.purging, "MAX_PENDING", 2)
+    monkeypatch.setattr(proxy.serve.purger, "MAX_PENDING", 2)
     server = start_redis()
     fault = await FaultProxy.start("127.0.0.1", server.port)
     try:
@@ -175,7 +175,7 @@ async def test_clean_restart_bumps_nothing_and_keeps_the_cache(make_proxy, backe
 @pytest.mark.parametrize("listen, expected", [("0.0.0.0:8080", "katiba-cache-8080.pending"),
                                               ("127.0.0.1:0", None)])
 def test_default_pending_file_is_named_after_the_port(listen, expected):
-    from proxy.config import pending_file_from
+    from proxy.serve.config import pending_file_from
     path = pending_file_from({}, listen)
     assert (path and path.rsplit("/", 1)[-1]) == expected
     assert pending_file_from({"PENDING_PURGES_FILE": "off"}, listen) is None

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from proxy.config import Config
+from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.server import build_app
+from proxy.serve.requestpath import build_app
 from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import *  # noqa: F401,F403  (backend, make_proxy, proxy, store_kind, ...)
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, SECRET, ProxyClient

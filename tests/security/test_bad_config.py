@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import Config
+from proxy.serve.config import Config
 from proxy.core.errors import RulesError
 from proxy.core.rules import load_rules, parse_rules
-from proxy.server import build_app
+from proxy.serve.requestpath import build_app
 from proxy.upstream.client import UpstreamConfig
 
 ROOT = Path(__file__).resolve().parents[2]

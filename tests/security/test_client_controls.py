@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import Config
+from proxy.serve.config import Config
 from proxy.core.rules import load_rules
 from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, mint, new_user

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import main
+from proxy.ops.cli import main
 from proxy.core.errors import RulesError
 from proxy.core.rules import PURGE_ALWAYS, PurgeWhen, load_rules, parse_rules
 

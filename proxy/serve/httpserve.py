@@ -32,15 +32,15 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .core import httpcache as hc
-from .core import interim
-from . import server as _server  # circular on purpose: names are looked up at call time
-from .core.entry import Entry, decode_entry
-from .core.errors import StoreUnavailable, UpstreamError
-from .logs import request_id as request_id_var
-from .core.policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
+from ..core import httpcache as hc
+from ..core import interim
+from ..core.entry import Entry, decode_entry
+from ..core.errors import StoreUnavailable, UpstreamError
+from .answers import request_id as request_id_var
+from .answers import CONDITIONAL_HEADERS, content_etag, miss_headers, not_modified_headers, request_target
+from ..core.policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
 from .streaming import is_event_stream
-from .upstream.client import overran, overrun_failure, read_limited, strip_hop_by_hop
+from ..upstream.client import overran, overrun_failure, read_limited, strip_hop_by_hop
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
 
 LABEL = "http_cache"  # the metrics' rule label for requests the HTTP cache handles
@@ -105,7 +105,7 @@ def _unruled(decision: Bypass, request: web.Request, rules) -> bool:
     if decision.reason is Reason.NO_RULE:
         return True
     if decision.reason is Reason.NON_CANONICAL:  # /static/ or //x: ours unless it normalises onto a rule
-        _, normalised = split_path(_server.request_target(request.raw_path).partition("?")[0])
+        _, normalised = split_path(request_target(request.raw_path).partition("?")[0])
         return rules.match("GET", normalised) is None
     return False
 
@@ -306,7 +306,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
     config = proxy.rules.http_cache
     headers = proxy.upstream.forward_headers(origin.headers, origin.client_ip, origin.scheme, origin.request_id)
     passed = ("If-None-Match", "If-Modified-Since") if client_conditionals and validate is None else ()
-    for name in _server.CONDITIONAL_HEADERS + FILL_DROPPED:  # a validation needs the full representation
+    for name in CONDITIONAL_HEADERS + FILL_DROPPED:  # a validation needs the full representation
         if name not in passed:
             headers.popall(name, None)
     stored = CIMultiDict(validate.headers) if validate is not None else None
@@ -334,7 +334,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
         outcome = refusal or await _store(proxy, target, found, tokens, fresh, origin.headers)
         proxy.metrics.stores.labels(LABEL, outcome).inc()
         return Got(304, upstream_headers, outcome=outcome, revalidated=fresh)
-    if is_event_stream(upstream_headers):  # SSE: relayed as it comes, never stored (proxy/streaming.py)
+    if is_event_stream(upstream_headers):  # SSE: relayed as it comes, never stored (proxy/serve/streaming.py)
         return Got(response.status, upstream_headers, outcome="event-stream", stream=(b"", response))
     try:
         body, complete = await read_limited(response, config.max_body_bytes)
@@ -359,7 +359,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
         if ttl <= 0:
             outcome = "not-reusable"  # stale on arrival (or no lifetime) and nothing to revalidate it with
         else:
-            etag = etag or _server._content_etag(body)
+            etag = etag or content_etag(body)
             entry = Entry(response.status, kept, body, response_time - age, tuple(tokens), FINGERPRINT, etag)
             outcome = await _store(proxy, target, found, tokens, entry, origin.headers, ttl)
     proxy.metrics.stores.labels(LABEL, outcome).inc()
@@ -437,7 +437,7 @@ def _from_entry(request: web.Request, entry: Entry, label: str, status: str, age
     headers["Cache-Status"] = status
     headers["X-Request-ID"] = request_id_var.get() or ""
     if 200 <= entry.status < 300 and _not_modified(request.headers, headers):
-        return web.Response(status=304, headers=_server._not_modified_headers(headers))
+        return web.Response(status=304, headers=not_modified_headers(headers))
     return web.Response(status=entry.status, body=entry.body, headers=headers)
 
 
@@ -451,12 +451,12 @@ async def _from_got(proxy, request: web.Request, got: Got, status: str) -> web.S
     if got.error is not None:
         return error_response(got.error.status, got.error.detail, "MISS", status)
     interim.send_before(request, got.interim)
-    headers = _server.miss_headers(got.headers, got.etag, _chain(got.headers, status))
+    headers = miss_headers(got.headers, got.etag, _chain(got.headers, status))
     if got.stream is not None:
         prefix, upstream_response = got.stream
         return await proxy._stream(request, upstream_response, headers, prefix)
     if 200 <= got.status < 300 and got.outcome == "stored" and _not_modified(request.headers, headers):
-        return web.Response(status=304, headers=_server._not_modified_headers(headers))
+        return web.Response(status=304, headers=not_modified_headers(headers))
     return web.Response(status=got.status, body=got.body, headers=headers)
 
 

@@ -117,7 +117,7 @@ def _flag_rows(parser: argparse.ArgumentParser, env_by_flag: dict[str, str]) -> 
         env = next((env_by_flag[o] for o in action.option_strings if o in env_by_flag), "")
         shown = _code(_cell(default))
         if env and default == "":
-            from .core.settings import SETTINGS_BY_NAME
+            from ..core.settings import SETTINGS_BY_NAME
 
             setting = SETTINGS_BY_NAME[env]
             shown = _cell(setting.shown_default) if setting.shown_default else _code(_cell(setting.default))
@@ -126,7 +126,7 @@ def _flag_rows(parser: argparse.ArgumentParser, env_by_flag: dict[str, str]) -> 
 
 
 def _rules_yaml_substitutions() -> list[tuple[str, str]]:
-    path = os.path.join(os.path.dirname(__file__), "rules.yaml")
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "rules.yaml")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -140,8 +140,8 @@ def _rules_yaml_substitutions() -> list[tuple[str, str]]:
 
 def reference() -> str:
     from .cli import build_parser
-    from .core.settings import SETTINGS
-    from .core.rules import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS, HttpCacheConfig, Rule
+    from ..core.settings import SETTINGS
+    from ..core.rules import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS, HttpCacheConfig, Rule
 
     missing = (RULE_FIELDS ^ set(RULE_FIELD_DOCS)) | (TOP_FIELDS ^ set(TOP_FIELD_DOCS))
     if missing:
@@ -151,7 +151,7 @@ def reference() -> str:
         raise AssertionError(f"http_cache fields out of step with HTTP_CACHE_DOCS: {sorted(set(http_fields) ^ set(HTTP_CACHE_DOCS))}")
 
     out = ["# Configuration reference", "",
-           "Generated from the code by `cache-proxy config-reference` (`proxy/confref.py`): every command-line "
+           "Generated from the code by `cache-proxy config-reference` (`proxy/ops/confref.py`): every command-line "
            "flag, environment variable and rules.yaml field, its default and meaning. A test "
            "(`tests/hardening/test_confref.py`) fails when this file and the code disagree; regenerate it with "
            "`cache-proxy config-reference > docs/CONFIGURATION.md`.", "",

@@ -21,8 +21,8 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from .core.errors import UpstreamError
-from .upstream.failures import classify
+from ..core.errors import UpstreamError
+from ..upstream.failures import classify
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")

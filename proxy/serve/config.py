@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 import tempfile
 from dataclasses import dataclass, field
 
-from .core.identity import IdentityConfig, config_from_env
-from .core.settings import setting, setting_bool, setting_float, setting_int
-from .upstream.client import UpstreamConfig
+from ..core.identity import IdentityConfig, config_from_env
+from ..core.settings import setting, setting_bool, setting_float, setting_int
+from ..upstream.client import UpstreamConfig
 
 CACHE_MODES = ("on", "off", "shadow")
 
@@ -30,7 +31,7 @@ class Config:
     max_write_body: int = 1 << 20  # write bodies read for purge placeholders
     admin_rate: float = 5.0  # manual invalidation requests per second per client
     access_log: bool = False
-    fast_path: bool = True  # fresh hits answered by proxy/fastpath.py
+    fast_path: bool = True  # fresh hits answered by proxy/serve/fastpath.py
     log_format: str = "json"
     shutdown_grace: float = 10.0
     watch_rules: bool = True
@@ -62,7 +63,7 @@ def admin_token_from_env(environ: dict[str, str]) -> str | None:
 
 def config_from(args, environ: dict[str, str] | None = None) -> Config:
     """From parsed CLI ``args`` (attributes may be None) and ``environ``; defaults from ``SETTINGS``."""
-    from .store.redisconf import resolve_redis_url
+    from ..store.redisconf import resolve_redis_url
 
     env = dict(os.environ if environ is None else environ)
     upstream = UpstreamConfig(
@@ -115,7 +116,7 @@ def default_rules_path() -> str:
     """``rules.yaml`` in the working directory, else the copy shipped inside the package (pipx, wheels)."""
     if os.path.exists("rules.yaml"):
         return "rules.yaml"
-    return os.path.join(os.path.dirname(__file__), "rules.yaml")
+    return str(resources.files("proxy") / "rules.yaml")
 
 
 def pending_file_from(environ: dict[str, str], listen: str) -> str | None:

@@ -45,13 +45,13 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from .core import interim, locations
-from . import server as _server  # circular on purpose (as in httpserve): names are looked up at call time
-from .core.entry import Entry
-from .core.errors import LookupRedirected, StoreUnavailable
-from .logs import request_id as request_id_var
-from .core.policy import Lookup
-from .upstream.client import body_failure, framed_length
+from ..core import interim, locations
+from ..core.entry import Entry
+from ..core.errors import LookupRedirected, StoreUnavailable
+from .answers import request_id as request_id_var
+from .answers import Origin, miss_headers
+from ..core.policy import Lookup
+from ..upstream.client import body_failure, framed_length
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")
@@ -302,9 +302,9 @@ class ReadPath:
         return self._miss(d, head, start, peer, Prefetched(d.key, tokens, entry, verdict, lease=lease))
 
     def _audit(self, d: Lookup, entry: Entry, head: Head, peer: tuple[str | None, str]) -> None:
-        """A sampled hit: the staleness auditor fetches it again in the background (proxy/auditor.py)."""
+        """A sampled hit: the staleness auditor fetches it again in the background (proxy/serve/auditor.py)."""
         p = self.proxy
-        p.auditor.offer(d, entry, _server.Origin(head.target, head.headers, peer[0], peer[1],
+        p.auditor.offer(d, entry, Origin(head.target, head.headers, peer[0], peer[1],
                                                  p.request_id(head.headers)))
 
     async def _miss(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
@@ -320,7 +320,7 @@ class ReadPath:
             return looked
         rid = p.request_id(head.headers)
         request_id_var.set(rid)  # this task's own context: log lines of the fill carry it
-        origin = _server.Origin(head.target, head.headers, peer[0], peer[1], rid)
+        origin = Origin(head.target, head.headers, peer[0], peer[1], rid)
         gate.enter()
         try:
             filled = await p.fill_miss(d, origin, looked.entry, looked.verdict, looked.tokens, looked.lease)
@@ -337,7 +337,7 @@ class ReadPath:
             response = error_response(fetched.error.status, fetched.error.detail, "MISS", cache_status)
             p.record("GET", d.rule.name, "miss", response.status, cache_status, start, rid)
             return wire(response.status, CIMultiDict(response.headers), response.body)
-        headers = _server.miss_headers(fetched.headers, fetched.etag, cache_status)
+        headers = miss_headers(fetched.headers, fetched.etag, cache_status)
         p.point_at_client(headers, head.headers, peer[1])
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
         hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/core/interim.py)

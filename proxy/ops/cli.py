@@ -16,7 +16,7 @@ import sys
 import time
 from importlib import metadata
 
-from .core.errors import KatibaError, RulesError, StoreUnavailable
+from ..core.errors import KatibaError, RulesError, StoreUnavailable
 
 log = logging.getLogger("proxy")
 # The demo's shared secret (the stand-in backend receives it through JWT_SECRET_KEY). At least 32 bytes:
@@ -34,7 +34,7 @@ def version() -> str:
 
 def default_rules_path() -> str:
     """``rules.yaml`` in the working directory, else the copy shipped inside the package."""
-    from .config import default_rules_path as default
+    from ..serve.config import default_rules_path as default
 
     return default()
 
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every command and flag (docs/CONFIGURATION.md is generated from it: ``proxy/confref.py``)."""
+    """Every command and flag (docs/CONFIGURATION.md is generated from it: ``proxy/ops/confref.py``)."""
     parser = argparse.ArgumentParser(prog="cache-proxy", description="Caching reverse proxy for the katiba360 API")
     parser.add_argument("--version", action="version", version=f"cache-proxy {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _rules_or_report(path: str):
     """The compiled rules, or None after printing every problem as ``file:line: field: message``."""
-    from .core.rules import load_rules
+    from ..core.rules import load_rules
 
     try:
         return load_rules(path)
@@ -191,9 +191,9 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import config_from
+    from ..serve.config import config_from
     from .logs import setup_logging
-    from .core.rules import load_rules
+    from ..core.rules import load_rules
 
     try:
         config = config_from(args)
@@ -239,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def serve(config, rules, started: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``): not ready first, then drain in-flight requests."""
-    from .server import build_app
+    from ..serve.requestpath import build_app
 
     # Test-only switches that break a guarantee on purpose (the stale-read checker's mutants).
     unsafe = frozenset(s.strip() for s in os.environ.get("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "").split(",")
@@ -247,7 +247,7 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
     if unsafe:
         log.warning("unsafe test-only switches are on: this proxy breaks its consistency guarantee on purpose",
                     extra={"event": "unsafe_switches", "switches": sorted(unsafe)})
-    from . import tracing
+    from ..serve import tracing
 
     tracing.configure_from_env()  # OTEL_TRACES_EXPORTER; per process, so after a worker's fork
     try:
@@ -261,7 +261,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
 
     from aiohttp import web
 
-    from .server import PROXY_KEY
+    from ..serve.requestpath import PROXY_KEY
 
     proxy = app[PROXY_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)
@@ -270,7 +270,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
     admin_runner = None
     try:
         await web.TCPSite(runner, host, port, reuse_port=True, backlog=2048).start()
-        if config.admin_listen:  # /metrics, /healthz, /readyz, /_cache/* on their own port (proxy/admin.py)
+        if config.admin_listen:  # /metrics, /healthz, /readyz, /_cache/* on their own port (proxy/ops/admin.py)
             from .admin import build_admin_app
 
             admin_runner = web.AppRunner(build_admin_app(proxy), access_log=None, handle_signals=False,
@@ -332,7 +332,7 @@ async def watch_rules(proxy, path: str, stop: asyncio.Event | None = None, debou
     """
     from watchfiles import awatch
 
-    from .core.rulewatch import RulesFileChanges
+    from ..core.rulewatch import RulesFileChanges
 
     changes_of_the_rules = RulesFileChanges(path)  # not the log file or anything else beside it
     last = _digest(path)
@@ -362,9 +362,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The stand-in backend in a child process, the proxy in this one, until Ctrl-C."""
     import jwt
 
-    from .config import config_from
+    from ..serve.config import config_from
     from .logs import setup_logging
-    from .core.rules import load_rules
+    from ..core.rules import load_rules
 
     env = dict(os.environ)
     env.setdefault("JWT_SECRET_KEY", DEMO_SECRET)
@@ -419,9 +419,9 @@ def _with_rules(config, path: str):
 
 
 async def cmd_purge(args: argparse.Namespace) -> int:
-    from .core.policy import epoch_key, namespace_gen_key
-    from .core.rules import load_rules
-    from .store import open_store
+    from ..core.policy import epoch_key, namespace_gen_key
+    from ..core.rules import load_rules
+    from ..store import open_store
 
     url = args.redis or os.environ.get("REDIS_URL")
     if not url:
@@ -443,13 +443,13 @@ async def cmd_purge(args: argparse.Namespace) -> int:
             return 2
         rendered = _render_pattern(args.pattern, rules)
         if rendered is None:
-            from .explain import refusal
+            from ..core.explain import refusal
 
             print(f"cache-proxy purge: {refusal(args.pattern, rules)}", file=sys.stderr)
             return 1
         gen_keys = [namespace_gen_key(rules.prefix, rendered)]
         shown = args.pattern
-    from .store.redisconf import resolve_redis_url
+    from ..store.redisconf import resolve_redis_url
 
     store = open_store(resolve_redis_url(url, dict(os.environ)))
     try:
@@ -464,7 +464,7 @@ async def cmd_purge(args: argparse.Namespace) -> int:
 
 def _render_pattern(pattern: str, rules) -> str | None:
     """A concrete pattern (``user:{42}:*``, ``achievements:global:*``) rendered like stored keys."""
-    from .explain import render_pattern
+    from ..core.explain import render_pattern
 
     return render_pattern(pattern, rules)
 
@@ -473,7 +473,7 @@ def _render_pattern(pattern: str, rules) -> str | None:
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
-    from .config import admin_token_from_env
+    from ..serve.config import admin_token_from_env
 
     return getattr(args, "admin_token", None) or admin_token_from_env(dict(os.environ))
 
@@ -542,8 +542,8 @@ def _identity_from_token(token: str | None):
     else decoded without trusting it."""
     import jwt
 
-    from .core.errors import IdentityError
-    from .core.identity import Identity, Verifier, config_from_env
+    from ..core.errors import IdentityError
+    from ..core.identity import Identity, Verifier, config_from_env
 
     if not token:
         return None, False
@@ -569,7 +569,7 @@ def _identity_from_token(token: str | None):
 def cmd_explain(args: argparse.Namespace) -> int:
     import json
 
-    from .explain import explain, format_text
+    from ..core.explain import explain, format_text
 
     if args.instance:
         from urllib.parse import urlencode
@@ -682,7 +682,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def format_audit(report: dict) -> str:
-    from .core.audit import suggestion_text
+    from ..core.audit import suggestion_text
 
     rules = report.get("rules", {})
     width = max([len("rule")] + [len(name) for name in rules])
@@ -709,10 +709,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 async def _redis_stats(url: str) -> dict:
-    from .core.errors import StoreUnavailable
-    from .store import open_store
+    from ..core.errors import StoreUnavailable
+    from ..store import open_store
 
-    from .store.redisconf import resolve_redis_url
+    from ..store.redisconf import resolve_redis_url
 
     store = open_store(resolve_redis_url(url, dict(os.environ)))
     try:

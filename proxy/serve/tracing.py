@@ -24,7 +24,7 @@ the backend client are the plain objects. On, ``instrument`` wraps, on that one 
   Store calls made outside any request (the store watch's probes) get no span; a warming fetch is the
   root of a new trace.
 
-The fast path (proxy/fastpath.py) answers hits and misses straight off the socket, without aiohttp's
+The fast path (proxy/serve/fastpath.py) answers hits and misses straight off the socket, without aiohttp's
 request objects; with tracing on it is not installed, so that every request gets its span the same way.
 Tracing on costs what aiohttp's path costs over the fast path, plus the spans; off costs nothing.
 

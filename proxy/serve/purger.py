@@ -16,8 +16,8 @@ import time
 
 import orjson
 
-from .core import policy
-from .core.errors import StoreUnavailable
+from ..core import policy
+from ..core.errors import StoreUnavailable
 from .wire import mask_gen_key
 
 log = logging.getLogger("proxy")

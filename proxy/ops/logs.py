@@ -6,14 +6,13 @@ Every line has ``ts``, ``level`` and ``event``; lines written while a request is
 """
 from __future__ import annotations
 
-import contextvars
 import logging
 import sys
 import time
 
 import orjson
 
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+from ..serve.answers import request_id
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "event"}
 

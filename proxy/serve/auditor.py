@@ -28,12 +28,12 @@ from typing import Any, Awaitable, Callable
 
 from multidict import CIMultiDict
 
-from .core import policy
-from .core.audit import AuditBook, Budget, WriteLog, fold_path
-from .core.entry import Entry
-from .core.errors import StoreUnavailable
-from .core.policy import Lookup
-from .core.rules import Rule, Rules
+from ..core import policy
+from ..core.audit import AuditBook, Budget, WriteLog, fold_path
+from ..core.entry import Entry
+from ..core.errors import StoreUnavailable
+from ..core.policy import Lookup
+from ..core.rules import Rule, Rules
 
 log = logging.getLogger("proxy")
 

@@ -11,7 +11,7 @@ Theory of operation, per request:
   kept as *pending*: until it lands, reads of those namespaces bypass the cache on this instance.
 * everything else: passed through, streamed both ways, marked ``X-Cache: BYPASS``.
 * audit: a sampled fresh hit (``audit.sample``) is fetched again in the background and compared with the
-  entry served; a stale entry is replaced and attributed to the writes ``_write`` noted (proxy/auditor.py).
+  entry served; a stale entry is replaced and attributed to the writes ``_write`` noted (proxy/serve/auditor.py).
 
 Concurrent misses for one (key, generations) share one fetch (``_fill``); a waiter never receives a
 body fetched under other generations. If the store fails, requests go to the backend.
@@ -26,13 +26,12 @@ bumps the epoch (``recover_pending_file``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from random import random
 from typing import Any
@@ -43,28 +42,32 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import fastpath, httpserve, streaming, tracing
-from .core import httpcache, interim, locations, policy
-from .core.arms import rollout_arm
+from ..core import interim, locations, policy
+from ..core.arms import rollout_arm
 from .auditor import Auditor
-from .core.demand import RecentReads
+from ..core.demand import RecentReads
 from .config import Config
-from .core.entry import Entry, decode_entry
-from .core.errors import IdentityError, StoreUnavailable, UpstreamError
-from .core.identity import Identity, Verifier, bearer_token
-from .store.l1 import L1Cache, follow_invalidations
-from .logs import request_id as request_id_var
-from .core.metrics import Metrics
+from ..core.entry import Entry, decode_entry
+from ..core.errors import IdentityError, StoreUnavailable, UpstreamError
+from ..core.identity import Identity, Verifier, bearer_token
+from ..store.l1 import L1Cache, follow_invalidations
+from .answers import request_id as request_id_var
+from .answers import (
+    CONDITIONAL_HEADERS, FILL_DROPPED, Fetched, Filled, Origin, content_etag, miss_headers, not_modified_headers,
+    request_target,
+)
+from ..core.metrics import Metrics
 from .overload import Gate
-from .core.policy import Bypass, Lookup, Reason, RequestView, Write
-from .core.rules import Rules, load_rules
-from .store import open_store
-from .store.guard import CircuitBreaker, GuardedStore
-from .upstream.client import (
+from ..core.policy import Bypass, Lookup, Reason, RequestView, Write
+from ..core.rules import Rules, load_rules
+from ..store import open_store
+from ..store.guard import CircuitBreaker, GuardedStore
+from ..upstream.client import (
     Upstream, body_failure, framed_length, overran, overrun_failure, read_limited, response_headers,
     strip_hop_by_hop, watch_upstream,
 )
 from .endpoints import EndpointsMixin
-from .purging import PurgingMixin
+from .purger import PurgingMixin
 from .wire import BodyTooLarge, CacheStatus, RateLimiter, error_response, etag_matches, is_valid_request_id, read_body
 
 log = logging.getLogger("proxy")
@@ -77,56 +80,7 @@ PROXY_KEY = web.AppKey("proxy", "Proxy")
 # Refetches after a purge in flight at once per instance (``refresh_after_purge``); more wait their turn.
 REFRESH_AFTER_PURGE_CONCURRENCY = 8
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first (metrics and logs)
-CONDITIONAL_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")
-# Never sent with a fill (a bodyless GET whose answer every client with the key gets): body framing (a
-# Content-Length without its body would desynchronise the pooled upstream connection), cookies, and the
-# host/prefix forwarding headers a client could choose (X-Forwarded-Host would carry its Host header).
-FILL_DROPPED = ("Content-Length", "Content-Type", "Expect", "Cookie", "Forwarded", "X-Forwarded-Host",
-                "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Server", "X-Host", "X-Original-Host")
 INTERNAL_HEADERS = frozenset({"x-cache", "cache-status", "age", "x-request-id", "content-length", "set-cookie"})
-
-
-@dataclass
-class Fetched:
-    """What a fill got from the backend (or why it got nothing)."""
-
-    status: int = 0
-    headers: CIMultiDict = field(default_factory=CIMultiDict)  # as the backend sent them, minus hop-by-hop
-    body: bytes = b""
-    etag: str | None = None
-    outcome: str = ""  # "stored", "generation-changed", or the reason it was not stored
-    error: UpstreamError | None = None
-    stream: Any = None  # (prefix, upstream response) when the body exceeded the rule's limit
-    collapsed: bool = False
-    interim: tuple = ()  # 1xx answers that came before it, relayed to the client, never stored
-    storable: bool = False  # the rule would store this answer (whether or not it was stored)
-
-    @property
-    def shareable(self) -> bool:
-        """May requests that waited for this fill be given it? Only an answer the rule would store (the
-        same for every request with the key), or no answer at all (the backend failed, for everyone).
-        Anything else (a 401 for a deactivated user, a 429 for one caller, an envelope error) may be the
-        leader's own: waiters fetch with their own credentials."""
-        return self.error is not None or (self.stream is None and self.storable)
-
-
-@dataclass(slots=True)
-class Filled:
-    """How a miss is answered (``Proxy.fill_miss``): ``fetched``, or the stale entry when it is None."""
-
-    cache_status: str
-    fetched: Fetched | None = None
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Everything needed to send a request upstream, detached from the client's request object."""
-
-    path_qs: str
-    headers: CIMultiDict
-    client_ip: str | None
-    scheme: str
-    request_id: str
 
 
 class Proxy(PurgingMixin, EndpointsMixin):
@@ -183,7 +137,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
     # ------------------------------------------------------------------------------ dispatch
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if not self.gate.admit(request.raw_path):  # MAX_INFLIGHT: 503 + Retry-After (proxy/overload.py)
+        if not self.gate.admit(request.raw_path):  # MAX_INFLIGHT: 503 + Retry-After (proxy/serve/overload.py)
             return self.gate.reject()
         rid = self.request_id(request.headers)
         token = request_id_var.set(rid)
@@ -272,7 +226,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
     # ------------------------------------------------------------------------------- reads
 
     def fast_lookup(self, raw_path: str, query: str, headers: CIMultiDict) -> tuple[Lookup | None, float]:
-        """For proxy/fastpath.py: the Lookup of a plain GET when a fresh entry could answer it, and until
+        """For proxy/serve/fastpath.py: the Lookup of a plain GET when a fresh entry could answer it, and until
         when (the verifier's clock) the same request keeps that Lookup: its token's expiry. Pending
         purges are the caller's to check, each time."""
         if self._internal("GET", raw_path) is not None:
@@ -296,7 +250,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
 
     def refresh_stale(self, d: Lookup, tokens: list, path_qs: str, headers: CIMultiDict, client_ip: str | None,
                       scheme: str, rid: str) -> None:
-        """For proxy/fastpath.py, which answers stale-while-revalidate hits too."""
+        """For proxy/serve/fastpath.py, which answers stale-while-revalidate hits too."""
         self._refresh_in_background(d, tokens, Origin(path_qs, headers, client_ip, scheme, rid))
 
     def l1_fresh(self, d: Lookup) -> tuple[Entry, str, int] | None:
@@ -331,7 +285,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             if random() < self.auditor.sample:
                 self.auditor.offer(d, hit[0], origin)
             return self._from_entry(request, hit[0], "HIT", hit[1], hit[2]), "hit"
-        prefetched = getattr(request.protocol, "prefetched", None)  # the fast path's lookup (proxy/fastpath.py)
+        prefetched = getattr(request.protocol, "prefetched", None)  # the fast path's lookup (proxy/serve/fastpath.py)
         if prefetched is not None and prefetched.key == d.key:
             request.protocol.prefetched = None
             if prefetched.store_down:
@@ -363,7 +317,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
                         tokens: list, lease: tuple[str, str] | None = None) -> Filled | None:
         """A read the cache could not answer fresh: the fill, or ``entry`` if the backend fails and
         stale-if-error allows it (``Filled.fetched`` None). None: the store is down, nothing was fetched.
-        For both request paths (aiohttp's, and proxy/fastpath.py's). ``lease``: the fill's lease, taken
+        For both request paths (aiohttp's, and proxy/serve/fastpath.py's). ``lease``: the fill's lease, taken
         by the lookup already (``lease_for``); this fill uses it or drops it."""
         rule = d.rule
         if None in tokens:
@@ -579,7 +533,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
             self.upstream.failures(overrun_failure(), rule.name, "GET")
             refusal = "framing"
-        etag = response.headers.get("ETag") or (_content_etag(body) if refusal is None else None)
+        etag = response.headers.get("ETag") or (content_etag(body) if refusal is None else None)
         fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", interim=hints,
                           storable=refusal is None)
         if refusal is None and store:
@@ -604,7 +558,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             return "pending-purge"
         stored_headers = tuple((k, v) for k, v in self._replayable(fetched.headers, d.rule).items())
         entry = Entry(fetched.status, stored_headers, fetched.body, self.clock(), tuple(tokens), d.rule.fingerprint,
-                      fetched.etag or _content_etag(fetched.body))
+                      fetched.etag or content_etag(fetched.body))
         if "no-fill-guard" in self.unsafe:  # test-only: store under whatever generations are current now
             expected = await self.store.ensure_generations(d.gen_keys, self.gen_ttl)
             ok = await self.store.store_if_current(d.key, replace(entry, generations=tuple(expected)).encode(
@@ -737,7 +691,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         headers["Cache-Status"] = status
         headers["X-Request-ID"] = request_id_var.get() or ""
         if entry.status == 200 and etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
-            return web.Response(status=304, headers=_not_modified_headers(headers))
+            return web.Response(status=304, headers=not_modified_headers(headers))
         return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     async def _from_fetched(self, request: web.Request, fetched: Fetched, status: str) -> web.StreamResponse:
@@ -749,7 +703,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
             prefix, upstream_response = fetched.stream
             return await self._stream(request, upstream_response, headers, prefix)
         if fetched.status == 200 and fetched.etag and etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
-            return web.Response(status=304, headers=_not_modified_headers(headers))
+            return web.Response(status=304, headers=not_modified_headers(headers))
         return web.Response(status=fetched.status, body=fetched.body, headers=headers)
 
     async def _bypass(self, request: web.Request, origin: Origin, rule, reason: Reason) -> web.StreamResponse:
@@ -874,13 +828,6 @@ class Proxy(PurgingMixin, EndpointsMixin):
         return True
 
 
-def request_target(raw: str) -> str:
-    """The request-target without a ``#fragment``: RFC 9112 §3.2's origin-form has none, and the backend's
-    parser drops it, so it is neither keyed nor forwarded (stripped rather than refused: without the
-    proxy the backend would have answered)."""
-    return raw.partition("#")[0] if "#" in raw else raw
-
-
 def _is_failure(fetched: Fetched, rule) -> bool:
     """A backend failure for stale-if-error: no answer, a 5xx, or what the rule's error_when names."""
     if fetched.error is not None or fetched.status >= 500:
@@ -896,27 +843,6 @@ def _is_failure(fetched: Fetched, rule) -> bool:
         except orjson.JSONDecodeError:
             return False
     return False
-
-
-def _content_etag(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-
-
-def miss_headers(upstream: CIMultiDict, etag: str | None, cache_status: str) -> CIMultiDict:
-    """The headers of an answer fetched for this request (a miss): the backend's, with our ETag when it
-    sent none, and our X-Cache, Cache-Status and request id. Content-Length is the server's to set."""
-    headers = CIMultiDict(upstream)
-    headers.popall("Content-Length", None)
-    if etag and "ETag" not in headers:
-        headers["ETag"] = etag
-    headers["X-Cache"] = "MISS"
-    headers["Cache-Status"] = cache_status
-    headers["X-Request-ID"] = request_id_var.get() or ""
-    return headers
-
-
-def _not_modified_headers(headers: CIMultiDict) -> CIMultiDict:
-    return CIMultiDict(httpcache.not_modified_fields(headers.items(), ("age", "x-cache", "cache-status", "x-request-id")))
 
 
 def build_app(config: Config, rules: Rules | None = None, store=None, metrics: Metrics | None = None,
@@ -962,7 +888,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(point_at_client)  # every answer of aiohttp's path (fastpath.py: its own)
-    # Tracing (proxy/tracing.py) is decided here, once: off, nothing on the request path changes.
+    # Tracing (proxy/serve/tracing.py) is decided here, once: off, nothing on the request path changes.
     app.router.add_route("*", "/{tail:.*}", tracing.instrument(proxy) if tracing.ENABLED else proxy.handle)
     if config.fast_path and not tracing.ENABLED:  # traced, every request takes aiohttp's path
         fastpath.install(app, proxy)

@@ -1,4 +1,4 @@
-"""Why a request would be HIT, MISS, STALE or BYPASS, and the operator endpoints under ``/_cache/``.
+"""Why a request would be HIT, MISS, STALE or BYPASS: the pure part of ``explain``.
 
 ``explain`` is a pure function over ``policy.classify`` and ``policy.judge``: given the compiled rules, a
 method and URL, the caller's identity (or why there is none) and optionally the state of the entry in the
@@ -7,46 +7,27 @@ masked unless ``is_admin``), the TTLs, the guarding namespaces, and, with an ent
 whether it is fresh, stale, purged or absent and the X-Cache the request would get. ``format_text`` turns
 that dict into the lines ``cache-proxy explain`` prints.
 
-The endpoints (``ENDPOINTS``, registered by ``server.Proxy._internal``) all need the admin credential
-``Authorization: Bearer <CACHE_ADMIN_TOKEN>`` (401 without a credential, 403 with any other):
-
-* ``GET /_cache/explain?method=GET&url=/api/v1/users/profile[&user_id=ID]`` (or the caller's token in
-  ``X-Explain-Token``): ``explain`` plus one ``store.lookup`` of the entry; the user id is masked in the
-  key and the identity, as offline.
-* ``GET /_cache/stats``: requests per rule and result with the hit rate, shadow mode's would-be answers,
-  purges, reloads (the whole instance's counters: every worker's with ``--workers N``) and the store's own
-  figures (entries, bytes, evictions).
-* ``GET /_cache/audit``: the staleness auditor's report (this process's audits): per read rule the audits
-  and their results, and the purges the write rules seem to miss (``audit.AuditBook.report``).
-* ``POST /_cache/purge`` ``{"pattern": "user:{ID}:*"}`` or ``{"all": true}``: validated like
-  ``cache-proxy purge`` (an exact key or a declared namespace followed by ``:*``), else 400 listing the
-  declared namespaces, and the braced form to type for ``user:123:*`` (``suggest_pattern``).
+Pure: the ``/_cache/*`` endpoints (proxy/serve/endpoints.py) and ``cache-proxy explain`` both call it.
 """
 from __future__ import annotations
 
-import hmac
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-import orjson
 from multidict import CIMultiDict
 
-from .core import policy
-from .core.entry import Entry, decode_entry
-from .core.identity import Identity, bearer_token
-from .core.keys import assemble, escape_value
-from .core.policy import Bypass, Lookup, Reason, RequestView, Write
-from .core.rules import Rules
+from . import policy
+from .entry import Entry
+from .identity import Identity
+from .keys import assemble, escape_value
+from .policy import Bypass, Lookup, Reason, RequestView, Write
+from .rules import Rules
 
 log = logging.getLogger("proxy")
 
-EXPLAIN_PATH, STATS_PATH, PURGE_PATH = "/_cache/explain", "/_cache/stats", "/_cache/purge"
-AUDIT_PATH = "/_cache/audit"
-RESULTS = ("hit", "stale", "miss", "bypass")
 
 _REASONS = {
     Reason.NO_RULE: "no rule matches this route: passed through to the backend, never stored",
@@ -426,193 +407,6 @@ def refusal(pattern: object, rules: Rules) -> str:
 # ---------------------------------------------------------------------------------- counters
 
 
-def rule_counts(metrics, rules: Rules | None = None, families: Mapping[str, Any] | None = None
-                ) -> dict[str, dict[str, Any]]:
-    """Requests per rule and result from ``katiba_cache_requests_total``, with the hit rate.
-
-    hit_rate = (hit + stale) / every request of the rule, bypasses included. Every read rule of
-    ``rules`` is listed, with zeros if it saw no request; the proxy's own endpoints are left out.
-    ``families``: ``Metrics.families()`` (every worker's figures), read once by the caller.
-    """
-    families = metrics.families() if families is None else families
-    counts: dict[str, dict[str, float]] = {}
-    if rules is not None:
-        for rule in rules.rules:
-            if rule.key is not None:
-                counts[rule.name] = {}
-    for labels, value in _samples(families, "katiba_cache_requests"):
-        if labels.get("rule") == "internal":
-            continue
-        row = counts.setdefault(labels["rule"], {})
-        row[labels["result"]] = row.get(labels["result"], 0) + value
-    out = {}
-    for name, row in counts.items():
-        values = {r: int(row.get(r, 0)) for r in RESULTS}
-        total = sum(values.values())
-        out[name] = {**values, "requests": total,
-                     "hit_rate": round((values["hit"] + values["stale"]) / total, 4) if total else None}
-    return out
-
-
-def shadow_counts(families: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """Shadow mode's outcomes per rule (``katiba_cache_shadow_total``): would-hit-match, would-miss, ..."""
-    out: dict[str, dict[str, int]] = {}
-    for labels, value in _samples(families, "katiba_cache_shadow"):
-        if value:
-            row = out.setdefault(labels["rule"], {})
-            row[labels["outcome"]] = row.get(labels["outcome"], 0) + int(value)
-    return out
-
-
-def _samples(families: Mapping[str, Any], name: str):
-    family = families.get(name)
-    for sample in family.samples if family is not None else ():
-        if sample.name.endswith("_total"):
-            yield sample.labels, sample.value
-
-
-def _gauge(families: Mapping[str, Any], name: str, default: int) -> int:
-    family = families.get(name)
-    return int(sum(s.value for s in family.samples)) if family is not None and family.samples else default
-
-
-def _labelled(families: Mapping[str, Any], name: str, label: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for labels, value in _samples(families, name):
-        key = labels.get(label, "") if label else ""
-        out[key] = out.get(key, 0) + int(value)
-    return out
-
-
 # ---------------------------------------------------------------------------------- endpoints
 
 
-def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None):
-    from aiohttp import web
-
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
-
-
-def _refuse(proxy, request):
-    """None for the admin credential, else the 401/403/429 answer (constant-time compare, before any JWT)."""
-    token = bearer_token(request.headers.get("Authorization"))
-    admin = proxy.config.admin_token
-    if admin and token and hmac.compare_digest(token.encode(), admin.encode()):
-        return None
-    retry_after = proxy.admin_limiter.take(request.remote or "unknown")
-    if retry_after:
-        return _json({"detail": "Too many requests"}, 429, {"Retry-After": str(retry_after)})
-    if not admin:
-        return _json({"detail": "admin endpoints are off: set CACHE_ADMIN_TOKEN"}, 403)
-    if token is None:
-        return _json({"detail": "Not authenticated"}, 401, {"WWW-Authenticate": "Bearer"})
-    return _json({"detail": "admin credential refused: the bearer token sent is not the admin token "
-                            "(CACHE_ADMIN_TOKEN)"}, 403)
-
-
-def _method(request, *allowed: str):
-    if request.method in allowed:
-        return None
-    return _json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
-
-
-async def explain_endpoint(proxy, request):
-    from .core.errors import StoreUnavailable
-
-    refused = _method(request, "GET") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
-    query = request.query
-    url = query.get("url", "")
-    method = query.get("method", "GET").upper()
-    if not url or not (url.startswith("/") or "://" in url):
-        return _json({"detail": "give url=/path?query (and method=, default GET)"}, 422)
-    if query.get("user_id"):
-        identity_or_error: Identity | str | None = Identity(query["user_id"], math.inf)
-    else:
-        token = request.headers.get("X-Explain-Token") or query.get("token")
-        identity, error = proxy._identify(f"Bearer {token}" if token else None)
-        identity_or_error = identity if identity is not None else error
-    identity = identity_or_error if isinstance(identity_or_error, Identity) else None
-    rules = proxy.rules
-    decision = decide(rules, method, url, identity, identity_or_error if isinstance(identity_or_error, str) else None)
-    state = None
-    if isinstance(decision, Lookup):
-        pending = bool(proxy.pending) and any(g in proxy.pending for g in decision.gen_keys)
-        if not getattr(proxy, "cache_usable", True):  # the store watch has reads bypass the store
-            state = EntryState(store_error="unreachable, or not verified again yet", pending_purge=pending)
-        else:
-            try:
-                raw, tokens = await proxy.store.lookup(decision.key, decision.gen_keys)
-                state = EntryState(decode_entry(raw), tuple(tokens), pending)
-            except StoreUnavailable as exc:
-                state = EntryState(store_error=str(exc), pending_purge=pending)
-    # masked as offline: an explain answer gets pasted into tickets and chats
-    result = explain(rules, method, url, identity_or_error, state, is_admin=False, now=proxy.clock(),
-                     mode=getattr(proxy, "mode", "on"))
-    return _json(result)
-
-
-async def stats_endpoint(proxy, request):
-    from .core.errors import StoreUnavailable
-
-    refused = _method(request, "GET") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
-    try:
-        store = {"name": proxy.store.name, **(await proxy.store.stats())}
-    except StoreUnavailable as exc:
-        store = {"name": proxy.store.name, "error": str(exc)}
-    families = proxy.metrics.families()  # with --workers N: all of them, as /metrics shows
-    body = {
-        "mode": getattr(proxy, "mode", "on"),
-        "rules_file": proxy.config.rules_path,
-        "rules": rule_counts(proxy.metrics, proxy.rules, families),
-        "shadow": shadow_counts(families),
-        "purges": _labelled(families, "katiba_cache_purges", "rule"),
-        "purge_failures": _labelled(families, "katiba_cache_purge_failures", "").get("", 0),
-        "pending_purges": _gauge(families, "katiba_cache_pending_purges", len(proxy.pending)),
-        "store_errors": _labelled(families, "katiba_cache_store_errors", "op"),
-        "reloads": {"success": 0, "failure": 0, **_labelled(families, "katiba_cache_reloads", "result")},
-        "store": store,
-    }
-    return _json(body)
-
-
-async def purge_endpoint(proxy, request):
-    refused = _method(request, "POST") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
-    try:
-        raw = await request.content.read(64 << 10)
-        document = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        document = None
-    if not isinstance(document, dict):
-        return _json({"detail": 'body must be a JSON object: {"pattern": "..."} or {"all": true}'}, 422)
-    rules = proxy.rules
-    if document.get("all") is True:
-        gen_keys, shown = (policy.epoch_key(rules.prefix),), "*"
-    else:
-        pattern = document.get("pattern")
-        rendered = render_pattern(pattern, rules) if isinstance(pattern, str) else None
-        if rendered is None:
-            return _json({"detail": refusal(pattern, rules), "namespaces": declared_patterns(rules)}, 400)
-        gen_keys, shown = (policy.namespace_gen_key(rules.prefix, rendered),), pattern
-    applied = await proxy.purge(gen_keys, "manual", caller="admin")
-    if shown == "*" and applied:
-        proxy.metrics.epoch_bumps.inc()
-    log.info("manual purge", extra={"event": "audit_purge", "caller": "admin", "all": shown == "*",
-                                    "applied": applied})
-    return _json({"purged": shown, "applied": applied})
-
-
-async def audit_endpoint(proxy, request):
-    refused = _method(request, "GET") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
-    return _json(proxy.auditor.report())
-
-
-ENDPOINTS = {EXPLAIN_PATH: explain_endpoint, STATS_PATH: stats_endpoint, PURGE_PATH: purge_endpoint,
-             AUDIT_PATH: audit_endpoint}
