@@ -1,6 +1,6 @@
 """The configuration reference (docs/CONFIGURATION.md), generated from the code so it cannot drift.
 
-Sources: the argparse parsers of ``cache-proxy`` (``cli.build_parser``), the table of environment
+Sources: the argparse parsers of ``cache-proxy`` (``parser.build_parser``), the table of environment
 variables ``settings.SETTINGS`` (``config_from`` takes every default from it), the rules fields
 ``rules.RULE_FIELDS`` / ``rules.TOP_FIELDS`` with the defaults of ``rules.Rule`` and
 ``rules.HttpCacheConfig``, and the ``${VAR:-default}`` substitutions of the shipped rules.yaml.
@@ -139,7 +139,7 @@ def _rules_yaml_substitutions() -> list[tuple[str, str]]:
 
 
 def reference() -> str:
-    from .cli import build_parser
+    from .parser import build_parser
     from ..core.settings import SETTINGS
     from ..core.rules import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS, HttpCacheConfig, Rule
 

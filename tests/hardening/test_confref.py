@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from proxy.ops.cli import build_parser, version
+from proxy.ops.parser import build_parser, version
 from proxy.serve.config import Config, config_from
 from proxy.core.settings import SETTINGS, SETTINGS_BY_NAME
 from proxy.ops.confref import RULE_FIELD_DOCS, reference

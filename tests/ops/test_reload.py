@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 import standin
-from proxy.ops.cli import watch_rules
+from proxy.ops.runner import watch_rules
 
 from .conftest import ADMIN, PROFILE, SECRET, auth, metric_value, poll
 
