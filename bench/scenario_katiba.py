@@ -121,7 +121,7 @@ def purge_ceiling() -> dict:
     measurement: timing moves the real figure both ways (reads that wait for an in-flight refill are
     MISS; purges that land close together cost one miss between them, not two).
     """
-    from proxy.core.rules import load_rules
+    from proxy.core.rulesfile import load_rules
 
     from .procs import ROOT
     from .workload import READS, WRITE_SHARE, WRITES

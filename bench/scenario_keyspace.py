@@ -132,7 +132,7 @@ def shape(keys: int, max_users: int) -> tuple[int, int]:
 def base_keys(rules_path: Path, user_ids: list[str]) -> dict[str, list[str]]:
     """Per rule of RULES, the store key of each user's entry without query, rendered as the proxy
     renders it (the rule's key template under the rules' prefix)."""
-    from proxy.core.rules import load_rules
+    from proxy.core.rulesfile import load_rules
 
     rules = load_rules(str(rules_path))
     by_name = {r.name: r for r in rules.rules}

@@ -24,7 +24,7 @@ import redis
 
 from proxy.core.keys import escape_value
 from proxy.core.policy import namespace_gen_key
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 from proxy.store.redis import RedisStore
 
 from .context import Bench

@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _rules_or_report(path: str):
     """The compiled rules, or None after printing every problem as ``file:line: field: message``."""
-    from ..core.rules import load_rules
+    from ..core.rulesfile import load_rules
 
     try:
         return load_rules(path)
@@ -95,7 +95,7 @@ def cmd_check(path: str) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve.config import config_from
     from .logs import setup_logging
-    from ..core.rules import load_rules
+    from ..core.rulesfile import load_rules
 
     try:
         config = config_from(args)
@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ..serve.config import config_from
     from .logs import setup_logging
-    from ..core.rules import load_rules
+    from ..core.rulesfile import load_rules
 
     env = dict(os.environ)
     env.setdefault("JWT_SECRET_KEY", DEMO_SECRET)
@@ -207,7 +207,7 @@ def _with_rules(config, path: str):
 
 async def cmd_purge(args: argparse.Namespace) -> int:
     from ..core.policy import epoch_key, namespace_gen_key
-    from ..core.rules import load_rules
+    from ..core.rulesfile import load_rules
     from ..store import open_store
 
     url = args.redis or os.environ.get("REDIS_URL")

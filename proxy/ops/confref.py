@@ -141,7 +141,8 @@ def _rules_yaml_substitutions() -> list[tuple[str, str]]:
 def reference() -> str:
     from .parser import build_parser
     from ..core.settings import SETTINGS
-    from ..core.rules import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS, HttpCacheConfig, Rule
+    from ..core.rules import HttpCacheConfig, Rule
+    from ..core.rulesfile import DEFAULTABLE, RULE_FIELDS, TOP_FIELDS
 
     missing = (RULE_FIELDS ^ set(RULE_FIELD_DOCS)) | (TOP_FIELDS ^ set(TOP_FIELD_DOCS))
     if missing:

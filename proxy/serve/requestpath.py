@@ -59,7 +59,8 @@ from .answers import (
 from ..core.metrics import Metrics
 from .overload import Gate
 from ..core.policy import Bypass, Lookup, Reason, RequestView, Write
-from ..core.rules import Rules, load_rules
+from ..core.rules import Rules
+from ..core.rulesfile import load_rules
 from ..store import open_store
 from ..store.guard import CircuitBreaker, GuardedStore
 from ..upstream.client import (

@@ -8,7 +8,7 @@ from bench.loadgen import katiba_request, reread_after
 from bench.procs import ROOT, rules_with_defaults
 from bench.scenario_katiba import after_write_added, after_write_figures
 from bench.workload import READS, REREAD_PREFIX, REREAD_THINK_MS, REREADS, WRITES, Workload, reread_label
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 
 SECRET = "bench-test-secret-of-thirty-two-bytes!"
 

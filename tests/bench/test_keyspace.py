@@ -10,7 +10,7 @@ from bench.report import final_line, headline
 from bench.scenario_keyspace import PATHS, RULES, VARIANT_PARAM, copy_variants, shape
 from proxy.core.identity import Identity
 from proxy.core.policy import Lookup, RequestView, classify
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 
 
 def test_a_level_is_users_times_paths_then_variants_per_user():

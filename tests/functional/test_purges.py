@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "rules.yaml")
 WRITE_RULES = sorted(r.name for r in RULES.rules if r.method != "GET")

@@ -9,7 +9,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 from standin import DEFAULT_SECRET
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "rules.yaml")

@@ -14,7 +14,7 @@ from proxy.ops.parser import build_parser, version
 from proxy.serve.config import Config, config_from
 from proxy.core.settings import SETTINGS, SETTINGS_BY_NAME
 from proxy.ops.confref import RULE_FIELD_DOCS, reference
-from proxy.core.rules import RULE_FIELDS
+from proxy.core.rulesfile import RULE_FIELDS
 
 from .conftest import ROOT, subprocess_env
 

@@ -13,7 +13,7 @@ import aiohttp
 
 from proxy.core.entry import FORMAT_VERSION, Entry, decode_entry
 from proxy.core.policy import guard_keys
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 from proxy.store.redis import RedisStore
 from tests.functional.conftest import auth
 

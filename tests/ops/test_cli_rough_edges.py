@@ -296,6 +296,6 @@ def test_stats_with_two_workers_counts_the_whole_instance(tmp_path, standin_proc
 ])
 def test_the_braced_form_is_suggested_only_where_one_namespace_fits(typed, meant):
     from proxy.core.explain import suggest_pattern
-    from proxy.core.rules import load_rules
+    from proxy.core.rulesfile import load_rules
 
     assert suggest_pattern(typed, load_rules(RULES_PATH)) == meant

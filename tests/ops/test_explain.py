@@ -12,7 +12,7 @@ from proxy.ops.cli import main
 from proxy.core.entry import Entry
 from proxy.core.explain import EntryState, decide, explain
 from proxy.core.identity import Identity
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 
 from .conftest import ADMIN, PROFILE, RULES_PATH, SECRET, auth, mint
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from proxy.serve.config import Config
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, mint, new_user
 from tests.security.helpers import bad_tokens

@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from proxy.core.identity import IdentityConfig
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 from tests.functional.conftest import SECRET, auth, mint, new_user
 from tests.functional.test_rules_routes import READ_URLS
 from tests.security.helpers import bad_tokens, claims, hand_signed, unsigned

@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from proxy.core.identity import Identity
 from proxy.core.policy import Bypass, Lookup, RequestView, classify
-from proxy.core.rules import load_rules
+from proxy.core.rulesfile import load_rules
 from tests.functional.conftest import mint, new_user
 from tests.security.helpers import base_url, send
 

@@ -8,7 +8,8 @@ import pytest
 
 from proxy.core.audit import AuditBook, Budget, WriteLog, fold_path, purge_pattern, suggestion_text
 from proxy.core.errors import RulesError
-from proxy.core.rules import AuditConfig, load_rules, parse_rules
+from proxy.core.rules import AuditConfig
+from proxy.core.rulesfile import load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import zstandard
 from proxy.core import entry as entry_module
 from proxy.core.entry import FORMAT_VERSION, Entry, _decode, decode_entry
 from proxy.core.errors import RulesError
-from proxy.core.rules import parse_rules
+from proxy.core.rulesfile import parse_rules
 
 BODY = orjson.dumps({"header": {"responseCode": 200, "responseMessage": "ok"},
                      "body": {"items": [{"id": i, "language_code": "sw", "created_at": "2026-12-05T12:19:38"}

@@ -20,7 +20,8 @@ from proxy.core.policy import (
     Bypass, Lookup, Reason, RequestView, Write, classify, judge, purges_after, reads_answer, refuse_to_store,
     resolve_write,
 )
-from proxy.core.rules import RULE_FIELDS, Rules, load_rules, parse_rules
+from proxy.core.rules import Rules
+from proxy.core.rulesfile import RULE_FIELDS, load_rules, parse_rules
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "rules.yaml", environ={})
 P = "katiba360:proxy"

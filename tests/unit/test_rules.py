@@ -11,7 +11,8 @@ import pytest
 
 from proxy.ops.cli import main
 from proxy.core.errors import RulesError
-from proxy.core.rules import PURGE_ALWAYS, PurgeWhen, load_rules, parse_rules
+from proxy.core.rules import PURGE_ALWAYS, PurgeWhen
+from proxy.core.rulesfile import load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [ROOT / "rules.yaml", ROOT / "proxy" / "rules.yaml"]
