@@ -161,3 +161,17 @@ def _split_pem(text: str) -> Sequence[str]:
             blocks.append("\n".join(current))
             current = []
     return blocks
+
+
+def identify(verifier: Verifier | None, authorization: str | None) -> tuple[Identity | None, str | None]:
+    """(identity, None) for a verified bearer token; else (None, why): ``malformed``, ``not-configured``
+    or the verifier's reason; (None, None) when there is no Authorization at all."""
+    token = bearer_token(authorization)
+    if token is None:
+        return None, "malformed" if authorization else None
+    if verifier is None:
+        return None, "not-configured"
+    try:
+        return verifier.verify(token), None
+    except IdentityError as exc:
+        return None, exc.reason

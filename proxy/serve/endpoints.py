@@ -32,7 +32,7 @@ from ..core import policy
 from ..core.entry import decode_entry
 from ..core.errors import StoreUnavailable
 from ..core.explain import EntryState, declared_patterns, decide, explain, refusal, render_pattern
-from ..core.identity import Identity, bearer_token
+from ..core.identity import Identity, bearer_token, identify
 from ..core.keys import assemble, escape_value
 from ..core.policy import Lookup
 from ..core.rules import Rules
@@ -104,7 +104,7 @@ class EndpointsMixin:
                                      headers={"Retry-After": str(retry_after)})
         identity = None
         if not is_admin:
-            identity, error = self._identify(authorization)
+            identity, error = identify(self.verifier, authorization)
             if identity is None:
                 return web.json_response({"detail": "Not authenticated"}, status=401,
                                          headers={"WWW-Authenticate": "Bearer"})
@@ -253,7 +253,7 @@ async def explain_endpoint(proxy, request):
         identity_or_error: Identity | str | None = Identity(query["user_id"], math.inf)
     else:
         token = request.headers.get("X-Explain-Token") or query.get("token")
-        identity, error = proxy._identify(f"Bearer {token}" if token else None)
+        identity, error = identify(proxy.verifier, f"Bearer {token}" if token else None)
         identity_or_error = identity if identity is not None else error
     identity = identity_or_error if isinstance(identity_or_error, Identity) else None
     rules = proxy.rules

@@ -48,8 +48,8 @@ from .auditor import Auditor
 from ..core.demand import RecentReads
 from .config import Config
 from ..core.entry import Entry, decode_entry
-from ..core.errors import IdentityError, StoreUnavailable, UpstreamError
-from ..core.identity import Identity, Verifier, bearer_token
+from ..core.errors import StoreUnavailable, UpstreamError
+from ..core.identity import Identity, Verifier, identify
 from ..store.l1 import L1Cache, follow_invalidations
 from .answers import request_id as request_id_var
 from .answers import (
@@ -88,11 +88,11 @@ class Proxy(PurgingMixin, EndpointsMixin):
     def __init__(self, config: Config, rules: Rules, store: GuardedStore, upstream: Upstream, metrics: Metrics,
                  clock=time.time, unsafe: frozenset[str] = frozenset()):
         self.config, self.store, self.upstream, self.metrics, self.clock = config, store, upstream, metrics, clock
+        self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
         self.auditor = Auditor(metrics, clock, lookup=store.lookup, fetch=partial(self._fetch, store=False),
-                               replace=self._replace_stale, spawn=self._spawn, identify=self._identify,
+                               replace=self._replace_stale, spawn=self._spawn, identify=partial(identify, self.verifier),
                                share=config.audit_share)
         self.set_rules(rules)
-        self.verifier = Verifier(config.identity) if (config.identity.secrets or config.identity.public_keys) else None
         self.upstream_address = locations.UpstreamAddress.from_url(config.upstream.url)
         self.mode = config.cache_mode
         self.inflight: dict[tuple, asyncio.Future] = {}
@@ -190,7 +190,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         internal = self._internal(request.method, raw_path)
         if internal is not None:
             return await internal(request), "internal", "internal"
-        identity, token_error = self._identify(request.headers.get("Authorization"))
+        identity, token_error = identify(self.verifier, request.headers.get("Authorization"))
         view = RequestView(request.method, raw_path, query, request.headers)
         decision = policy.classify(view, self.rules, identity, token_error)
         origin = Origin(target, request.headers, request.remote, request.scheme, rid)
@@ -213,17 +213,6 @@ class Proxy(PurgingMixin, EndpointsMixin):
         response = await self._pass_through(request, origin, CacheStatus.bypass(decision.reason.value))
         return response, "bypass", rule_name
 
-    def _identify(self, authorization: str | None) -> tuple[Identity | None, str | None]:
-        token = bearer_token(authorization)
-        if token is None:
-            return None, "malformed" if authorization else None
-        if self.verifier is None:
-            return None, "not-configured"
-        try:
-            return self.verifier.verify(token), None
-        except IdentityError as exc:
-            return None, exc.reason
-
     # ------------------------------------------------------------------------------- reads
 
     def fast_lookup(self, raw_path: str, query: str, headers: CIMultiDict) -> tuple[Lookup | None, float]:
@@ -232,7 +221,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         purges are the caller's to check, each time."""
         if self._internal("GET", raw_path) is not None:
             return None, 0.0
-        identity, token_error = self._identify(headers.get("Authorization"))
+        identity, token_error = identify(self.verifier, headers.get("Authorization"))
         d = policy.classify(RequestView("GET", raw_path, query, headers), self.rules, identity, token_error)
         if type(d) is not Lookup or d.revalidate:
             return None, 0.0
