@@ -6,7 +6,7 @@
     ├── StoreUnavailable  the store timed out or failed; callers fail open to the backend
     └── UpstreamError     the backend could not be reached (502) or timed out (504)
 
-Redis exceptions never leave ``proxy/store``; aiohttp HTTP exceptions are raised only in ``server.py``.
+Redis exceptions never leave ``proxy/store``; aiohttp HTTP exceptions are raised only in ``proxy/serve``.
 """
 from __future__ import annotations
 

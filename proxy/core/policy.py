@@ -1,7 +1,7 @@
 """Pure decisions: what to do with a request, whether an entry may answer it, whether to store.
 
 No sockets, no store, no clock: callers pass the request's parts, the verified identity (or the
-reason there is none), the compiled rules and ``now``. ``server.py`` carries the decisions out.
+reason there is none), the compiled rules and ``now``. The request path (``proxy/serve/requestpath.py``) carries the decisions out.
 
 Invariants named where they are enforced:
 * a rule whose key needs ``{user_id}`` never yields a lookup without a verified identity (``classify``);
@@ -463,6 +463,14 @@ def cdn_bounds(rule: Rule, headers) -> tuple[int, int, int]:
 def store_ttl(rule: Rule) -> int:
     """How long the store keeps an entry: its TTL plus the longest stale window."""
     return rule.ttl + max(rule.stale_while_revalidate, rule.stale_if_error)
+
+
+def generation_ttl(rules: Rules) -> int:
+    """How long the store keeps a generation: an hour past the longest-kept entry it may guard."""
+    longest = max((store_ttl(r) for r in rules.rules if r.key is not None), default=3600)
+    if rules.http_cache.enabled:
+        longest = max(longest, rules.http_cache.max_ttl)
+    return longest + 3600
 
 
 _TOKEN_SPLIT = re.compile(r"\s*,\s*")

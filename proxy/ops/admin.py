@@ -19,7 +19,7 @@ def build_admin_app(proxy) -> web.Application:
     app = web.Application()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        handler = proxy.admin_handler(request.raw_path.partition("?")[0])
+        handler = proxy.endpoints.admin_handler(request.raw_path.partition("?")[0])
         if handler is None:
             return web.json_response({"detail": "Not Found: the admin port serves /metrics, /healthz, /readyz "
                                                 "and /_cache/*"}, status=404)

@@ -26,7 +26,7 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 async def serve(config, rules, started: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``): not ready first, then drain in-flight requests."""
-    from ..serve.requestpath import build_app
+    from ..serve.app import build_app
 
     # Test-only switches that break a guarantee on purpose (the stale-read checker's mutants).
     unsafe = frozenset(s.strip() for s in os.environ.get("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "").split(",")
@@ -48,7 +48,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
 
     from aiohttp import web
 
-    from ..serve.requestpath import PROXY_KEY
+    from ..serve.app import PROXY_KEY
 
     proxy = app[PROXY_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)

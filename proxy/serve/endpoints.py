@@ -45,12 +45,17 @@ ACHIEVEMENTS_INVALIDATE = "/api/v1/achievements/cache/invalidate"
 GLOBAL_INVALIDATE = "/api/v1/achievements/cache/invalidate/global"
 
 
-class EndpointsMixin:
+class Endpoints:
+    """Answers the proxy's own routes for ``path``, the request path (proxy/serve/requestpath.py): its
+    store, metrics, rules, purger and store watch are the ones these endpoints report on and act with."""
 
-    def _internal(self, method: str, raw_path: str):
+    def __init__(self, path):
+        self.path = path
+
+    def internal(self, method: str, raw_path: str):
         if raw_path in (USER_INVALIDATE, ACHIEVEMENTS_INVALIDATE, GLOBAL_INVALIDATE):
             return self._invalidate
-        if self.config.admin_listen is None:  # else they live on the admin port; here they are backend paths
+        if self.path.config.admin_listen is None:  # else they live on the admin port; here they are backend paths
             return self.admin_handler(raw_path)
         return None
 
@@ -61,31 +66,32 @@ class EndpointsMixin:
         if raw_path.startswith("/_cache/"):  # explain, stats, purge, audit (admin only): see proxy/core/explain.py
             handler = ENDPOINTS.get(raw_path)
             if handler is not None:
-                return lambda request: handler(self, request)
+                return lambda request: handler(self.path, request)
         return None
 
     async def _metrics(self, request: web.Request) -> web.Response:
         try:
-            stats = await self.store.stats()
+            stats = await self.path.store.stats()
         except StoreUnavailable:
             stats = {}
         if "entries" in stats:
-            self.metrics.store_entries.set(stats["entries"])
+            self.path.metrics.store_entries.set(stats["entries"])
         if "bytes" in stats:
-            self.metrics.store_bytes.set(stats["bytes"])
+            self.path.metrics.store_bytes.set(stats["bytes"])
         if "evictions" in stats:
-            self.metrics.evictions.set(stats["evictions"])
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+            self.path.metrics.evictions.set(stats["evictions"])
+        return web.Response(body=self.path.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         from ..store.guard import STATE_NAMES
-        ready = self.ready and self.upstream.answered  # REQUIRE_UPSTREAM_AT_START: not before it answered
-        body = {"ready": ready, "store": self.store.name, "circuit": STATE_NAMES[self.store.breaker.state],
-                "store_usable": self.cache_usable, "pending_purges": len(self.pending), "mode": self.mode,
-                "upstream_answered": self.upstream.answered}
+        path = self.path
+        ready = path.ready and path.upstream.answered  # REQUIRE_UPSTREAM_AT_START: not before it answered
+        body = {"ready": ready, "store": path.store.name, "circuit": STATE_NAMES[path.store.breaker.state],
+                "store_usable": path.store_watch.cache_usable, "pending_purges": len(path.purger.pending),
+                "mode": path.mode, "upstream_answered": path.upstream.answered}
         return web.json_response(body, status=200 if ready else 503)
 
     async def _invalidate(self, request: web.Request) -> web.Response:
@@ -94,17 +100,17 @@ class EndpointsMixin:
             return web.json_response({"detail": "Method Not Allowed"}, status=405, headers={"Allow": "POST"})
         authorization = request.headers.get("Authorization", "")
         token = bearer_token(authorization)
-        is_admin = bool(self.config.admin_token and token and hmac.compare_digest(
-            token.encode(), self.config.admin_token.encode()))
+        is_admin = bool(self.path.config.admin_token and token and hmac.compare_digest(
+            token.encode(), self.path.config.admin_token.encode()))
         # Limited per client address, the admin credential excepted (as on /_cache/*): behind a load
         # balancer every client shares one address, and a flood must not lock the operator out.
-        retry_after = 0 if is_admin else self.admin_limiter.take(request.remote or "unknown")
+        retry_after = 0 if is_admin else self.path.admin_limiter.take(request.remote or "unknown")
         if retry_after:
             return web.json_response({"detail": "Too many invalidation requests"}, status=429,
                                      headers={"Retry-After": str(retry_after)})
         identity = None
         if not is_admin:
-            identity, error = identify(self.verifier, authorization)
+            identity, error = identify(self.path.verifier, authorization)
             if identity is None:
                 return web.json_response({"detail": "Not authenticated"}, status=401,
                                          headers={"WWW-Authenticate": "Bearer"})
@@ -134,11 +140,12 @@ class EndpointsMixin:
             kind = "user" if path == USER_INVALIDATE else "achievements"
             namespaces = [f"{kind}:{{{escape_value(target)}}}"]
             stored = namespaces
-        gen_keys = tuple(policy.namespace_gen_key(self.rules.prefix, ns) for ns in stored)
+        gen_keys = tuple(policy.namespace_gen_key(self.path.rules.prefix, ns) for ns in stored)
         caller = "admin" if is_admin else f"user:…{identity.user_id[-4:]}"
-        ok = await self.purge(gen_keys, "manual", caller=caller)
+        ok = await self.path.purger.purge(gen_keys, "manual", caller=caller)
         log.info("manual invalidation", extra={"event": "audit_invalidate", "caller": caller,
-                                                "namespaces": [mask_gen_key(g, self.rules.prefix) for g in gen_keys],
+                                                "namespaces": [mask_gen_key(g, self.path.rules.prefix)
+                                                               for g in gen_keys],
                                                 "applied": ok})
         body = {"header": {"requestRefId": str(uuid.uuid4()), "responseCode": 200,
                            "responseMessage": "Cache invalidated" if ok else "Invalidation pending",
@@ -260,8 +267,8 @@ async def explain_endpoint(proxy, request):
     decision = decide(rules, method, url, identity, identity_or_error if isinstance(identity_or_error, str) else None)
     state = None
     if isinstance(decision, Lookup):
-        pending = bool(proxy.pending) and any(g in proxy.pending for g in decision.gen_keys)
-        if not getattr(proxy, "cache_usable", True):  # the store watch has reads bypass the store
+        pending = proxy.purger.pending_for(decision.gen_keys)
+        if not proxy.store_watch.cache_usable:  # the store watch has reads bypass the store
             state = EntryState(store_error="unreachable, or not verified again yet", pending_purge=pending)
         else:
             try:
@@ -271,7 +278,7 @@ async def explain_endpoint(proxy, request):
                 state = EntryState(store_error=str(exc), pending_purge=pending)
     # masked as offline: an explain answer gets pasted into tickets and chats
     result = explain(rules, method, url, identity_or_error, state, is_admin=False, now=proxy.clock(),
-                     mode=getattr(proxy, "mode", "on"))
+                     mode=proxy.mode)
     return _json(result)
 
 
@@ -285,13 +292,13 @@ async def stats_endpoint(proxy, request):
         store = {"name": proxy.store.name, "error": str(exc)}
     families = proxy.metrics.families()  # with --workers N: all of them, as /metrics shows
     body = {
-        "mode": getattr(proxy, "mode", "on"),
+        "mode": proxy.mode,
         "rules_file": proxy.config.rules_path,
         "rules": rule_counts(proxy.metrics, proxy.rules, families),
         "shadow": shadow_counts(families),
         "purges": _labelled(families, "katiba_cache_purges", "rule"),
         "purge_failures": _labelled(families, "katiba_cache_purge_failures", "").get("", 0),
-        "pending_purges": _gauge(families, "katiba_cache_pending_purges", len(proxy.pending)),
+        "pending_purges": _gauge(families, "katiba_cache_pending_purges", len(proxy.purger.pending)),
         "store_errors": _labelled(families, "katiba_cache_store_errors", "op"),
         "reloads": {"success": 0, "failure": 0, **_labelled(families, "katiba_cache_reloads", "result")},
         "store": store,
@@ -319,7 +326,7 @@ async def purge_endpoint(proxy, request):
         if rendered is None:
             return _json({"detail": refusal(pattern, rules), "namespaces": declared_patterns(rules)}, 400)
         gen_keys, shown = (policy.namespace_gen_key(rules.prefix, rendered),), pattern
-    applied = await proxy.purge(gen_keys, "manual", caller="admin")
+    applied = await proxy.purger.purge(gen_keys, "manual", caller="admin")
     if shown == "*" and applied:
         proxy.metrics.epoch_bumps.inc()
     log.info("manual purge", extra={"event": "audit_purge", "caller": "admin", "all": shown == "*",

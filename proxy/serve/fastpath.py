@@ -10,7 +10,7 @@ front. It frames each request itself. A bodyless HTTP/1.1 GET with nothing unusu
 conditional or Range header, no Expect) is offered to ``ReadPath``: when the request maps to a cache
 rule, the entry is looked up (the in-process L1, else one store round trip). A fresh or
 stale-while-revalidate entry is answered at once; otherwise the fill is the proxy's own
-(``Proxy.fill_miss``, as on aiohttp's path) and its answer, relayed as it arrives when the body is too
+(``Proxy.fill``, as on aiohttp's path) and its answer, relayed as it arrives when the body is too
 large to store, is written here, with the headers aiohttp's path would send. Anything else (a write,
 an unruled route, a request that would bypass the cache for a pending purge, a store failure or the
 in-flight limit) goes to aiohttp unchanged, byte for byte, and is answered there; a lookup made already
@@ -213,7 +213,7 @@ class ReadPath:
         """Bytes: the answer. None: aiohttp's to answer. ``InFlight`` or a coroutine: the store lookup,
         whose outcome is the answer, a ``Prefetched`` to hand on, or the miss (``_miss``) to await."""
         p = self.proxy
-        if p.mode != "on" or not p.cache_usable or not p.ready:
+        if p.mode != "on" or not p.store_watch.cache_usable or not p.ready:
             return None
         if p.gate.full:
             return None  # aiohttp's path refuses it, and counts that once
@@ -221,7 +221,7 @@ class ReadPath:
             return None  # a fragment: aiohttp's path strips it (Proxy._dispatch, request_target)
         first_sight = head.lookup is None
         d = self._lookup(head)
-        if d is None or p._purge_pending(d):
+        if d is None or p.purge_pending(d):
             return None
         start = time.perf_counter()
         hit = p.l1_fresh(d)
@@ -233,7 +233,7 @@ class ReadPath:
         try:
             # A request never seen before is mostly a miss: its lookup takes the fill's lease if the entry
             # is absent, one round trip instead of two. Repeated requests are mostly hits: a plain MGET.
-            lease = p.lease_for(d) if first_sight else None
+            lease = p.coalescer.lease_for(d) if first_sight else None
             begun = p.store.lookup_future(d.key, d.gen_keys, lease, p.config.lease_ms)
         except BaseException:
             p.gate.leave()
@@ -286,7 +286,7 @@ class ReadPath:
         p = self.proxy
         entry, verdict = p.looked_up(d, raw, tokens, head.target)
         if verdict.usable in ("fresh", "stale"):
-            p.drop_lease(lease)  # taken for an entry absent from the store, found being written here
+            p.coalescer.drop_lease(lease)  # taken for an entry absent from the store, found being written here
         ttl_left = d.rule.ttl - verdict.age
         if verdict.usable == "fresh":
             if random() < p.auditor.sample:
@@ -309,13 +309,13 @@ class ReadPath:
 
     async def _miss(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
                     looked: Prefetched) -> bytes | Relay | Prefetched:
-        """The fill of a miss, as aiohttp's path makes it (``Proxy.fill_miss``), answered here. Whatever
+        """The fill of a miss, as aiohttp's path makes it (``Proxy.fill``), answered here. Whatever
         would not fetch (a purge pending, the store unusable, the in-flight limit) is handed on with the
         lookup, before anything is fetched, and aiohttp's path bypasses or refuses it as usual."""
         p = self.proxy
         gate = p.gate
-        if p._purge_pending(d) or not p.cache_usable or gate.full:
-            p.drop_lease(looked.lease)
+        if p.purge_pending(d) or not p.store_watch.cache_usable or gate.full:
+            p.coalescer.drop_lease(looked.lease)
             looked.lease = None
             return looked
         rid = p.request_id(head.headers)
@@ -323,7 +323,7 @@ class ReadPath:
         origin = Origin(head.target, head.headers, peer[0], peer[1], rid)
         gate.enter()
         try:
-            filled = await p.fill_miss(d, origin, looked.entry, looked.verdict, looked.tokens, looked.lease)
+            filled = await p.fill(d, origin, looked.entry, looked.verdict, looked.tokens, looked.lease)
         finally:
             gate.leave()
         if filled is None:  # the store failed before anything was fetched

@@ -137,8 +137,8 @@ async def _unsafe(proxy, request: web.Request, origin) -> web.StreamResponse:
     except UpstreamError as exc:
         proxy.upstream.failures(exc, "none", request.method)
         return error_response(exc.status, exc.detail, "BYPASS", status)
-    await proxy.purge(invalidation_keys(proxy, request, response.status, response.headers), INVALIDATION)
-    return await proxy._stream(request, response, proxy._pass_headers(response, status))
+    await proxy.purger.purge(invalidation_keys(proxy, request, response.status, response.headers), INVALIDATION)
+    return await proxy.passthrough.stream(request, response, proxy.passthrough.headers(response, status))
 
 
 # ---------------------------------------------------------------------------------- reads
@@ -171,9 +171,9 @@ def connection_names_a_field(headers) -> bool:
 async def serve(proxy, request: web.Request, origin, collapsed: bool = False) -> tuple[web.StreamResponse, str]:
     reason = _bypass_reason(request)
     target = target_of(proxy, request)
-    if reason is None and proxy.pending and any(g in proxy.pending for g in target.gen_keys):
+    if reason is None and proxy.purger.pending_for(target.gen_keys):
         reason = Reason.PENDING_PURGE.value
-    if reason is None and not proxy.cache_usable:
+    if reason is None and not proxy.store_watch.cache_usable:
         reason = Reason.STORE_DOWN.value
     found = None
     if reason is None:
@@ -183,7 +183,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
             reason = Reason.STORE_DOWN.value
     if found is None:
         proxy.metrics.bypasses.labels(LABEL, reason).inc()
-        return await proxy._pass_through(request, origin, CacheStatus.bypass(reason)), "bypass"
+        return await proxy.pass_through(request, origin, CacheStatus.bypass(reason)), "bypass"
 
     config = proxy.rules.http_cache
     req = hc.request_directives(request.headers)
@@ -210,17 +210,17 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
     tokens = found.tokens
     if None in tokens:
         try:
-            tokens = await proxy.store.ensure_generations(target.gen_keys, proxy.gen_ttl)
+            tokens = await proxy.store.ensure_generations(target.gen_keys, proxy.ruleset.gen_ttl)
         except StoreUnavailable:
             proxy.metrics.bypasses.labels(LABEL, Reason.STORE_DOWN.value).inc()
-            return await proxy._pass_through(request, origin, CacheStatus.bypass(Reason.STORE_DOWN.value)), "bypass"
+            return await proxy.pass_through(request, origin, CacheStatus.bypass(Reason.STORE_DOWN.value)), "bypass"
 
     # Waiters look up again once the leader is done, so sharing a fetch never hands anyone a response
     # their own request could not reuse; a client's no-cache gains nothing from waiting.
     forced = req.no_cache or req.max_age == 0
     flight = ("http", found.key, tuple(tokens))
     if not collapsed and not forced:
-        leader = proxy.inflight.get(flight)
+        leader = proxy.coalescer.inflight.get(flight)
         if leader is not None:
             proxy.metrics.coalesced.labels(LABEL).inc()
             try:
@@ -229,15 +229,15 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
                 pass
             return await serve(proxy, request, origin, collapsed=True)
     future = None
-    if flight not in proxy.inflight:
+    if flight not in proxy.coalescer.inflight:
         future = asyncio.get_running_loop().create_future()
-        proxy.inflight[flight] = future
+        proxy.coalescer.inflight[flight] = future
     try:
         got = await _fetch(proxy, target, origin, found, tokens, entry if reuse is not None else None,
                            fallback=reuse is not None and reuse.stale_if_error, client_conditionals=entry is None)
     finally:
         if future is not None:
-            del proxy.inflight[flight]
+            del proxy.coalescer.inflight[flight]
             future.set_result(None)
 
     fwd = _fwd(found, reuse)
@@ -369,7 +369,7 @@ async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str],
 async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: Entry, request_headers,
                  ttl: int | None = None) -> str:
     """Write ``entry`` (and the Vary spec when it varies) if the URI's generations are still ``tokens``."""
-    if proxy.pending and any(g in proxy.pending for g in target.gen_keys):
+    if proxy.purger.pending_for(target.gen_keys):
         return "pending-purge"
     config = proxy.rules.http_cache
     headers = CIMultiDict(entry.headers)
@@ -388,9 +388,9 @@ async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: 
             if found.fields != fields:
                 spec = Entry(0, (("Vary", ",".join(fields)),), b"", entry.stored_at, tuple(tokens), VARY_SPEC, "")
                 if not await proxy.store.store_if_current(target.key, spec.encode(), config.max_ttl,
-                                                          target.gen_keys, tokens, proxy.gen_ttl):
+                                                          target.gen_keys, tokens, proxy.ruleset.gen_ttl):
                     return "generation-changed"
-        ok = await proxy.store.store_if_current(key, entry.encode(), ttl, target.gen_keys, tokens, proxy.gen_ttl)
+        ok = await proxy.store.store_if_current(key, entry.encode(), ttl, target.gen_keys, tokens, proxy.ruleset.gen_ttl)
     except StoreUnavailable:
         return "store-error"
     return "stored" if ok else "generation-changed"
@@ -398,9 +398,9 @@ async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: 
 
 def _revalidate_behind(proxy, target: Target, found: Found, origin) -> None:
     """stale-while-revalidate: one background validation per key."""
-    if found.key in proxy.refreshing or None in found.tokens:
+    if found.key in proxy.warmer.refreshing or None in found.tokens:
         return
-    proxy.refreshing.add(found.key)
+    proxy.warmer.refreshing.add(found.key)
     detached = replace(origin, headers=CIMultiDict(origin.headers))
     proxy.metrics.refreshes.labels(LABEL, "stale-while-revalidate").inc()
 
@@ -410,9 +410,9 @@ def _revalidate_behind(proxy, target: Target, found: Found, origin) -> None:
             if got.stream is not None:
                 got.stream[1].release()
         finally:
-            proxy.refreshing.discard(found.key)
+            proxy.warmer.refreshing.discard(found.key)
 
-    proxy._spawn(refresh()).fill = True  # type: ignore[attr-defined]  # shutdown lets fills finish
+    proxy.background.spawn(refresh(), fill=True)  # shutdown lets fills finish
 
 
 # ------------------------------------------------------------------------------- answers
@@ -454,7 +454,7 @@ async def _from_got(proxy, request: web.Request, got: Got, status: str) -> web.S
     headers = miss_headers(got.headers, got.etag, _chain(got.headers, status))
     if got.stream is not None:
         prefix, upstream_response = got.stream
-        return await proxy._stream(request, upstream_response, headers, prefix)
+        return await proxy.passthrough.stream(request, upstream_response, headers, prefix)
     if 200 <= got.status < 300 and got.outcome == "stored" and _not_modified(request.headers, headers):
         return web.Response(status=304, headers=not_modified_headers(headers))
     return web.Response(status=got.status, body=got.body, headers=headers)
@@ -476,10 +476,10 @@ async def _relay(proxy, request: web.Request, origin, fwd: str, fallback: Entry 
     if fallback is not None and reuse is not None and response.status in hc.ERROR_STATUSES:
         response.release()
         return _stale_on_error(proxy, request, fallback, reuse, response.status), "stale"
-    out = proxy._pass_headers(response, "")
+    out = proxy.passthrough.headers(response, "")
     out["X-Cache"] = "MISS"
     out["Cache-Status"] = _chain(strip_hop_by_hop(response.headers), CacheStatus.miss(fwd, response.status, "head", False))
-    return await proxy._stream(request, response, out), "miss"
+    return await proxy.passthrough.stream(request, response, out), "miss"
 
 
 def _stale_on_error(proxy, request: web.Request, entry: Entry, reuse: hc.Reuse, fwd_status: int) -> web.Response:

@@ -11,7 +11,7 @@ the OTLP exporter, which is a package of its own (``opentelemetry-exporter-otlp`
 named there is not installed, ``configure_from_env`` says so in one log line and the proxy serves without
 traces (a tracing typo never stops the cache).
 
-Zero cost when off: ``ENABLED`` is read once, when the application is built (``server.build_app``). Off,
+Zero cost when off: ``ENABLED`` is read once, when the application is built (``serve.app.build_app``). Off,
 nothing is wrapped: the route handler is ``Proxy.handle`` itself, the fast path is installed, the store and
 the backend client are the plain objects. On, ``instrument`` wraps, on that one proxy object:
 

@@ -7,7 +7,7 @@
 ``store_kind``   ``memory`` | ``redis``: every test that uses ``proxy`` or ``make_proxy`` runs on both.
 ``make_store``   a fresh store of ``store_kind`` (RedisStore on the session server, flushed per test).
 ``make_proxy``   ``await make_proxy(upstream_url=..., rules_path=..., store=..., unsafe=..., **config)``:
-                 ``proxy.server.build_app`` on a loopback test server, wrapped in ``ProxyClient``.
+                 ``proxy.serve.app.build_app`` on a loopback test server, wrapped in ``ProxyClient``.
 ``proxy``        ``make_proxy()`` with the default rules.yaml in front of ``backend``.
 
 ``mint_token``   ``mint_token(user, ttl=3600, secret=..., **claims)``: HS256 JWT with ``standin.DEFAULT_SECRET``
@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import standin
 from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.serve.requestpath import PROXY_KEY, build_app
+from proxy.serve.app import PROXY_KEY, build_app
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 from proxy.upstream.client import UpstreamConfig

@@ -134,7 +134,7 @@ async def test_swr_refresh_raced_by_a_write_is_not_stored(make_proxy, backend, t
 
 
 async def _refresh_done(proxy) -> bool:
-    return not proxy.proxy.refreshing
+    return not proxy.proxy.warmer.refreshing
 
 
 async def test_stale_if_error_serves_the_entry_when_the_backend_fails(make_proxy, backend):
@@ -243,14 +243,14 @@ async def test_warming_refreshes_hot_shared_entries_before_they_expire(make_prox
     types = f"{API}/achievements/types"
     assert (await proxy.get(types, "reader-1")).x_cache == "MISS"
     assert (await proxy.get(types, "reader-2")).x_cache == "HIT"
-    assert await proxy.proxy.warm_once(horizon=30) == 0  # far from expiry: nothing to do
+    assert await proxy.proxy.warmer.warm_once(horizon=30) == 0  # far from expiry: nothing to do
     clock.now += 86400 - 10  # ten seconds before the 24 h TTL ends
     assert (await proxy.get(types, "reader-1")).headers["Age"] == str(86400 - 10)
     if not warm_authorization:
-        assert await proxy.proxy.warm_once(horizon=30) == 0
+        assert await proxy.proxy.warmer.warm_once(horizon=30) == 0
         assert await backend.route_count("GET", types) == 1
         return
-    assert await proxy.proxy.warm_once(horizon=30) == 1
+    assert await proxy.proxy.warmer.warm_once(horizon=30) == 1
     assert await backend.route_count("GET", types) == 2
     clock.now += 20  # the original entry would have expired by now
     again = await proxy.get(types, "reader-3")

@@ -290,7 +290,7 @@ async def test_a_miss_handed_on_is_judged_once(proxy):
     """The fast path's verdict travels with the request: a warm rule counts one read of demand, not two."""
     reply = await proxy.get(f"{API}/achievements/types", "reader-1")
     assert reply.x_cache == "MISS"
-    demand = proxy.proxy.demand
+    demand = proxy.proxy.warmer.demand
     assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [1]
     assert (await proxy.get(f"{API}/achievements/types", "reader-2")).x_cache == "HIT"
     assert [count for count, d, _ in demand.values() if d.rule.name == "achievement_types"] == [2]
@@ -373,7 +373,7 @@ async def test_a_client_gone_during_its_fill_still_leaves_the_entry_stored(proxy
     await wire.close()
     await release(backend)
     for _ in range(100):  # the fill completes after the client left; wait for it (bounded)
-        if proxy.proxy.gate.inflight == 0 and not proxy.proxy.inflight:
+        if proxy.proxy.gate.inflight == 0 and not proxy.proxy.coalescer.inflight:
             break
         await asyncio.sleep(0.01)
     assert (await proxy.get(PROFILE, user)).x_cache == "HIT"

@@ -31,7 +31,7 @@ async def refreshed(proxy, rule: str) -> float:
 
 async def background_fills(proxy) -> None:
     """Wait for whatever fills the last request started in the background (refetches included)."""
-    for task in [t for t in proxy.proxy.background if getattr(t, "fill", False)]:
+    for task in [t for t in proxy.proxy.background.tasks if getattr(t, "fill", False)]:
         await task
 
 
@@ -44,7 +44,7 @@ async def test_a_read_right_after_the_users_own_write_is_a_hit_with_the_new_data
     assert write.status == 200
 
     async def refetched() -> bool:
-        return await refreshed(proxy, "user_profile") == 1 and not proxy.proxy.refresh_slots.locked()
+        return await refreshed(proxy, "user_profile") == 1 and not proxy.proxy.warmer.refresh_slots.locked()
     await poll(refetched, "the profile refetched after the purge")
     await proxy.writes_landed()
     reply = await proxy.get(PROFILE, user)
@@ -89,7 +89,7 @@ async def test_a_refused_write_refetches_nothing(make_proxy, backend, refresh_ru
 
 async def test_refetches_run_a_bounded_number_at_a_time(make_proxy, backend, refresh_rules, poll):
     proxy = await make_proxy(rules_path=refresh_rules)
-    limit = proxy.proxy.refresh_slots._value  # noqa: SLF001 - the bound under test
+    limit = proxy.proxy.warmer.refresh_slots._value  # noqa: SLF001 - the bound under test
     users = [new_user() for _ in range(limit + 4)]
     for user in users:
         assert (await proxy.get(PROFILE, user)).x_cache == "MISS"

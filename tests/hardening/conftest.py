@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestServer
 import standin
 from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.serve.requestpath import build_app
+from proxy.serve.app import build_app
 from proxy.store.memory import MemoryStore
 from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, SECRET, Backend, ProxyClient, _poll

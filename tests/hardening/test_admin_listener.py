@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.ops.admin import build_admin_app
 from tests.functional.conftest import auth
-from proxy.serve.requestpath import PROXY_KEY
+from proxy.serve.app import PROXY_KEY
 
 from .conftest import ADMIN_TOKEN, RULES_PATH, SECRET, free_port, metric, subprocess_env, wait_ready
 

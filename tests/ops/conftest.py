@@ -22,7 +22,7 @@ import pytest
 import standin
 from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.serve.requestpath import PROXY_KEY, build_app
+from proxy.serve.app import PROXY_KEY, build_app
 from proxy.store.memory import MemoryStore
 from proxy.upstream.client import UpstreamConfig
 

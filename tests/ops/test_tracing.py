@@ -95,7 +95,7 @@ async def test_off_warming_starts_a_new_trace(make_proxy, recorder):
     assert (status, headers["X-Cache"]) == (200, "MISS")
     assert recorder.last("GET", TYPES) == (TRACEPARENT, TRACESTATE)
     ops.proxy.clock = lambda: real() + 86400 - 10  # ten seconds before the 24 h TTL ends
-    assert await ops.proxy.warm_once(horizon=30) == 1
+    assert await ops.proxy.warmer.warm_once(horizon=30) == 1
     traceparent, tracestate = recorder.last("GET", TYPES)
     assert traceparent is not None and tracestate is None
     version, trace_id, parent_id, flags = traceparent.split("-")
@@ -178,7 +178,7 @@ async def test_on_a_pass_through_keeps_the_trace_and_warming_starts_a_new_one(ma
     assert headers["X-Cache"] == "MISS"
     real = ops.proxy.clock
     ops.proxy.clock = lambda: real() + 86400 - 10
-    assert await ops.proxy.warm_once(horizon=30) == 1
+    assert await ops.proxy.warmer.warm_once(horizon=30) == 1
     warmed = recorder.last("GET", TYPES)[0].split("-")[1]
     assert warmed != TRACE_ID
     assert any(s.kind == SpanKind.CLIENT and s.context.trace_id == int(warmed, 16) for s in spans.get_finished_spans())

@@ -17,7 +17,7 @@ import pytest
 
 from proxy.serve.config import Config
 from proxy.core.identity import IdentityConfig
-from proxy.serve.requestpath import build_app
+from proxy.serve.app import build_app
 from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import *  # noqa: F401,F403  (backend, make_proxy, proxy, store_kind, ...)
 from tests.functional.conftest import ADMIN_TOKEN, RULES_PATH, SECRET, ProxyClient

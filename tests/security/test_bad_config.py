@@ -21,7 +21,7 @@ import pytest
 from proxy.serve.config import Config
 from proxy.core.errors import RulesError
 from proxy.core.rulesfile import load_rules, parse_rules
-from proxy.serve.requestpath import build_app
+from proxy.serve.app import build_app
 from proxy.upstream.client import UpstreamConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -111,7 +111,7 @@ async def test_warming_refreshes_an_origin_keyed_entry_with_its_origin(make_prox
     assert plain.x_cache == "MISS" and "Access-Control-Allow-Origin" not in plain.headers
     await cache.writes_landed()
     clock.now += 55  # within the warming horizon of the 60 s TTL
-    assert await cache.proxy.warm_once(horizon=30) == 2
+    assert await cache.proxy.warmer.warm_once(horizon=30) == 2
     assert await backend.route_count("GET", RECENT) == 4
     await cache.writes_landed()
     warmed = await cache.get(RECENT, user, headers={"Origin": APP})
