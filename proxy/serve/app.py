@@ -16,7 +16,7 @@ from ..store import open_store
 from ..store.guard import CircuitBreaker, GuardedStore
 from ..store.l1 import follow_invalidations
 from ..upstream.client import Upstream, watch_upstream
-from . import fastpath, tracing
+from . import fastpath, framing, tracing
 from .config import Config
 from .requestpath import Proxy
 
@@ -30,7 +30,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     """The proxy as an aiohttp application; the store and upstream session open in ``cleanup_ctx``."""
     rules = rules or load_rules(config.rules_path)
     metrics = metrics or Metrics()
-    app = web.Application(client_max_size=config.max_write_body, handler_args=dict(fastpath.AIOHTTP_LIMITS))
+    app = web.Application(client_max_size=config.max_write_body, handler_args=dict(framing.AIOHTTP_LIMITS))
     guarded = GuardedStore(store or open_store(config.redis_url, memory_max_bytes=config.memory_max_bytes,
                                             timeout=config.store_timeout,
                                             max_connections=config.redis_max_connections),

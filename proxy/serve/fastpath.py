@@ -6,8 +6,8 @@ what a hit itself needs. A hit served here skips all of it; a miss skips the han
 its response machinery, about 0.25 ms of an idle miss measured inside the proxy.
 
 How: ``FastRequestHandler`` *is* aiohttp's connection protocol (``RequestHandler``) with one step in
-front. It frames each request itself. A bodyless HTTP/1.1 GET with nothing unusual in it (no
-conditional or Range header, no Expect) is offered to ``ReadPath``: when the request maps to a cache
+front. It frames each request itself (framing.py). A bodyless HTTP/1.1 GET with nothing unusual in it (no
+conditional or Range header, no Expect) is offered to ``ReadPath`` (fastread.py): when the request maps to a cache
 rule, the entry is looked up (the in-process L1, else one store round trip). A fresh or
 stale-while-revalidate entry is answered at once; otherwise the fill is the proxy's own
 (``Proxy.fill``, as on aiohttp's path) and its answer, relayed as it arrives when the body is too
@@ -29,408 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import re
-import time
-from dataclasses import dataclass, replace
-from email.utils import formatdate
 from functools import partial
-from http import HTTPStatus
-from random import random
-from typing import Any, Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict
 
-from ..core import interim, locations
-from ..core.entry import Entry
-from ..core.errors import LookupRedirected, StoreUnavailable
-from .answers import request_id as request_id_var
-from .answers import Origin, miss_headers
-from ..core.policy import Lookup
-from ..upstream.client import body_failure, framed_length
-from .wire import CacheStatus, error_response
+from ..upstream.client import body_failure
+from .fastread import InFlight, Prefetched, ReadPath, Relay
+from .framing import UNFRAMEABLE, Head, frame
 
 log = logging.getLogger("proxy")
 
-MAX_HEAD = 16384  # request line and fields; a longer head is aiohttp's to refuse (431)
-# aiohttp's limits on a request head, as the proxy's server runs it (build_app passes these): a head
-# over any of them gets aiohttp's 400, so the framer never reads one. Its C parser counts the target
-# against max_line_size, its Python parser the whole line; the Python parser counts the request line
-# and the blank line among max_headers, the C parser neither. The framer applies the stricter reading.
-AIOHTTP_LIMITS = {"max_line_size": 8190, "max_headers": 128, "max_field_size": 16384}
-_MAX_LINE, _MAX_FIELDS, _MAX_FIELD = (AIOHTTP_LIMITS[k] for k in ("max_line_size", "max_headers", "max_field_size"))
 MAX_BUFFERED = 256 << 10  # read no more from a client whose earlier requests are still being answered
-_REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[\x21-\x7e]*) HTTP/1\.1")
-_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-_DIGITS = re.compile(r"[0-9]{1,15}")
-_NOT_FAST = frozenset({"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range",
-                       "range", "expect"})
-# Fields aiohttp's parser refuses to see twice (aiohttp.http_parser.SINGLETON_HEADERS).
-_SINGLETONS = frozenset({"content-length", "content-location", "content-range", "content-type", "etag", "host",
-                         "max-forwards", "server", "transfer-encoding", "user-agent"})
-_SPECIAL = _NOT_FAST | {"transfer-encoding", "upgrade", "connection", "content-length"}
 
 
-@dataclass(slots=True)
-class Head:
-    """A framed request head: what it is, and the exact bytes to hand on if this module doesn't answer."""
-
-    raw: bytes
-    method: str
-    target: str
-    headers: CIMultiDict
-    body_length: int
-    fast: bool
-    lookup: tuple | None = None  # ReadPath._lookup's memo: (rules, verifier, valid until, Lookup)
-
-
-UNFRAMEABLE = object()
 _CANCELLED = object()
-
-
-def frame(buf: bytearray) -> Head | None | object:
-    """The head at the start of ``buf``; None while incomplete; ``UNFRAMEABLE`` if it is not plain."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > MAX_HEAD or buf.count(b"\n") != buf.count(b"\r\n"):
-            return UNFRAMEABLE
-        return None
-    if end > MAX_HEAD:
-        return UNFRAMEABLE
-    raw = bytes(buf[:end + 4])
-    head = _FRAMED.get(raw)
-    if head is None:
-        head = _frame(raw, end)
-        if len(raw) <= FRAMED_MAX_BYTES:
-            if len(_FRAMED) >= FRAMED_MAX:
-                _FRAMED.clear()
-            _FRAMED[raw] = head
-    return head
-
-
-# Frames by their exact bytes: clients repeat byte-identical requests (same token, same fields), and a
-# frame is a pure function of its bytes, so each distinct head is parsed once. Heads are never changed
-# after framing (the headers are read, or copied before anything is added), except for the memo of
-# what the rules make of them (``Head.lookup``).
-_FRAMED: dict[bytes, Head | object] = {}
-FRAMED_MAX = 4096
-FRAMED_MAX_BYTES = 2048  # a typical head with a JWT is under 1 KiB; larger ones are parsed each time
-
-
-def _frame(raw: bytes, end: int) -> Head | object:
-    line_end = raw.find(b"\r\n")
-    first = _REQUEST_LINE.fullmatch(raw, 0, line_end)
-    if first is None or line_end > _MAX_LINE or _FIELDS.fullmatch(raw, line_end + 2, end + 2) is None:
-        return UNFRAMEABLE
-    fields, names = [], set()
-    lines = raw[line_end + 2:end].decode("utf-8", "surrogateescape").split("\r\n") if end > line_end else ()
-    if len(lines) > _MAX_FIELDS - 2:
-        return UNFRAMEABLE
-    for line in lines:
-        if len(line) > _MAX_FIELD:
-            return UNFRAMEABLE
-        name, _, value = line.partition(":")
-        fields.append((name, value.strip(" \t")))
-        names.add(name.lower())
-    headers = CIMultiDict(fields)
-    if "host" not in names or (len(names) < len(fields) and _repeats_a_singleton(fields)):
-        return UNFRAMEABLE  # aiohttp refuses these with 400: let it
-    body_length, fast = 0, first[1] == b"GET"
-    if not names.isdisjoint(_SPECIAL):  # the rare case: look closer
-        if "transfer-encoding" in names or "upgrade" in names:
-            return UNFRAMEABLE
-        connection = headers.getall("connection", ())
-        if connection and (len(connection) > 1 or connection[0].strip().lower() != "keep-alive"):
-            return UNFRAMEABLE
-        lengths = headers.getall("content-length", ())
-        if len(lengths) > 1 or (lengths and _DIGITS.fullmatch(lengths[0]) is None):
-            return UNFRAMEABLE
-        body_length = int(lengths[0]) if lengths else 0
-        fast = fast and body_length == 0 and names.isdisjoint(_NOT_FAST)
-    method = first[1].decode("ascii")
-    return Head(raw, method, first[2].decode("ascii"), headers, body_length, fast)
-
-
-def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
-    seen = [name.lower() for name, _ in fields]
-    return any(seen.count(name) > 1 for name in _SINGLETONS)
-
-
-@dataclass(slots=True)
-class Prefetched:
-    """A fast lookup that found no fresh entry, handed to aiohttp's path with the request so that the
-    miss neither asks the store nor judges the entry again (``Proxy._read`` takes it when the key
-    matches): what the store gave, and ``Proxy.looked_up``'s verdict on it."""
-
-    key: str
-    tokens: list | None = None
-    entry: Entry | None = None
-    verdict: Any = None  # policy.Verdict
-    store_down: bool = False
-    lease: tuple[str, str] | None = None  # the fill's lease, taken by the lookup (never handed on)
-
-
-@dataclass(slots=True)
-class InFlight:
-    """A lookup sent as a store future (an auto-pipelined ``MGET``): no coroutine or task per hit."""
-
-    d: Lookup
-    head: Head
-    start: float
-    peer: tuple[str | None, str]
-    future: asyncio.Future
-    started: float
-    lease: tuple[str, str] | None  # asked for with the lookup (``Proxy.lease_for``)
-    written: bytes | None  # the entry this instance was writing when the lookup was sent
-
-
-@dataclass(slots=True)
-class Relay:
-    """A miss whose body is relayed as it arrives (over the rule's size limit, or an event stream):
-    the head to send, what was read already, the rest still in ``response``; ``done`` records it."""
-
-    head: bytes
-    chunked: bool
-    prefix: bytes
-    response: aiohttp.ClientResponse
-    done: Any
-
-
-class ReadPath:
-    """Answers a framed GET of a cached route, from the cache or by its fill; the decisions are the proxy's."""
-
-    def __init__(self, proxy: Any):
-        self.proxy = proxy
-        self._date = (0, b"")
-        counter = proxy.metrics.fast_path
-        self.answered, self.handed, self.released = (counter.labels(o) for o in ("answered", "handed", "released"))
-
-    def answer(self, head: Head, peer: tuple[str | None, str]) -> bytes | InFlight | Coroutine | None:
-        """Bytes: the answer. None: aiohttp's to answer. ``InFlight`` or a coroutine: the store lookup,
-        whose outcome is the answer, a ``Prefetched`` to hand on, or the miss (``_miss``) to await."""
-        p = self.proxy
-        if p.mode != "on" or not p.store_watch.cache_usable or not p.ready:
-            return None
-        if p.gate.full:
-            return None  # aiohttp's path refuses it, and counts that once
-        if "#" in head.target:
-            return None  # a fragment: aiohttp's path strips it (Proxy._dispatch, request_target)
-        first_sight = head.lookup is None
-        d = self._lookup(head)
-        if d is None or p.purge_pending(d):
-            return None
-        start = time.perf_counter()
-        hit = p.l1_fresh(d)
-        if hit is not None:
-            if random() < p.auditor.sample:
-                self._audit(d, hit[0], head, peer)
-            return self.render(d, hit[0], "HIT", hit[1], hit[2], head, start, scheme=peer[1])
-        p.gate.enter()  # left in finish() or _from_store()
-        try:
-            # A request never seen before is mostly a miss: its lookup takes the fill's lease if the entry
-            # is absent, one round trip instead of two. Repeated requests are mostly hits: a plain MGET.
-            lease = p.coalescer.lease_for(d) if first_sight else None
-            begun = p.store.lookup_future(d.key, d.gen_keys, lease, p.config.lease_ms)
-        except BaseException:
-            p.gate.leave()
-            raise
-        if begun is not None:
-            return InFlight(d, head, start, peer, *begun)
-        return self._from_store(d, head, start, peer)
-
-    def _lookup(self, head: Head) -> Lookup | None:
-        """``Proxy.fast_lookup``, remembered on the head. The same bytes make the same Lookup for as long
-        as the rules, the verifier and the token's validity are the same: that is checked each time."""
-        p = self.proxy
-        memo = head.lookup
-        if memo is not None and memo[0] is p.rules and memo[1] is p.verifier \
-                and (memo[2] == math.inf or p.verifier.clock() < memo[2]):
-            return memo[3]
-        raw_path, _, query = head.target.partition("?")
-        d, until = p.fast_lookup(raw_path, query, head.headers)
-        head.lookup = (p.rules, p.verifier, until, d) if d is not None else None
-        return d
-
-    async def _from_store(self, d: Lookup, head: Head, start: float,
-                          peer: tuple[str | None, str]) -> bytes | Prefetched | Coroutine:
-        """The lookup where the store offers no future (memory, cluster, or a connection being made)."""
-        p = self.proxy
-        try:
-            raw, tokens = await p.store.lookup(d.key, d.gen_keys)
-        except StoreUnavailable:
-            return Prefetched(d.key, store_down=True)
-        finally:
-            p.gate.leave()
-        return self._judged(d, head, start, peer, raw, tokens)
-
-    def finish(self, flight: "InFlight") -> bytes | Prefetched | Coroutine:
-        """The answer once ``flight``'s store future is done."""
-        p = self.proxy
-        p.gate.leave()
-        try:
-            raw, tokens, lease = p.store.lookup_finished(flight.future, flight.started, flight.d.key, flight.lease,
-                                                         flight.written)
-        except StoreUnavailable:  # a lease taken expires by itself (lease_ms): the store is failing
-            return Prefetched(flight.d.key, store_down=True)
-        except LookupRedirected:  # a cluster slot on the move: the awaited lookup follows it
-            p.gate.enter()
-            return self._from_store(flight.d, flight.head, flight.start, flight.peer)
-        return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens, lease)
-
-    def _judged(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str], raw: bytes | None,
-                tokens: list, lease: tuple[str, str] | None = None) -> bytes | Coroutine:
-        p = self.proxy
-        entry, verdict = p.looked_up(d, raw, tokens, head.target)
-        if verdict.usable in ("fresh", "stale"):
-            p.coalescer.drop_lease(lease)  # taken for an entry absent from the store, found being written here
-        ttl_left = d.rule.ttl - verdict.age
-        if verdict.usable == "fresh":
-            if random() < p.auditor.sample:
-                self._audit(d, entry, head, peer)
-            return self.render(d, entry, "HIT", CacheStatus.hit(ttl_left), verdict.age, head, start, scheme=peer[1])
-        if verdict.usable == "stale":
-            # Here rather than handed on: the refresh must start in the same step as the lookup, as on
-            # aiohttp's path, or a lookup made before a refresh finished could start a second one.
-            rid = p.request_id(head.headers)
-            p.refresh_stale(d, tokens, head.target, head.headers, peer[0], peer[1], rid)
-            status = CacheStatus.hit(ttl_left, "stale-while-revalidate")
-            return self.render(d, entry, "STALE", status, verdict.age, head, start, rid, peer[1])
-        return self._miss(d, head, start, peer, Prefetched(d.key, tokens, entry, verdict, lease=lease))
-
-    def _audit(self, d: Lookup, entry: Entry, head: Head, peer: tuple[str | None, str]) -> None:
-        """A sampled hit: the staleness auditor fetches it again in the background (proxy/serve/auditor.py)."""
-        p = self.proxy
-        p.auditor.offer(d, entry, Origin(head.target, head.headers, peer[0], peer[1],
-                                                 p.request_id(head.headers)))
-
-    async def _miss(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
-                    looked: Prefetched) -> bytes | Relay | Prefetched:
-        """The fill of a miss, as aiohttp's path makes it (``Proxy.fill``), answered here. Whatever
-        would not fetch (a purge pending, the store unusable, the in-flight limit) is handed on with the
-        lookup, before anything is fetched, and aiohttp's path bypasses or refuses it as usual."""
-        p = self.proxy
-        gate = p.gate
-        if p.purge_pending(d) or not p.store_watch.cache_usable or gate.full:
-            p.coalescer.drop_lease(looked.lease)
-            looked.lease = None
-            return looked
-        rid = p.request_id(head.headers)
-        request_id_var.set(rid)  # this task's own context: log lines of the fill carry it
-        origin = Origin(head.target, head.headers, peer[0], peer[1], rid)
-        gate.enter()
-        try:
-            filled = await p.fill(d, origin, looked.entry, looked.verdict, looked.tokens, looked.lease)
-        finally:
-            gate.leave()
-        if filled is None:  # the store failed before anything was fetched
-            return Prefetched(d.key, store_down=True)
-        if filled.fetched is None:
-            return self.render(d, looked.entry, "STALE", filled.cache_status, looked.verdict.age, head, start, rid,
-                               peer[1])
-        fetched, cache_status = filled.fetched, filled.cache_status
-        p.metrics.tally.inc(self.answered)
-        if fetched.error is not None:
-            response = error_response(fetched.error.status, fetched.error.detail, "MISS", cache_status)
-            p.record("GET", d.rule.name, "miss", response.status, cache_status, start, rid)
-            return wire(response.status, CIMultiDict(response.headers), response.body)
-        headers = miss_headers(fetched.headers, fetched.etag, cache_status)
-        p.point_at_client(headers, head.headers, peer[1])
-        record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
-        hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/core/interim.py)
-        if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
-            prefix, upstream = fetched.stream
-            length = framed_length(upstream.headers)
-            return Relay(hints + wire(fetched.status, headers, length, upstream.reason), length is None, prefix,
-                         upstream, record)
-        record()
-        return hints + wire(fetched.status, headers, fetched.body)
-
-    def render(self, d: Lookup, entry: Entry, label: str, cache_status: str, age: int, head: Head, start: float,
-               rid: str | None = None, scheme: str = "http") -> bytes:
-        p = self.proxy
-        rid = rid or p.request_id(head.headers)
-        relocated = entry.__dict__.get("_wire_relocated")
-        if relocated is None:  # computed once per decoded entry, as _wire_head is
-            relocated = locations.needs_rewrite(CIMultiDict(entry.headers), p.upstream_address)
-            object.__setattr__(entry, "_wire_relocated", relocated)
-        shown = entry
-        if relocated:  # a Location on the backend's address: this client's own head (locations.py)
-            headers = CIMultiDict(entry.headers)
-            p.point_at_client(headers, head.headers, scheme)
-            shown = replace(entry, headers=tuple(headers.items()))
-        parts = [_wire_head(shown), b"Age: %d\r\nX-Cache: %s\r\nCache-Status: " % (age, label.encode()),
-                 cache_status.encode(), b"\r\nX-Request-ID: ", rid.encode(), b"\r\n"]
-        if not shown.__dict__["_wire_dated"]:
-            parts.append(self._date_line())
-        parts += (b"\r\n", entry.body)
-        p.record("GET", d.rule.name, "hit" if label == "HIT" else "stale", entry.status, cache_status, start, rid)
-        p.metrics.tally.inc(self.answered)
-        return b"".join(parts)
-
-    def _date_line(self) -> bytes:
-        now = int(time.time())
-        if self._date[0] != now:
-            self._date = (now, b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n")
-        return self._date[1]
-
-
-def _wire_head(entry: Entry) -> bytes:
-    """Status line and the entry's own headers, as ``Proxy._from_entry`` + aiohttp would send them;
-    computed once per decoded entry (decoded entries are shared, see entry.decode_entry)."""
-    cached = entry.__dict__.get("_wire_head")
-    if cached is not None:
-        return cached
-    headers = CIMultiDict(entry.headers)
-    headers["ETag"] = headers.get("ETag", entry.etag)
-    for name in ("Age", "X-Cache", "Cache-Status", "X-Request-ID"):
-        headers.popall(name, None)
-    wire_head, dated = _status_and_fields(entry.status, headers, len(entry.body))
-    object.__setattr__(entry, "_wire_head", wire_head)  # frozen dataclass: a derived, immutable cache
-    object.__setattr__(entry, "_wire_dated", dated)
-    return wire_head
-
-
-def wire(status: int, headers: CIMultiDict, body: bytes | int | None, reason: str | None = None) -> bytes:
-    """An answer as aiohttp's ``web.Response`` would put it on the wire for a keep-alive HTTP/1.1 GET.
-    ``body``: the bytes; or only the head, for a body of that many bytes (int) or a chunked one (None)."""
-    length = len(body) if isinstance(body, bytes) else body
-    head, dated = _status_and_fields(status, headers, length, reason)
-    date = b"" if dated else b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
-    if not isinstance(body, bytes) or status in _EMPTY_BODY:
-        body = b""
-    return b"".join((head, date, b"\r\n", body))
-
-
-_EMPTY_BODY = frozenset((204, 304, *range(100, 200)))  # aiohttp.helpers.EMPTY_BODY_STATUS_CODES
-
-
-def _status_and_fields(status: int, headers: CIMultiDict, length: int | None,
-                       reason: str | None = None) -> tuple[bytes, bool]:
-    """The status line and fields (no blank line), framed for ``length`` bytes (None: chunked), with
-    aiohttp's defaults; and whether a Date field is among them."""
-    headers = CIMultiDict(headers)
-    for name in ("Content-Length", "Transfer-Encoding", "Connection"):
-        headers.popall(name, None)
-    if status not in _EMPTY_BODY:
-        if length is None:
-            headers["Transfer-Encoding"] = "chunked"
-        if length != 0:
-            headers.setdefault("Content-Type", "application/octet-stream")
-    headers.setdefault("Server", SERVER_SOFTWARE)
-    if reason is None:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
-    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
-    if status not in _EMPTY_BODY and length is not None:
-        lines.append(f"Content-Length: {length}\r\n")
-    return "".join(lines).encode("utf-8", "surrogateescape"), "Date" in headers
 
 
 class FastRequestHandler(RequestHandler):
@@ -652,7 +267,9 @@ class FastRequestHandler(RequestHandler):
 class FastServer(web.Server):
     """aiohttp's connection factory, making ``FastRequestHandler`` connections."""
 
-    reads: ReadPath
+    def __init__(self, reads: ReadPath, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reads = reads
 
     def __call__(self) -> RequestHandler:
         return FastRequestHandler(self, self.reads, loop=self._loop, **self._kwargs)
@@ -666,9 +283,11 @@ def install(app: web.Application, proxy: Any) -> None:
     make_server = app._make_handler
 
     def make_fast_server(**kwargs: Any) -> web.Server:
-        server = make_server(**kwargs)
-        server.__class__ = FastServer
-        server.reads = reads  # type: ignore[attr-defined]
-        return server
+        # aiohttp's own first: it checks the arguments, freezes the app and adds its handler_args; the
+        # fast server is then made with exactly what it was given (``_kwargs``: the protocol's options).
+        plain = make_server(**kwargs)
+        return FastServer(reads, plain.request_handler, request_factory=plain.request_factory,
+                          handler_cancellation=plain.handler_cancellation, loop=kwargs.get("loop"),
+                          **plain._kwargs)
 
     app._make_handler = make_fast_server  # type: ignore[method-assign]

@@ -2,7 +2,7 @@
 a field over 16 KiB. Such a request gets aiohttp's 400 on both paths, is never answered from the cache and
 never reaches the backend. Sent on a raw keep-alive socket (``Connection: close`` would keep it off the
 fast path). The framer's agreement with aiohttp's parser on generated heads is
-tests/unit/test_fastpath_framing.py."""
+tests/unit/test_framing.py."""
 from __future__ import annotations
 
 import pytest

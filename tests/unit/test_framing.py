@@ -1,4 +1,4 @@
-"""proxy.serve.fastpath.frame against aiohttp's own parser: whatever the fast path frames, aiohttp reads alike.
+"""proxy.serve.framing.frame against aiohttp's own parser: whatever the fast path frames, aiohttp reads alike.
 
 The fast path frames requests before aiohttp sees them, and hands aiohttp the bytes it does not answer.
 If the two ever disagreed on where a request ends, or on its method, target or fields, a client could
@@ -16,7 +16,7 @@ from aiohttp.http_parser import HttpRequestParser, HttpRequestParserC, HttpReque
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.serve.fastpath import AIOHTTP_LIMITS, MAX_HEAD, UNFRAMEABLE, frame
+from proxy.serve.framing import AIOHTTP_LIMITS, MAX_HEAD, UNFRAMEABLE, frame
 
 NEXT = b"GET /next HTTP/1.1\r\nHost: next\r\n\r\n"
 
@@ -157,11 +157,11 @@ def test_an_incomplete_head_waits_for_more_unless_it_cannot_be_plain():
 
 
 def test_the_frame_cache_is_bounded_in_entries_and_size():
-    from proxy.serve import fastpath
-    fastpath._FRAMED.clear()
-    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * fastpath.FRAMED_MAX_BYTES + b"\r\n\r\n"
+    from proxy.serve import framing
+    framing._FRAMED.clear()
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * framing.FRAMED_MAX_BYTES + b"\r\n\r\n"
     assert frame(bytearray(big)).target == "/"
-    assert not fastpath._FRAMED  # parsed, not kept
-    for i in range(fastpath.FRAMED_MAX + 10):
+    assert not framing._FRAMED  # parsed, not kept
+    for i in range(framing.FRAMED_MAX + 10):
         frame(bytearray(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i))
-    assert len(fastpath._FRAMED) <= fastpath.FRAMED_MAX
+    assert len(framing._FRAMED) <= framing.FRAMED_MAX

@@ -1,0 +1,195 @@
+"""HTTP/1.1 heads in and out for the fast path: framing a request head from the socket's bytes (with the
+exact bytes kept, to hand on to aiohttp when the fast path does not answer) and writing an answer's head.
+
+A head this module cannot frame with certainty (Transfer-Encoding, Upgrade, Connection other than
+keep-alive, HTTP/1.0, several or odd Content-Lengths, a malformed line, a bare LF) is ``UNFRAMEABLE``:
+the connection goes to aiohttp for good, so that its strict parser judges it and nothing is read two ways.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict
+
+from ..core.entry import Entry
+
+
+MAX_HEAD = 16384  # request line and fields; a longer head is aiohttp's to refuse (431)
+
+
+# aiohttp's limits on a request head, as the proxy's server runs it (build_app passes these): a head
+# over any of them gets aiohttp's 400, so the framer never reads one. Its C parser counts the target
+# against max_line_size, its Python parser the whole line; the Python parser counts the request line
+# and the blank line among max_headers, the C parser neither. The framer applies the stricter reading.
+AIOHTTP_LIMITS = {"max_line_size": 8190, "max_headers": 128, "max_field_size": 16384}
+
+
+_MAX_LINE, _MAX_FIELDS, _MAX_FIELD = (AIOHTTP_LIMITS[k] for k in ("max_line_size", "max_headers", "max_field_size"))
+
+
+_REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[\x21-\x7e]*) HTTP/1\.1")
+
+
+_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+
+
+_DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+_NOT_FAST = frozenset({"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range",
+                       "range", "expect"})
+
+
+# Fields aiohttp's parser refuses to see twice (aiohttp.http_parser.SINGLETON_HEADERS).
+_SINGLETONS = frozenset({"content-length", "content-location", "content-range", "content-type", "etag", "host",
+                         "max-forwards", "server", "transfer-encoding", "user-agent"})
+
+
+_SPECIAL = _NOT_FAST | {"transfer-encoding", "upgrade", "connection", "content-length"}
+
+
+@dataclass(slots=True)
+class Head:
+    """A framed request head: what it is, and the exact bytes to hand on if this module doesn't answer."""
+
+    raw: bytes
+    method: str
+    target: str
+    headers: CIMultiDict
+    body_length: int
+    fast: bool
+    lookup: tuple | None = None  # ReadPath._lookup's memo: (rules, verifier, valid until, Lookup)
+
+
+UNFRAMEABLE = object()
+
+
+def frame(buf: bytearray) -> Head | None | object:
+    """The head at the start of ``buf``; None while incomplete; ``UNFRAMEABLE`` if it is not plain."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_HEAD or buf.count(b"\n") != buf.count(b"\r\n"):
+            return UNFRAMEABLE
+        return None
+    if end > MAX_HEAD:
+        return UNFRAMEABLE
+    raw = bytes(buf[:end + 4])
+    head = _FRAMED.get(raw)
+    if head is None:
+        head = _frame(raw, end)
+        if len(raw) <= FRAMED_MAX_BYTES:
+            if len(_FRAMED) >= FRAMED_MAX:
+                _FRAMED.clear()
+            _FRAMED[raw] = head
+    return head
+
+
+# Frames by their exact bytes: clients repeat byte-identical requests (same token, same fields), and a
+# frame is a pure function of its bytes, so each distinct head is parsed once. Heads are never changed
+# after framing (the headers are read, or copied before anything is added), except for the memo of
+# what the rules make of them (``Head.lookup``).
+_FRAMED: dict[bytes, Head | object] = {}
+
+
+FRAMED_MAX = 4096
+
+
+FRAMED_MAX_BYTES = 2048  # a typical head with a JWT is under 1 KiB; larger ones are parsed each time
+
+
+def _frame(raw: bytes, end: int) -> Head | object:
+    line_end = raw.find(b"\r\n")
+    first = _REQUEST_LINE.fullmatch(raw, 0, line_end)
+    if first is None or line_end > _MAX_LINE or _FIELDS.fullmatch(raw, line_end + 2, end + 2) is None:
+        return UNFRAMEABLE
+    fields, names = [], set()
+    lines = raw[line_end + 2:end].decode("utf-8", "surrogateescape").split("\r\n") if end > line_end else ()
+    if len(lines) > _MAX_FIELDS - 2:
+        return UNFRAMEABLE
+    for line in lines:
+        if len(line) > _MAX_FIELD:
+            return UNFRAMEABLE
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+        names.add(name.lower())
+    headers = CIMultiDict(fields)
+    if "host" not in names or (len(names) < len(fields) and _repeats_a_singleton(fields)):
+        return UNFRAMEABLE  # aiohttp refuses these with 400: let it
+    body_length, fast = 0, first[1] == b"GET"
+    if not names.isdisjoint(_SPECIAL):  # the rare case: look closer
+        if "transfer-encoding" in names or "upgrade" in names:
+            return UNFRAMEABLE
+        connection = headers.getall("connection", ())
+        if connection and (len(connection) > 1 or connection[0].strip().lower() != "keep-alive"):
+            return UNFRAMEABLE
+        lengths = headers.getall("content-length", ())
+        if len(lengths) > 1 or (lengths and _DIGITS.fullmatch(lengths[0]) is None):
+            return UNFRAMEABLE
+        body_length = int(lengths[0]) if lengths else 0
+        fast = fast and body_length == 0 and names.isdisjoint(_NOT_FAST)
+    method = first[1].decode("ascii")
+    return Head(raw, method, first[2].decode("ascii"), headers, body_length, fast)
+
+
+def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
+    seen = [name.lower() for name, _ in fields]
+    return any(seen.count(name) > 1 for name in _SINGLETONS)
+
+
+def entry_head(entry: Entry) -> bytes:
+    """Status line and the entry's own headers, as ``Proxy._from_entry`` + aiohttp would send them;
+    computed once per decoded entry (decoded entries are shared, see entry.decode_entry)."""
+    cached = entry.__dict__.get("entry_head")
+    if cached is not None:
+        return cached
+    headers = CIMultiDict(entry.headers)
+    headers["ETag"] = headers.get("ETag", entry.etag)
+    for name in ("Age", "X-Cache", "Cache-Status", "X-Request-ID"):
+        headers.popall(name, None)
+    wire_head, dated = _status_and_fields(entry.status, headers, len(entry.body))
+    object.__setattr__(entry, "entry_head", wire_head)  # frozen dataclass: a derived, immutable cache
+    object.__setattr__(entry, "_wire_dated", dated)
+    return wire_head
+
+
+def wire(status: int, headers: CIMultiDict, body: bytes | int | None, reason: str | None = None) -> bytes:
+    """An answer as aiohttp's ``web.Response`` would put it on the wire for a keep-alive HTTP/1.1 GET.
+    ``body``: the bytes; or only the head, for a body of that many bytes (int) or a chunked one (None)."""
+    length = len(body) if isinstance(body, bytes) else body
+    head, dated = _status_and_fields(status, headers, length, reason)
+    date = b"" if dated else b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
+    if not isinstance(body, bytes) or status in _EMPTY_BODY:
+        body = b""
+    return b"".join((head, date, b"\r\n", body))
+
+
+_EMPTY_BODY = frozenset((204, 304, *range(100, 200)))  # aiohttp.helpers.EMPTY_BODY_STATUS_CODES
+
+
+def _status_and_fields(status: int, headers: CIMultiDict, length: int | None,
+                       reason: str | None = None) -> tuple[bytes, bool]:
+    """The status line and fields (no blank line), framed for ``length`` bytes (None: chunked), with
+    aiohttp's defaults; and whether a Date field is among them."""
+    headers = CIMultiDict(headers)
+    for name in ("Content-Length", "Transfer-Encoding", "Connection"):
+        headers.popall(name, None)
+    if status not in _EMPTY_BODY:
+        if length is None:
+            headers["Transfer-Encoding"] = "chunked"
+        if length != 0:
+            headers.setdefault("Content-Type", "application/octet-stream")
+    headers.setdefault("Server", SERVER_SOFTWARE)
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    if status not in _EMPTY_BODY and length is not None:
+        lines.append(f"Content-Length: {length}\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape"), "Date" in headers
