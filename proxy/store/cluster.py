@@ -67,8 +67,9 @@ from ..core.errors import LookupRedirected, StoreUnavailable
 from .base import new_token
 from .l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
-from .redis import (DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore, _run_id, _text, connection_run_id,
-                    raising_unavailable)
+from . import replies
+from .redis import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, RedisStore
+from .replies import connection_run_id, raising_unavailable
 
 __all__ = ["RedisClusterStore", "CLUSTER_SCHEMES", "parse_cluster_url"]
 
@@ -164,7 +165,7 @@ class _NodePipeline(AutoPipeline):
             if self.store._armed:
                 try:
                     async with asyncio.timeout(self.connect_timeout):
-                        run_id = _run_id(await self._enqueue(("INFO", "server")))
+                        run_id = replies.run_id(await self._enqueue(("INFO", "server")))
                 except ResponseError:
                     run_id = ""
                 except BaseException:
@@ -358,7 +359,7 @@ class RedisClusterStore:
                     self.LUA_MARK_CLUSTER, 2, "{" + epoch_key + "}:server", epoch_key, digest, new_token(),
                     int(epoch_ttl))
                 bumped = bool(result[0])
-                self._set_global(epoch_key, _text(result[1]) if result[1] is not None else None, version)
+                self._set_global(epoch_key, replies.text(result[1]) if result[1] is not None else None, version)
                 self._verified_run_ids, self._verified_digest = frozenset(run_ids), digest
         except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"verify: {exc or type(exc).__name__}") from exc
@@ -366,7 +367,7 @@ class RedisClusterStore:
 
     async def _server_run_id(self, host: str, port: int) -> str:
         try:
-            return _run_id(await self._probe(host, port).info("server"))
+            return replies.run_id(await self._probe(host, port).info("server"))
         except ResponseError:
             return ""
 
@@ -444,7 +445,7 @@ class RedisClusterStore:
     async def _read_globals(self, keys: Sequence[str]) -> list[str | None]:
         versions = [self._global_version(k) for k in keys]
         values = await asyncio.gather(*(self._limited(self.client.execute_command("GET", k)) for k in keys))
-        tokens = [_text(v) for v in values]
+        tokens = [replies.text(v) for v in values]
         for key, token, version in zip(keys, tokens, versions):
             self._set_global(key, token, version)
         return tokens
@@ -504,14 +505,14 @@ class RedisClusterStore:
         results = await asyncio.gather(*calls) if len(calls) > 1 else [await calls[0]]
         values = results[0]
         for i, value in zip(local, values[1:]):
-            tokens[i] = _text(value)
+            tokens[i] = replies.text(value)
         rest = iter(results[1:])
         if read_globals:
             for i, token in zip(glob, next(rest)):
                 tokens[i] = token
         for positions, values_ in zip(other.values(), rest):
             for i, value in zip(positions, values_):
-                tokens[i] = _text(value)
+                tokens[i] = replies.text(value)
         return values[0], tokens
 
     def lookup_future(self, key: str, gen_keys: Sequence[str]) -> asyncio.Future | None:
@@ -551,7 +552,7 @@ class RedisClusterStore:
         values = mget.result()
         tokens: list[str | None] = [None] * count
         for i, value in zip(local, values[1:]):
-            tokens[i] = _text(value)
+            tokens[i] = replies.text(value)
         for i, token in cached:
             tokens[i] = token
         looked.set_result((values[0], tokens))
@@ -593,7 +594,7 @@ class RedisClusterStore:
             fresh = [new_token() for _ in keys]
             result = await self._limited(self._ensure_generations(keys=keys, args=[int(ttl), *fresh]))
             for i, k, token, version in zip(positions, keys, result, versions):
-                tokens[i] = _text(token)
+                tokens[i] = replies.text(token)
                 if i in globals_:
                     self._set_global(k, tokens[i], version)
 
@@ -620,7 +621,7 @@ class RedisClusterStore:
                 if refused:
                     break
                 values = await self._mget(other_slot, [gen_keys[i] for i in positions])
-                refused = any(_text(v) != expected[i] for i, v in zip(positions, values))
+                refused = any(replies.text(v) != expected[i] for i, v in zip(positions, values))
         if refused:
             if lease is not None:
                 await self._limited(self._release_lease(keys=[lease[0]], args=[lease[1]]))
@@ -686,7 +687,7 @@ class RedisClusterStore:
                 "bytes": sum(int(m.get("used_memory", 0)) for m in memory.values()),
                 "evictions": sum(int(s.get("evicted_keys", 0)) for s in stats.values()),
                 "maxmemory": int(first.get("maxmemory", 0)),
-                "maxmemory_policy": _text(first.get("maxmemory_policy")),
+                "maxmemory_policy": replies.text(first.get("maxmemory_policy")),
                 "primaries": len(primaries)}
 
     @_unavailable

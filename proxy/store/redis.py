@@ -34,20 +34,21 @@ for entries over ``PIPELINED_MAX_VALUE``, through redis-py.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ..core.errors import StoreUnavailable
+from . import replies
 from .base import new_token
 from .l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
+from .replies import STORE_FAILURES, as_unavailable, connection_run_id, quote_param, raising_unavailable
 
 __all__ = ["RedisStore"]
 
@@ -60,81 +61,7 @@ _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _SCHEMES = ("redis://", "rediss://")
 
-T = TypeVar("T")
-
-
-def raising_unavailable(failures: tuple[type[BaseException], ...], convert: Callable[[BaseException], StoreUnavailable]):
-    """A decorator re-raising any of ``failures`` from the coroutine method as ``convert(exc)``, a
-    ``StoreUnavailable`` (this store's, and the cluster store's with its own failures)."""
-
-    def decorate(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        @functools.wraps(method)
-        async def wrapper(*args: Any, **kwargs: Any) -> T:
-            try:
-                return await method(*args, **kwargs)
-            except failures as exc:
-                raise convert(exc) from exc
-
-        return wrapper
-
-    return decorate
-
-
-STORE_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
-
-
-def as_unavailable(exc: BaseException) -> StoreUnavailable:
-    error = StoreUnavailable(str(exc) or type(exc).__name__)
-    # The server answered (e.g. OOM under ``noeviction``): not a sign that it is down or replaced.
-    # READONLY is: we are talking to a replica, i.e. a failover happened.
-    error.answered = isinstance(exc, ResponseError) and not isinstance(exc, ReadOnlyError)
-    return error
-
-
 _unavailable = raising_unavailable(STORE_FAILURES, as_unavailable)  # any Redis, socket or timeout failure
-
-
-async def connection_run_id(connection) -> str:
-    """The ``run_id`` of the server behind a fresh redis-py connection, or "" when ``INFO`` is refused
-    (ACL) or unsupported: then restarts cannot be told apart."""
-    try:
-        await connection.send_command("INFO", "server")
-        return _run_id(await connection.read_response())
-    except ResponseError:
-        return ""
-
-
-def _run_id(info: bytes | str | dict) -> str:
-    """The ``run_id`` of an ``INFO server`` reply (raw or parsed); "" if it has none."""
-    if isinstance(info, dict):
-        return _text(info.get("run_id")) or ""
-    text = info.decode() if isinstance(info, bytes) else info
-    for line in text.splitlines():
-        if line.startswith("run_id:"):
-            return line[7:].strip()
-    return ""
-
-
-def quote_param(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(str(value), safe="")
-
-
-def _text(value: bytes | str | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return value.decode()
-
-
-def _reply(future: asyncio.Future) -> Any:
-    """A done pipeline future's reply, or its failure as StoreUnavailable."""
-    if future.cancelled():
-        raise StoreUnavailable("lookup cancelled")
-    exc = future.exception()
-    if exc is not None:
-        raise as_unavailable(exc) if isinstance(exc, STORE_FAILURES) else exc
-    return future.result()
 
 
 class RedisStore:
@@ -422,7 +349,7 @@ class RedisStore:
 
     async def _server_run_id(self) -> str:
         try:
-            return _run_id(await self.probe.info("server"))
+            return replies.run_id(await self.probe.info("server"))
         except ResponseError:
             return ""
 
@@ -506,15 +433,15 @@ class RedisStore:
 
     def lookup_outcome(self, future: asyncio.Future) -> tuple[bytes | None, list[str | None]]:
         """``lookup``'s result from a done ``lookup_future``, or its StoreUnavailable."""
-        return self.lookup_result(_reply(future))
+        return self.lookup_result(replies.reply(future))
 
     def lookup_leasing_outcome(self, future: asyncio.Future) -> tuple[bytes | None, list[str | None], bool]:
         """(entry, tokens, whether the lease was taken) from a done ``lookup_leasing_future``."""
-        return self._leased_result(_reply(future))
+        return self._leased_result(replies.reply(future))
 
     @staticmethod
     def lookup_result(values: list) -> tuple[bytes | None, list[str | None]]:
-        return values[0], [_text(v) for v in values[1:]]
+        return values[0], [replies.text(v) for v in values[1:]]
 
     @_unavailable
     async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:
@@ -522,7 +449,7 @@ class RedisStore:
             return []
         fresh = [new_token() for _ in gen_keys]
         tokens = await self._script(self._ensure_generations, list(gen_keys), [int(ttl), *fresh])
-        return [_text(t) for t in tokens]
+        return [replies.text(t) for t in tokens]
 
     @_unavailable
     async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
@@ -574,7 +501,7 @@ class RedisStore:
         return {"entries": int(entries), "bytes": int(memory.get("used_memory", 0)),
                 "evictions": int(stats.get("evicted_keys", 0)),
                 "maxmemory": int(memory.get("maxmemory", 0)),
-                "maxmemory_policy": _text(memory.get("maxmemory_policy"))}
+                "maxmemory_policy": replies.text(memory.get("maxmemory_policy"))}
 
     @_unavailable
     async def ping(self) -> None:
