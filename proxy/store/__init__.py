@@ -1,4 +1,10 @@
-"""Stores: where entries and namespace generations live. See ``base.Store`` for the contract."""
+"""Stores: where entries and namespace generations live, behind one small interface (``base.Store``).
+
+Owns the embedded memory store, the Redis and Redis Cluster stores (``open_store`` picks one from the
+URL), what both Redis stores make of replies and failures (replies.py), their connection settings
+(redisconf.py: TLS, credentials, Sentinel), the guard every call goes through (guard.py: timeouts,
+circuit breaker, write-behind) and the in-process L1. It may import ``proxy.core`` only.
+"""
 from .base import Store, new_token
 from .memory import MemoryStore
 
