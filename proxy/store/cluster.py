@@ -14,8 +14,8 @@ client fails a command rather than wait for a free connection of a node, so ever
 lookups waits for one of ``max_connections`` slots first (a wait longer than ``timeout`` is a store failure).
 
 *Global keys* (no hash tag: the epoch ``prefix:epoch``, which every entry records) live in no entry's
-slot. Their tokens are cached in this process and refreshed in the background every ``global_refresh``
-seconds (default 1), and at once after this process bumps or creates them:
+slot. Their tokens are cached in this process (globaltokens.py) and refreshed in the background every
+``global_refresh`` seconds (default 1), and at once after this process bumps or creates them:
 
 * ``lookup`` puts the cached token in the global key's position without asking Redis;
 * ``store_if_current`` compares the expected global tokens with the cached ones and sends only the
@@ -49,9 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from functools import partial
-from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -65,6 +64,7 @@ from redis.exceptions import ResponseError, TryAgainError
 
 from ..core.errors import LookupRedirected, StoreUnavailable
 from .base import new_token
+from .globaltokens import GlobalTokens
 from .l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
 from . import replies
@@ -232,10 +232,9 @@ class RedisClusterStore:
         # redis-py's cluster client refuses a command (MaxConnectionsError) rather than wait for one of a
         # node's connections: every call but the pipelined lookups takes a slot here first
         self._limit = asyncio.Semaphore(max_connections)
-        # global key -> [token or None, monotonic time read, version]; a bump raises the version so a
-        # refresh read before it cannot overwrite the newer token
-        self._globals: dict[str, list] = {}
-        self._refresher: asyncio.Task | None = None
+        self.globals = GlobalTokens(lambda key: self._limited(self.client.execute_command("GET", key)),
+                                    self.global_refresh,
+                                    (RedisError, RedisClusterException, OSError, asyncio.TimeoutError))
         self._armed = False
         self._verified_run_ids: frozenset[str] = frozenset()
         self._verified_digest: str | None = None
@@ -354,12 +353,12 @@ class RedisClusterStore:
                 owner = next((p for p in primaries if _owns(p[3], slot)), None)
                 if owner is None:
                     raise RedisConnectionError("the epoch's slot has no primary")
-                version = self._global_version(epoch_key)
+                version = self.globals.version(epoch_key)
                 result = await self._probe(owner[1], owner[2]).eval(
                     self.LUA_MARK_CLUSTER, 2, "{" + epoch_key + "}:server", epoch_key, digest, new_token(),
                     int(epoch_ttl))
                 bumped = bool(result[0])
-                self._set_global(epoch_key, replies.text(result[1]) if result[1] is not None else None, version)
+                self.globals.set(epoch_key, replies.text(result[1]) if result[1] is not None else None, version)
                 self._verified_run_ids, self._verified_digest = frozenset(run_ids), digest
         except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"verify: {exc or type(exc).__name__}") from exc
@@ -413,61 +412,6 @@ class RedisClusterStore:
             self._routed, self._reroute = False, True  # ask the cluster which primaries own what, next time
             raise
 
-    # -- global keys -------------------------------------------------------------------------------------
-    def _global_version(self, key: str) -> int:
-        state = self._globals.get(key)
-        return state[2] if state else 0
-
-    def _set_global(self, key: str, token: str | None, version: int | None = None, bump: bool = False) -> None:
-        """Cache ``token``; a read that started before a newer write (``version`` is old) is dropped."""
-        state = self._globals.get(key)
-        if state is None:
-            self._globals[key] = [token, time.monotonic(), 1 if bump else 0]
-            return
-        if version is not None and version != state[2]:
-            return
-        state[0], state[1] = token, time.monotonic()
-        if bump:
-            state[2] += 1
-
-    def _cached(self, keys: Iterable[str]) -> list[str] | None:
-        """Cached tokens of ``keys`` if every one is cached, present and fresh enough, else None. A
-        missing key is read again each time: another instance may create it at any moment."""
-        limit = time.monotonic() - 3 * self.global_refresh
-        out = []
-        for key in keys:
-            state = self._globals.get(key)
-            if state is None or state[0] is None or state[1] < limit:
-                return None
-            out.append(state[0])
-        return out
-
-    async def _read_globals(self, keys: Sequence[str]) -> list[str | None]:
-        versions = [self._global_version(k) for k in keys]
-        values = await asyncio.gather(*(self._limited(self.client.execute_command("GET", k)) for k in keys))
-        tokens = [replies.text(v) for v in values]
-        for key, token, version in zip(keys, tokens, versions):
-            self._set_global(key, token, version)
-        return tokens
-
-    async def _global_tokens(self, keys: Sequence[str]) -> list[str | None]:
-        self._start_refresher()
-        cached = self._cached(keys)
-        return cached if cached is not None else await self._read_globals(keys)
-
-    def _start_refresher(self) -> None:
-        if self._refresher is None or self._refresher.done():
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.global_refresh)
-            if self._globals:
-                try:
-                    await self._read_globals(list(self._globals))
-                except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError):
-                    pass  # the cache ages; past three periods, callers read the keys themselves
-
     # -- the contract ------------------------------------------------------------------------------------
     def _split(self, key_slot_: int, gen_keys: Sequence[str]) -> tuple[list[int], list[int], dict[int, list[int]]]:
         """Positions of ``gen_keys``: in the entry's slot, global (untagged), in other tagged slots."""
@@ -492,11 +436,11 @@ class RedisClusterStore:
         read_globals = False
         if glob:
             gkeys = [gen_keys[i] for i in glob]
-            self._start_refresher()
-            cached = self._cached(gkeys)
+            self.globals.start_refresher()
+            cached = self.globals.cached(gkeys)
             if cached is None:  # first use, or the background refresh has been failing
                 read_globals = True
-                calls.append(self._read_globals(gkeys))
+                calls.append(self.globals.read(gkeys))
             else:
                 for i, token in zip(glob, cached):
                     tokens[i] = token
@@ -524,7 +468,7 @@ class RedisClusterStore:
             return None
         slot = _slot(key)
         local, glob, other = self._split(slot, gen_keys)
-        cached = self._cached([gen_keys[i] for i in glob]) if glob else []
+        cached = self.globals.cached([gen_keys[i] for i in glob]) if glob else []
         if other or cached is None:
             return None
         pipeline = self._pipelines.get(self.client.nodes_manager.get_node_from_slot(slot).name)
@@ -581,8 +525,8 @@ class RedisClusterStore:
         for i, g in enumerate(gen_keys):
             if not _tagged(g):
                 globals_.add(i)
-                self._start_refresher()
-                cached = self._cached([g])
+                self.globals.start_refresher()
+                cached = self.globals.cached([g])
                 if cached is not None:
                     tokens[i] = cached[0]
                     continue
@@ -590,13 +534,13 @@ class RedisClusterStore:
 
         async def ensure(positions: list[int]) -> None:
             keys = [gen_keys[i] for i in positions]
-            versions = [self._global_version(k) for k in keys]
+            versions = [self.globals.version(k) for k in keys]
             fresh = [new_token() for _ in keys]
             result = await self._limited(self._ensure_generations(keys=keys, args=[int(ttl), *fresh]))
             for i, k, token, version in zip(positions, keys, result, versions):
                 tokens[i] = replies.text(token)
                 if i in globals_:
-                    self._set_global(k, tokens[i], version)
+                    self.globals.set(k, tokens[i], version)
 
         await asyncio.gather(*(ensure(p) for p in groups.values()))
         return tokens  # type: ignore[return-value]
@@ -615,7 +559,7 @@ class RedisClusterStore:
         if not refused:
             local, glob, other = self._split(slot, gen_keys)
             if glob:
-                current = await self._global_tokens([gen_keys[i] for i in glob])
+                current = await self.globals.tokens([gen_keys[i] for i in glob])
                 refused = any(current[n] is None or current[n] != expected[i] for n, i in enumerate(glob))
             for other_slot, positions in other.items():
                 if refused:
@@ -649,7 +593,7 @@ class RedisClusterStore:
             await self._limited(self._bump(keys=keys, args=[int(ttl), *fresh, L1_CHANNEL]))
             for k, token in zip(keys, fresh):
                 if not _tagged(k):
-                    self._set_global(k, token, bump=True)
+                    self.globals.set(k, token, bump=True)
 
         await asyncio.gather(*(bump(keys) for keys in groups.values()))
 
@@ -696,12 +640,7 @@ class RedisClusterStore:
 
     @_unavailable
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            try:
-                await self._refresher
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a closed loop or a last failure
-                pass
+        await self.globals.close()
         for pipeline in self._pipelines.values():
             pipeline.close()
         for probe in self._probes.values():
