@@ -2,7 +2,7 @@
 
 When set, ``/metrics``, ``/healthz``, ``/readyz`` and ``/_cache/*`` (explain, stats, purge, audit) are served on
 their own port by this application, and on the public port those paths go to the backend like any other
-path (``Proxy._internal``). Point probes and Prometheus at the admin port and expose only the public one.
+path (``Endpoints.internal``). Point probes and Prometheus at the admin port and expose only the public one.
 Without it (the default) they are answered on the public port: then keep them private at the load
 balancer or ingress (docs/OPERATIONS.md, "Keep the admin paths private").
 

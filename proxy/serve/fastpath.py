@@ -186,7 +186,7 @@ class FastRequestHandler(RequestHandler):
         self._pump()
 
     async def _relay(self, relay: Relay) -> bytes:
-        """A miss's body relayed as it arrives (as ``Proxy._stream`` does it); a backend failure mid-body
+        """A miss's body relayed as it arrives (as ``PassThrough.stream`` does it); a backend failure mid-body
         aborts the client connection, the only way left to say the body is incomplete."""
         p = self.reads.proxy
         try:
@@ -226,7 +226,7 @@ class FastRequestHandler(RequestHandler):
         self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
     def _hand(self, head: Head, prefetched: Prefetched | None = None) -> None:
-        self.prefetched = prefetched  # only ever for the request handed with it (Proxy._read checks the key)
+        self.prefetched = prefetched  # only ever for the request handed with it (Proxy.read checks the key)
         self._handed += 1
         self.reads.handed.inc()
         available = min(len(self._buf), head.body_length)

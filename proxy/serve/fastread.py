@@ -32,7 +32,7 @@ from .wire import CacheStatus, error_response
 @dataclass(slots=True)
 class Prefetched:
     """A fast lookup that found no fresh entry, handed to aiohttp's path with the request so that the
-    miss neither asks the store nor judges the entry again (``Proxy._read`` takes it when the key
+    miss neither asks the store nor judges the entry again (``Proxy.read`` takes it when the key
     matches): what the store gave, and ``Proxy.looked_up``'s verdict on it."""
 
     key: str
@@ -53,7 +53,7 @@ class InFlight:
     peer: tuple[str | None, str]
     future: asyncio.Future
     started: float
-    lease: tuple[str, str] | None  # asked for with the lookup (``Proxy.lease_for``)
+    lease: tuple[str, str] | None  # asked for with the lookup (``Coalescer.lease_for``)
     written: bytes | None  # the entry this instance was writing when the lookup was sent
 
 

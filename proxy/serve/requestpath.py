@@ -203,7 +203,7 @@ class Proxy:
     # ------------------------------------------------------------------------------- reads
 
     def fast_lookup(self, raw_path: str, query: str, headers: CIMultiDict) -> tuple[Lookup | None, float]:
-        """For proxy/serve/fastpath.py: the Lookup of a plain GET when a fresh entry could answer it, and until
+        """For the fast path (fastread.py): the Lookup of a plain GET when a fresh entry could answer it, and until
         when (the verifier's clock) the same request keeps that Lookup: its token's expiry. Pending
         purges are the caller's to check, each time."""
         if self.endpoints.internal("GET", raw_path) is not None:
@@ -227,7 +227,7 @@ class Proxy:
 
     def refresh_stale(self, d: Lookup, tokens: list, path_qs: str, headers: CIMultiDict, client_ip: str | None,
                       scheme: str, rid: str) -> None:
-        """For proxy/serve/fastpath.py, which answers stale-while-revalidate hits too."""
+        """For the fast path (fastread.py), which answers stale-while-revalidate hits too."""
         self.warmer.refresh_in_background(d, tokens, Origin(path_qs, headers, client_ip, scheme, rid))
 
     def l1_fresh(self, d: Lookup) -> tuple[Entry, str, int] | None:
@@ -260,7 +260,7 @@ class Proxy:
             if random() < self.auditor.sample:
                 self.auditor.offer(d, hit[0], origin)
             return self._from_entry(request, hit[0], "HIT", hit[1], hit[2]), "hit"
-        prefetched = getattr(request.protocol, "prefetched", None)  # the fast path's lookup (proxy/serve/fastpath.py)
+        prefetched = getattr(request.protocol, "prefetched", None)  # the fast path's lookup (fastread.py)
         if prefetched is not None and prefetched.key == d.key:
             request.protocol.prefetched = None
             if prefetched.store_down:
@@ -289,11 +289,11 @@ class Proxy:
         return await self._from_fetched(request, filled.fetched, filled.cache_status), "miss"
 
     async def fill(self, d: Lookup, origin: Origin, entry: Entry | None, verdict: policy.Verdict,
-                        tokens: list, lease: tuple[str, str] | None = None) -> Filled | None:
+                   tokens: list, lease: tuple[str, str] | None = None) -> Filled | None:
         """A read the cache could not answer fresh: the fill, or ``entry`` if the backend fails and
         stale-if-error allows it (``Filled.fetched`` None). None: the store is down, nothing was fetched.
-        For both request paths (aiohttp's, and proxy/serve/fastpath.py's). ``lease``: the fill's lease, taken
-        by the lookup already (``lease_for``); this fill uses it or drops it."""
+        For both request paths (aiohttp's, and the fast path's). ``lease``: the fill's lease, taken
+        by the lookup already (``Coalescer.lease_for``); this fill uses it or drops it."""
         rule = d.rule
         if None in tokens:
             try:

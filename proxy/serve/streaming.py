@@ -1,6 +1,6 @@
 """Responses that are never cached and never buffered: Server-Sent Events, chunked bodies, WebSockets.
 
-* Unruled routes are relayed chunk by chunk as the backend sends them (``Proxy._stream``), so an SSE
+* Unruled routes are relayed chunk by chunk as the backend sends them (``PassThrough.stream``), so an SSE
   event or a chunk reaches the client before the backend writes the next one. A ruled GET whose answer
   is ``text/event-stream`` is relayed the same way and not stored (``is_event_stream``). Keep the
   backend's silences shorter than ``UPSTREAM_TIMEOUT`` (SSE comments as keep-alives).
