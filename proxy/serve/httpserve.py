@@ -2,15 +2,13 @@
 
 I/O around ``httpcache`` (the pure decisions), on the same store contract as the rules:
 
-* keys: ``prefix:http:{H}`` (H = hash of the canonical target URI: scheme, Host, path and query) holds
-  the entry, or, for a response with ``Vary``, a *Vary spec* (the field names) whose variants live at
-  ``prefix:http:{H}|v:<hash of the request's selecting values>``. Every HTTP entry is guarded by
-  ``prefix:gen:http:{H}`` and the global epoch: a §4.4 invalidation of a URI is one generation bump
-  covering all its variants, a purge ``--all`` covers HTTP entries too. One hash tag per URI, so a
-  Redis Cluster keeps an entry, its variants and its generation in one slot.
+* keys (httpentries.py): one per target URI, or per Vary variant; every HTTP entry is guarded by the
+  URI's generation and the global epoch: a §4.4 invalidation of a URI is one generation bump covering all
+  its variants, a purge ``--all`` covers HTTP entries too. One hash tag per URI, so a Redis Cluster keeps
+  an entry, its variants and its generation in one slot.
 * a read: lookup (one round trip; two for a varied URI), ``httpcache.evaluate`` says fresh / stale /
-  serve-and-revalidate / validate; a miss or a validation is one GET upstream (conditional when the
-  stored response has validators), stored with ``store_if_current`` under the tokens read before the
+  serve-and-revalidate / validate; a miss or a validation is one GET upstream (httpfill.py: conditional
+  when the stored response has validators), stored with ``store_if_current`` under the tokens read before the
   fetch (the fill guard: an invalidation during the fetch wins).
 * concurrent misses of one key share one fetch in this process: waiters wait for it, then look up again
   (a waiter is never handed a response its own request could not reuse: Vary, Authorization, no-store).
@@ -25,64 +23,23 @@ through (BYPASS).
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from ..core import httpcache as hc
 from ..core import interim
-from ..core.entry import Entry, decode_entry
+from ..core.entry import Entry
 from ..core.errors import StoreUnavailable, UpstreamError
+from ..core.policy import OVERRIDE_HEADERS, Bypass, Reason, split_path
+from ..upstream.client import strip_hop_by_hop
 from .answers import request_id as request_id_var
-from .answers import CONDITIONAL_HEADERS, content_etag, miss_headers, not_modified_headers, request_target
-from ..core.policy import OVERRIDE_HEADERS, Bypass, Reason, epoch_key, split_path
-from .streaming import is_event_stream
-from ..upstream.client import overran, overrun_failure, read_limited, strip_hop_by_hop
+from .answers import miss_headers, not_modified_headers, request_target
+from .httpentries import INVALIDATION, LABEL, Found, cache_view, invalidation_keys, lookup, target_of
+from .httpfill import Got, fetch, revalidate_behind
 from .wire import CACHE_NAME, CacheStatus, error_response, etag_matches
 
-LABEL = "http_cache"  # the metrics' rule label for requests the HTTP cache handles
-FINGERPRINT = "rfc9111"  # Entry.fingerprint of HTTP entries (never a rule's: those are hex digests)
-VARY_SPEC = "rfc9111-vary"  # Entry.fingerprint of the record listing a URI's Vary fields
-INVALIDATION = "rfc9111-4.4"  # the purge label of §4.4 invalidations
-# Never sent with a fill: body framing (the fill has no body) and forwarding headers a client could
-# choose; the rest of the client's request goes upstream (the response says how it may be shared).
-FILL_DROPPED = ("Content-Length", "Content-Type", "Expect", "Forwarded", "X-Forwarded-Port",
-                "X-Forwarded-Prefix", "X-Forwarded-Server", "X-Host", "X-Original-Host")
 PASSED_CONDITIONALS = ("if-match", "if-unmodified-since")
-
-
-@dataclass(frozen=True)
-class Target:
-    uri: str
-    key: str  # primary key
-    gen_keys: tuple[str, str]  # the URI's generation, the epoch
-
-
-@dataclass
-class Found:
-    entry: Entry | None
-    tokens: list[str | None]
-    key: str  # where this request's entry lives (variant key for a varied URI)
-    fields: tuple[str, ...] | None  # Vary fields of the spec under the primary key, if one is there
-    miss: str = ""  # uri-miss | vary-miss
-
-
-@dataclass
-class Got:
-    """What an origin fetch brought back."""
-
-    status: int = 0
-    headers: CIMultiDict = field(default_factory=CIMultiDict)
-    body: bytes = b""
-    etag: str | None = None
-    outcome: str = ""  # stored, or why not
-    error: UpstreamError | None = None
-    stream: Any = None  # (prefix, upstream response): too large to store
-    revalidated: Entry | None = None  # the stored entry, updated by a 304
-    interim: tuple = ()  # 1xx answers before it: relayed, never stored (proxy/core/interim.py)
 
 
 # ------------------------------------------------------------------------------- routing
@@ -108,22 +65,6 @@ def _unruled(decision: Bypass, request: web.Request, rules) -> bool:
         _, normalised = split_path(request_target(request.raw_path).partition("?")[0])
         return rules.match("GET", normalised) is None
     return False
-
-
-def target_of(proxy, request: web.Request) -> Target:
-    authority = request.headers.get("Host") or proxy.upstream.host_header
-    uri = hc.canonical_uri(request.scheme, authority, request.raw_path)
-    prefix = proxy.rules.prefix
-    return Target(uri, hc.entry_key(prefix, uri), (hc.generation_key(prefix, uri), epoch_key(prefix)))
-
-
-def invalidation_keys(proxy, request: web.Request, status: int, headers) -> tuple[str, ...]:
-    """§4.4: the generations to bump after ``status`` answered the unsafe ``request``."""
-    authority = request.headers.get("Host") or proxy.upstream.host_header
-    locations = [v for name in ("Location", "Content-Location") for v in headers.getall(name, ())]
-    uris = hc.invalidation_uris(request.method, status, request.scheme, authority, request.raw_path, locations,
-                                aliases=(proxy.upstream.host_header,))
-    return tuple(hc.generation_key(proxy.rules.prefix, u) for u in uris)
 
 
 async def _unsafe(proxy, request: web.Request, origin) -> web.StreamResponse:
@@ -178,7 +119,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
     found = None
     if reason is None:
         try:
-            found = await _lookup(proxy, target, request.headers)
+            found = await lookup(proxy, target, request.headers)
         except StoreUnavailable:
             reason = Reason.STORE_DOWN.value
     if found is None:
@@ -189,7 +130,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
     req = hc.request_directives(request.headers)
     entry, reuse = found.entry, None
     if entry is not None:
-        reuse = hc.evaluate(entry.status, _view(proxy, entry.headers), entry.stored_at, proxy.clock(), req,
+        reuse = hc.evaluate(entry.status, cache_view(proxy, entry.headers), entry.stored_at, proxy.clock(), req,
                             config.heuristic)
         if reuse.action == "fresh":
             return _from_entry(request, entry, "HIT" if not collapsed else "MISS",
@@ -197,7 +138,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
         if reuse.action == "stale":  # the client's max-stale accepts it (§5.2.1.2)
             return _from_entry(request, entry, "STALE", CacheStatus.hit(reuse.ttl, "max-stale"), reuse.age), "stale"
         if reuse.action == "swr":  # RFC 5861 §3
-            _revalidate_behind(proxy, target, found, origin)
+            revalidate_behind(proxy, target, found, origin)
             return _from_entry(request, entry, "STALE", CacheStatus.hit(reuse.ttl, "stale-while-revalidate"),
                                reuse.age), "stale"
     if req.only_if_cached:  # §5.2.1.7
@@ -233,7 +174,7 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
         future = asyncio.get_running_loop().create_future()
         proxy.coalescer.inflight[flight] = future
     try:
-        got = await _fetch(proxy, target, origin, found, tokens, entry if reuse is not None else None,
+        got = await fetch(proxy, target, origin, found, tokens, entry if reuse is not None else None,
                            fallback=reuse is not None and reuse.stale_if_error, client_conditionals=entry is None)
     finally:
         if future is not None:
@@ -258,11 +199,6 @@ async def serve(proxy, request: web.Request, origin, collapsed: bool = False) ->
     return await _from_got(proxy, request, got, CacheStatus.miss(fwd, got.status, got.outcome, collapsed)), "miss"
 
 
-def _view(proxy, headers) -> CIMultiDict:
-    """The headers as this cache reads them for its decisions (RFC 9213 targeted fields, ``cache_view``)."""
-    return CIMultiDict(hc.cache_view(CIMultiDict(headers), proxy.rules.http_cache.targeted_fields))
-
-
 def _fwd(found: Found, reuse: hc.Reuse | None) -> str:
     """RFC 9211 fwd: why the request went to the origin."""
     if reuse is None:
@@ -274,145 +210,7 @@ def _collapsed(value: str, collapsed: bool) -> str:
     return value + "; collapsed" if collapsed else value
 
 
-def _current(entry: Entry, tokens: list[str | None]) -> bool:
-    return None not in tokens and tuple(tokens) == entry.generations
-
-
-async def _lookup(proxy, target: Target, headers) -> Found:
-    raw, tokens = await proxy.store.lookup(target.key, target.gen_keys)
-    entry = decode_entry(raw)
-    if entry is None or not _current(entry, tokens) or entry.fingerprint not in (FINGERPRINT, VARY_SPEC):
-        return Found(None, tokens, target.key, None, "uri-miss")
-    if entry.fingerprint == FINGERPRINT:
-        return Found(entry, tokens, target.key, None)
-    fields = tuple(f for f in dict(entry.headers).get("Vary", "").split(",") if f)
-    key = hc.variant_key(target.key, hc.vary_digest(fields, headers))  # §4.1
-    raw, tokens = await proxy.store.lookup(key, target.gen_keys)
-    variant = decode_entry(raw)
-    if variant is None or variant.fingerprint != FINGERPRINT or not _current(variant, tokens):
-        return Found(None, tokens, key, fields, "vary-miss")
-    return Found(variant, tokens, key, fields)
-
-
 # ---------------------------------------------------------------------------------- fills
-
-
-async def _fetch(proxy, target: Target, origin, found: Found, tokens: list[str], validate: Entry | None,
-                 fallback: bool = False, client_conditionals: bool = False) -> Got:
-    """GET the target (conditionally when ``validate`` has validators), store what may be stored.
-
-    With nothing stored (``client_conditionals``), the client's own If-None-Match / If-Modified-Since go
-    upstream (§4.3.2): a 304 is relayed and not stored, a 200 is stored as any full response."""
-    config = proxy.rules.http_cache
-    headers = proxy.upstream.forward_headers(origin.headers, origin.client_ip, origin.scheme, origin.request_id)
-    passed = ("If-None-Match", "If-Modified-Since") if client_conditionals and validate is None else ()
-    for name in CONDITIONAL_HEADERS + FILL_DROPPED:  # a validation needs the full representation
-        if name not in passed:
-            headers.popall(name, None)
-    stored = CIMultiDict(validate.headers) if validate is not None else None
-    conditionals = hc.conditional_headers(stored) if stored is not None else {}
-    headers.update(conditionals)
-    proxy.metrics.upstream_requests.labels(LABEL).inc()
-    request_time = proxy.clock()
-    start = time.perf_counter()
-    try:
-        response = await proxy.upstream.fetch(origin.path_qs, headers)  # the lean client (proxy/upstream/http1.py)
-    except UpstreamError as exc:
-        proxy.upstream.failures(exc, LABEL, "GET")
-        return Got(error=exc, outcome="upstream-error")
-    response_time = proxy.clock()
-    proxy.metrics.upstream_duration.observe(time.perf_counter() - start)
-    upstream_headers = strip_hop_by_hop(response.headers)
-    if response.status == 304 and validate is not None and conditionals:
-        response.release()
-        if not hc.selects(stored, upstream_headers):  # §4.3.4: not ours to update: fetch it whole
-            return await _fetch(proxy, target, origin, found, tokens, None, fallback)
-        new_headers = hc.updated_headers(validate.headers, upstream_headers, response_time)
-        birth = response_time - hc.corrected_initial_age(upstream_headers, request_time, response_time)
-        fresh = replace(validate, headers=new_headers, stored_at=birth, generations=tuple(tokens))
-        refusal = hc.refuse_to_store("GET", fresh.status, origin.headers, _view(proxy, new_headers), config.heuristic)
-        outcome = refusal or await _store(proxy, target, found, tokens, fresh, origin.headers)
-        proxy.metrics.stores.labels(LABEL, outcome).inc()
-        return Got(304, upstream_headers, outcome=outcome, revalidated=fresh)
-    if is_event_stream(upstream_headers):  # SSE: relayed as it comes, never stored (proxy/serve/streaming.py)
-        return Got(response.status, upstream_headers, outcome="event-stream", stream=(b"", response))
-    try:
-        body, complete = await read_limited(response, config.max_body_bytes)
-    except UpstreamError as exc:
-        proxy.upstream.failures(exc, LABEL, "GET")
-        return Got(error=exc, outcome="upstream-error")
-    if not complete:
-        return Got(response.status, upstream_headers, outcome="too-large", stream=(body, response))
-    policy_headers = _view(proxy, upstream_headers)  # RFC 9213: a targeted field decides, if valid
-    refusal = hc.refuse_to_store("GET", response.status, origin.headers, policy_headers, config.heuristic)
-    if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
-        proxy.upstream.failures(overrun_failure(), LABEL, "GET")
-        refusal = "framing"
-    if refusal is None and fallback and response.status in hc.ERROR_STATUSES:
-        refusal = "upstream-error"  # the stale entry answers instead (RFC 5861 §4); keep it
-    etag = (upstream_headers.getall("ETag", ()) or [None])[0]
-    outcome = refusal or ""
-    if refusal is None:
-        age = hc.corrected_initial_age(upstream_headers, request_time, response_time)
-        kept = hc.stored_headers(upstream_headers, response_time, policy_headers)
-        ttl = hc.store_seconds(_view(proxy, kept), response.status, age, config.heuristic, config.max_ttl)
-        if ttl <= 0:
-            outcome = "not-reusable"  # stale on arrival (or no lifetime) and nothing to revalidate it with
-        else:
-            etag = etag or content_etag(body)
-            entry = Entry(response.status, kept, body, response_time - age, tuple(tokens), FINGERPRINT, etag)
-            outcome = await _store(proxy, target, found, tokens, entry, origin.headers, ttl)
-    proxy.metrics.stores.labels(LABEL, outcome).inc()
-    return Got(response.status, upstream_headers, body, etag, outcome, interim=interim.of(response))
-
-
-async def _store(proxy, target: Target, found: Found, tokens: list[str], entry: Entry, request_headers,
-                 ttl: int | None = None) -> str:
-    """Write ``entry`` (and the Vary spec when it varies) if the URI's generations are still ``tokens``."""
-    if proxy.purger.pending_for(target.gen_keys):
-        return "pending-purge"
-    config = proxy.rules.http_cache
-    headers = CIMultiDict(entry.headers)
-    if ttl is None:
-        ttl = hc.store_seconds(_view(proxy, entry.headers), entry.status, max(0.0, proxy.clock() - entry.stored_at),
-                               config.heuristic, config.max_ttl)
-        if ttl <= 0:
-            return "not-reusable"
-    fields = hc.vary_fields(headers)
-    if fields is None:
-        return "vary-star"
-    key = target.key
-    try:
-        if fields:
-            key = hc.variant_key(target.key, hc.vary_digest(fields, request_headers))
-            if found.fields != fields:
-                spec = Entry(0, (("Vary", ",".join(fields)),), b"", entry.stored_at, tuple(tokens), VARY_SPEC, "")
-                if not await proxy.store.store_if_current(target.key, spec.encode(), config.max_ttl,
-                                                          target.gen_keys, tokens, proxy.ruleset.gen_ttl):
-                    return "generation-changed"
-        ok = await proxy.store.store_if_current(key, entry.encode(), ttl, target.gen_keys, tokens, proxy.ruleset.gen_ttl)
-    except StoreUnavailable:
-        return "store-error"
-    return "stored" if ok else "generation-changed"
-
-
-def _revalidate_behind(proxy, target: Target, found: Found, origin) -> None:
-    """stale-while-revalidate: one background validation per key."""
-    if found.key in proxy.warmer.refreshing or None in found.tokens:
-        return
-    proxy.warmer.refreshing.add(found.key)
-    detached = replace(origin, headers=CIMultiDict(origin.headers))
-    proxy.metrics.refreshes.labels(LABEL, "stale-while-revalidate").inc()
-
-    async def refresh() -> None:
-        try:
-            got = await _fetch(proxy, target, detached, found, list(found.tokens), found.entry)
-            if got.stream is not None:
-                got.stream[1].release()
-        finally:
-            proxy.warmer.refreshing.discard(found.key)
-
-    proxy.background.spawn(refresh(), fill=True)  # shutdown lets fills finish
 
 
 # ------------------------------------------------------------------------------- answers

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.serve.httpserve import LABEL
+from proxy.serve.httpentries import LABEL
 from proxy.store.memory import MemoryStore
 from tests.functional.conftest import auth, new_user
 from tests.rfc9111.conftest import Resp
