@@ -16,8 +16,6 @@ from .rules import (
 from .ruleyaml import Checker, LineDict, line_of
 
 MAX_L1_TTL = 300  # seconds: bounds how long another instance may serve an entry this one purged
-
-
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 

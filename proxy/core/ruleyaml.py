@@ -63,14 +63,8 @@ def line_of(container: Any, key: Any = None) -> int:
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
-
-
 MAX_SECONDS = 365 * 86400  # longer would overflow store expiries (Redis refuses them: every fill would fail)
-
-
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -19,36 +19,20 @@ from ..core.entry import Entry
 
 
 MAX_HEAD = 16384  # request line and fields; a longer head is aiohttp's to refuse (431)
-
-
 # aiohttp's limits on a request head, as the proxy's server runs it (build_app passes these): a head
 # over any of them gets aiohttp's 400, so the framer never reads one. Its C parser counts the target
 # against max_line_size, its Python parser the whole line; the Python parser counts the request line
 # and the blank line among max_headers, the C parser neither. The framer applies the stricter reading.
 AIOHTTP_LIMITS = {"max_line_size": 8190, "max_headers": 128, "max_field_size": 16384}
-
-
 _MAX_LINE, _MAX_FIELDS, _MAX_FIELD = (AIOHTTP_LIMITS[k] for k in ("max_line_size", "max_headers", "max_field_size"))
-
-
 _REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[\x21-\x7e]*) HTTP/1\.1")
-
-
 _FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-
-
 _DIGITS = re.compile(r"[0-9]{1,15}")
-
-
 _NOT_FAST = frozenset({"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range",
                        "range", "expect"})
-
-
 # Fields aiohttp's parser refuses to see twice (aiohttp.http_parser.SINGLETON_HEADERS).
 _SINGLETONS = frozenset({"content-length", "content-location", "content-range", "content-type", "etag", "host",
                          "max-forwards", "server", "transfer-encoding", "user-agent"})
-
-
 _SPECIAL = _NOT_FAST | {"transfer-encoding", "upgrade", "connection", "content-length"}
 
 
@@ -96,8 +80,6 @@ _FRAMED: dict[bytes, Head | object] = {}
 
 
 FRAMED_MAX = 4096
-
-
 FRAMED_MAX_BYTES = 2048  # a typical head with a JWT is under 1 KiB; larger ones are parsed each time
 
 

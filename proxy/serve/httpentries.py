@@ -19,14 +19,8 @@ from ..core.policy import epoch_key
 
 
 LABEL = "http_cache"  # the metrics' rule label for requests the HTTP cache handles
-
-
 FINGERPRINT = "rfc9111"  # Entry.fingerprint of HTTP entries (never a rule's: those are hex digests)
-
-
 VARY_SPEC = "rfc9111-vary"  # Entry.fingerprint of the record listing a URI's Vary fields
-
-
 INVALIDATION = "rfc9111-4.4"  # the purge label of §4.4 invalidations
 
 
