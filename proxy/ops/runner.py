@@ -114,7 +114,7 @@ async def watch_rules(proxy, path: str, stop: asyncio.Event | None = None, debou
     The file's directory is watched, not the file: editors and Kubernetes ConfigMaps replace a file
     (rename, symlink swap) rather than write into it. A change that leaves the content as it was, or a
     moment where the file is missing mid-replace, reloads nothing. An invalid file is refused by
-    ``Proxy.reload_rules`` (file:line errors in the log, ``katiba_cache_reloads_total{result="failure"}``)
+    ``RequestPath.reload_rules`` (file:line errors in the log, ``katiba_cache_reloads_total{result="failure"}``)
     and the rules in force stay.
     """
     from watchfiles import awatch

@@ -58,7 +58,7 @@ class Fetched:
 
 @dataclass(slots=True)
 class Filled:
-    """How a miss is answered (``Proxy.fill``): ``fetched``, or the stale entry when it is None."""
+    """How a miss is answered (``RequestPath.fill``): ``fetched``, or the stale entry when it is None."""
 
     cache_status: str
     fetched: Fetched | None = None

@@ -18,11 +18,11 @@ from ..store.l1 import follow_invalidations
 from ..upstream.client import Upstream, watch_upstream
 from . import fastpath, framing, tracing
 from .config import Config
-from .requestpath import Proxy
+from .requestpath import RequestPath
 
 log = logging.getLogger("proxy")
 
-PROXY_KEY = web.AppKey("proxy", Proxy)
+PROXY_KEY = web.AppKey("proxy", RequestPath)
 
 
 def build_app(config: Config, rules: Rules | None = None, store=None, metrics: Metrics | None = None,
@@ -36,7 +36,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
                                             max_connections=config.redis_max_connections),
                            metrics, timeout=config.store_timeout,
                            breaker=CircuitBreaker(config.breaker_failures, config.breaker_reset))
-    proxy = Proxy(config, rules, guarded, Upstream(config.upstream), metrics, unsafe=unsafe)
+    proxy = RequestPath(config, rules, guarded, Upstream(config.upstream), metrics, unsafe=unsafe)
     app[PROXY_KEY] = proxy
 
     async def lifecycle(app: web.Application):
@@ -83,7 +83,7 @@ async def _flush_metrics(metrics: Metrics, interval: float = 1.0) -> None:
         metrics.tally.flush()
 
 
-async def _sweep(proxy: Proxy, interval: float = 5.0) -> None:
+async def _sweep(proxy: RequestPath, interval: float = 5.0) -> None:
     """Housekeeping off the request path: warm hot entries, drop expired memory-store items."""
     inner = proxy.store.inner
     rounds = 0

@@ -15,8 +15,9 @@ fill guard (the tokens the entry carried), one ``event=stale_entry`` line is log
 identity (anyone's, for a shared entry) passed since the entry was stored are recorded as the
 mismatch's candidates (``audit.AuditBook``).
 
-Reaches the store and the backend only through what the request path (``requestpath.Proxy``) hands it (``lookup``, ``fetch``,
-``replace``, ``spawn``, ``identify``). May import: audit, policy, rules, entry, errors; never server.
+Reaches the store and the backend only through what the request path (``requestpath.RequestPath``) hands
+it (``lookup``, ``fetch``, ``replace``, ``spawn``, ``identify``). May import: core (audit, policy, rules,
+entry, errors), never the request path.
 """
 from __future__ import annotations
 

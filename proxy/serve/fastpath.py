@@ -10,7 +10,7 @@ front. It frames each request itself (framing.py). A bodyless HTTP/1.1 GET with 
 conditional or Range header, no Expect) is offered to ``ReadPath`` (fastread.py): when the request maps to a cache
 rule, the entry is looked up (the in-process L1, else one store round trip). A fresh or
 stale-while-revalidate entry is answered at once; otherwise the fill is the proxy's own
-(``Proxy.fill``, as on aiohttp's path) and its answer, relayed as it arrives when the body is too
+(``RequestPath.fill``, as on aiohttp's path) and its answer, relayed as it arrives when the body is too
 large to store, is written here, with the headers aiohttp's path would send. Anything else (a write,
 an unruled route, a request that would bypass the cache for a pending purge, a store failure or the
 in-flight limit) goes to aiohttp unchanged, byte for byte, and is answered there; a lookup made already
@@ -226,7 +226,7 @@ class FastRequestHandler(RequestHandler):
         self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
     def _hand(self, head: Head, prefetched: Prefetched | None = None) -> None:
-        self.prefetched = prefetched  # only ever for the request handed with it (Proxy.read checks the key)
+        self.prefetched = prefetched  # only ever for the request handed with it (RequestPath.read checks the key)
         self._handed += 1
         self.reads.handed.inc()
         available = min(len(self._buf), head.body_length)

@@ -1,6 +1,6 @@
 """The fast path's reads: a plain GET framed off the socket, looked up (L1, else one store round trip)
 and answered with the bytes aiohttp's path would send: a fresh or stale-while-revalidate hit at once, a
-miss through the request path's own fill (``Proxy.fill``), its answer relayed as it arrives when the body
+miss through the request path's own fill (``RequestPath.fill``), its answer relayed as it arrives when the body
 is too large to store. Whatever it cannot answer goes to aiohttp with the lookup already made
 (``Prefetched``), so no request asks the store twice. It calls only the request path's public methods.
 """
@@ -32,8 +32,8 @@ from .wire import CacheStatus, error_response
 @dataclass(slots=True)
 class Prefetched:
     """A fast lookup that found no fresh entry, handed to aiohttp's path with the request so that the
-    miss neither asks the store nor judges the entry again (``Proxy.read`` takes it when the key
-    matches): what the store gave, and ``Proxy.looked_up``'s verdict on it."""
+    miss neither asks the store nor judges the entry again (``RequestPath.read`` takes it when the key
+    matches): what the store gave, and ``RequestPath.looked_up``'s verdict on it."""
 
     key: str
     tokens: list | None = None
@@ -87,7 +87,7 @@ class ReadPath:
         if p.gate.full:
             return None  # aiohttp's path refuses it, and counts that once
         if "#" in head.target:
-            return None  # a fragment: aiohttp's path strips it (Proxy._dispatch, request_target)
+            return None  # a fragment: aiohttp's path strips it (RequestPath._dispatch, request_target)
         first_sight = head.lookup is None
         d = self._lookup(head)
         if d is None or p.purge_pending(d):
@@ -112,7 +112,7 @@ class ReadPath:
         return self._from_store(d, head, start, peer)
 
     def _lookup(self, head: Head) -> Lookup | None:
-        """``Proxy.fast_lookup``, remembered on the head. The same bytes make the same Lookup for as long
+        """``RequestPath.fast_lookup``, remembered on the head. The same bytes make the same Lookup for as long
         as the rules, the verifier and the token's validity are the same: that is checked each time."""
         p = self.proxy
         memo = head.lookup
@@ -178,7 +178,7 @@ class ReadPath:
 
     async def _miss(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
                     looked: Prefetched) -> bytes | Relay | Prefetched:
-        """The fill of a miss, as aiohttp's path makes it (``Proxy.fill``), answered here. Whatever
+        """The fill of a miss, as aiohttp's path makes it (``RequestPath.fill``), answered here. Whatever
         would not fetch (a purge pending, the store unusable, the in-flight limit) is handed on with the
         lookup, before anything is fetched, and aiohttp's path bypasses or refuses it as usual."""
         p = self.proxy

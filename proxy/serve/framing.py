@@ -123,7 +123,7 @@ def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
 
 
 def entry_head(entry: Entry) -> bytes:
-    """Status line and the entry's own headers, as aiohttp's path (``Proxy.read``) would send them;
+    """Status line and the entry's own headers, as aiohttp's path (``RequestPath.read``) would send them;
     computed once per decoded entry (decoded entries are shared, see entry.decode_entry)."""
     cached = entry.__dict__.get("entry_head")
     if cached is not None:

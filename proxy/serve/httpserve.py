@@ -12,7 +12,7 @@ I/O around ``httpcache`` (the pure decisions), on the same store contract as the
   fetch (the fill guard: an invalidation during the fetch wins).
 * concurrent misses of one key share one fetch in this process: waiters wait for it, then look up again
   (a waiter is never handed a response its own request could not reuse: Vary, Authorization, no-store).
-* unsafe requests: the write path (``Proxy.write``) and ``handle`` for unknown methods bump the
+* unsafe requests: the write path (``RequestPath.write``) and ``handle`` for unknown methods bump the
   generations of the §4.4 targets before the answer is released, whether or not a rule matched.
 
 HEAD is answered from GET entries when they may be reused without contacting the origin; otherwise it

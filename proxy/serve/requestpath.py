@@ -70,7 +70,7 @@ WRITE_ANSWER_PEEK = 64 << 10
 CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first (metrics and logs)
 
 
-class Proxy:
+class RequestPath:
     def __init__(self, config: Config, rules: Rules, store: GuardedStore, upstream: Upstream, metrics: Metrics,
                  clock=time.time, unsafe: frozenset[str] = frozenset()):
         self.config, self.store, self.upstream, self.metrics, self.clock = config, store, upstream, metrics, clock

@@ -12,12 +12,12 @@ named there is not installed, ``configure_from_env`` says so in one log line and
 traces (a tracing typo never stops the cache).
 
 Zero cost when off: ``ENABLED`` is read once, when the application is built (``serve.app.build_app``). Off,
-nothing is wrapped: the route handler is ``Proxy.handle`` itself, the fast path is installed, the store and
+nothing is wrapped: the route handler is ``RequestPath.handle`` itself, the fast path is installed, the store and
 the backend client are the plain objects. On, ``instrument`` wraps, on that one proxy object:
 
 * the route handler: a SERVER span per request, child of the client's ``traceparent`` (``tracestate`` and
   baggage too, per ``OTEL_PROPAGATORS``), named ``METHOD rule``;
-* ``Proxy.record`` (called once per request): the span's attributes, below;
+* ``RequestPath.record`` (called once per request): the span's attributes, below;
 * the store's calls (lookup, generations, fill write, purge, leases) and the backend client's ``fetch``
   (fills) and ``send`` (writes, pass-through): a CLIENT child span each. The backend span's context goes
   out in ``traceparent``: the backend sees the client's trace id, with this proxy's span as parent.

@@ -27,7 +27,7 @@ REMOVED = "user:{user_id}:full_profile"
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "aiohttp-path"])
 def fast_path(request) -> bool:
-    """Both hit paths sample: proxy/serve/fastpath.py's and aiohttp's ``Proxy.read``."""
+    """Both hit paths sample: proxy/serve/fastpath.py's and aiohttp's ``RequestPath.read``."""
     return request.param
 
 

@@ -1,4 +1,4 @@
-"""Hot reload of the rules: ``Proxy.reload_rules`` (SIGHUP), the file watcher of ``cache-proxy serve``.
+"""Hot reload of the rules: ``RequestPath.reload_rules`` (SIGHUP), the file watcher of ``cache-proxy serve``.
 
 Covers: a cut TTL applies to entries already stored (freshness uses the current rule; the proxy's clock
 is moved instead of sleeping), a changed key template or vary_query never serves entries written under

@@ -216,7 +216,7 @@ def test_configuration_from_the_environment(caplog):
 
 
 async def test_off_nothing_on_the_request_path_changes(make_proxy):
-    """Zero cost when off, by construction: the route handler is ``Proxy.handle`` itself, the fast path is
+    """Zero cost when off, by construction: the route handler is ``RequestPath.handle`` itself, the fast path is
     installed, and neither the store, the backend client nor ``record`` is wrapped."""
     assert not tracing.ENABLED
     ops = await make_proxy()
