@@ -343,6 +343,7 @@ class ReadPath:
         hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/core/interim.py)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
+            hints = interim.wire(interim.of(upstream))  # a streamed fill's 1xx come with its response
             length = framed_length(upstream.headers)
             return Relay(hints + wire(fetched.status, headers, length, upstream.reason), length is None, prefix,
                          upstream, record)

@@ -788,6 +788,7 @@ class Proxy(PurgingMixin, EndpointsMixin):
         if length is not None:
             out.content_length = length
         try:
+            interim.send_before(request, interim.of(response))  # 1xx first (proxy/core/interim.py)
             await out.prepare(request)
             if prefix:
                 await out.write(prefix)
