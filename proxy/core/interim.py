@@ -4,13 +4,18 @@ A proxy forwards the 1xx answers it did not ask for itself (§15.2); 101 only wi
 WebSocket relay, proxy/serve/streaming.py, handles those), so never here; none to an HTTP/1.0 client (§15.2:
 it cannot read them). They are never stored: an entry holds the final answer only.
 
-Where they are seen: the lean fill client (proxy/upstream/http1.py, the fills of rules and of the HTTP cache)
-keeps them on its response (``FillResponse.interim``). aiohttp's client (writes, bypasses, HEAD) reads and
-drops them without a public way to see them, so answers relayed through it carry none.
+Where they are seen: the lean HTTP/1.1 client (proxy/upstream/http1.py), which every backend request
+goes through (fills, and the answers relayed as they come: writes, bypasses, revalidations, HEAD), keeps
+them on its response (``Response.interim``, read with ``of``). A ``100 Continue`` to a request that said
+``Expect: 100-continue`` is not kept: aiohttp's server already answered 100 to our client. (aiohttp's
+client, which relayed requests went through before, read and dropped them all; it now serves only
+WebSockets, whose 101 is the upgrade's own.)
 
-How they are sent: the fast path puts them in front of the final answer's bytes; on aiohttp's path,
-whose server has no API for 1xx (aio-libs/aiohttp#7878), they are written to the request's transport
-before the handler returns its response, which aiohttp writes next on the same connection.
+How they are sent: the fast path puts them in front of the final answer's bytes (a stored fill's from
+what it fetched, a streamed one's from its response); on aiohttp's path, whose server has no API for 1xx
+(aio-libs/aiohttp#7878), they are written to the request's transport before the handler's response is
+prepared (``send_before``), which aiohttp writes next on the same connection: for an answer built from a
+fill, and for every relayed answer (``Proxy._stream``).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ def wire(interim: Interim) -> bytes:
 
 
 def of(response: Any) -> Interim:
-    """The interim answers a backend response came with (none for aiohttp's responses)."""
+    """The interim answers a backend response came with (none for anything else)."""
     return tuple(getattr(response, "interim", ()))
 
 

@@ -15,7 +15,6 @@ from functools import partial
 from random import random
 from typing import Any, Coroutine
 
-import aiohttp
 from multidict import CIMultiDict
 
 from ..core import interim, locations
@@ -23,6 +22,7 @@ from ..core.entry import Entry
 from ..core.errors import LookupRedirected, StoreUnavailable
 from ..core.policy import Lookup
 from ..upstream.client import framed_length
+from ..upstream.http1 import Response as UpstreamResponse
 from .answers import request_id as request_id_var
 from .answers import Origin, miss_headers
 from .framing import Head, entry_head, wire
@@ -65,7 +65,7 @@ class Relay:
     head: bytes
     chunked: bool
     prefix: bytes
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     done: Any
 
 
@@ -212,6 +212,7 @@ class ReadPath:
         hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/core/interim.py)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
+            hints = interim.wire(interim.of(upstream))  # a streamed fill's 1xx come with its response
             length = framed_length(upstream.headers)
             return Relay(hints + wire(fetched.status, headers, length, upstream.reason), length is None, prefix,
                          upstream, record)

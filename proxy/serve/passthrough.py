@@ -12,9 +12,11 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..core import interim
 from ..core.errors import UpstreamError
 from ..core.metrics import Metrics
 from ..upstream.client import Upstream, body_failure, framed_length, response_headers
+from ..upstream.http1 import Response as UpstreamResponse
 from .answers import Origin
 from .answers import request_id as request_id_var
 from .wire import error_response
@@ -24,7 +26,7 @@ class PassThrough:
     def __init__(self, upstream: Upstream, metrics: Metrics):
         self.upstream, self.metrics = upstream, metrics
 
-    def headers(self, response: aiohttp.ClientResponse, cache_status: str) -> CIMultiDict:
+    def headers(self, response: UpstreamResponse, cache_status: str) -> CIMultiDict:
         """The backend's answer headers as the client gets them, marked as not from the cache."""
         headers = response_headers(response.headers)
         headers["X-Cache"] = "BYPASS"
@@ -45,7 +47,7 @@ class PassThrough:
         self.metrics.upstream_duration.observe(time.perf_counter() - start)
         return await self.stream(request, response, self.headers(response, cache_status))
 
-    async def stream(self, request: web.Request, response: aiohttp.ClientResponse, headers: CIMultiDict,
+    async def stream(self, request: web.Request, response: UpstreamResponse, headers: CIMultiDict,
                      prefix: bytes = b"") -> web.StreamResponse:
         """Relay ``response``'s body as it arrives; a reset mid-body aborts the client connection."""
         length = framed_length(response.headers)
@@ -53,6 +55,7 @@ class PassThrough:
         if length is not None:
             out.content_length = length
         try:
+            interim.send_before(request, interim.of(response))  # 1xx first (proxy/core/interim.py)
             await out.prepare(request)
             if prefix:
                 await out.write(prefix)

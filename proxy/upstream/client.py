@@ -1,13 +1,19 @@
 """The backend behind one seam: build the forwarded request, send it, map failures to 502/504.
 
-Two clients: ``fetch`` (the fills' GETs) goes through the lean HTTP/1.1 client in ``http1.py``, a third
-of a miss's CPU cheaper; ``send`` (writes, bypasses, revalidations) and WebSockets through aiohttp's.
-Both share the slots, the timeouts and the error mapping below.
+Every request goes through the lean HTTP/1.1 client in ``http1.py``: ``fetch`` (the fills' GETs) and
+``send`` (writes, bypasses, revalidations, HEAD: the answers relayed as they come). It is a third of a
+miss's CPU cheaper than aiohttp's, relays a body longer than its Content-Length cut there (aiohttp's
+client refused the whole answer: a 502), and keeps 1xx interim answers for the client (aiohttp's
+dropped them). aiohttp's client session stays for WebSockets and the start-up probe. Both share the
+slots, the timeouts and the error mapping below; a request that failed before an answer began may be
+sent again once (``resend``), on what the lean client reports it wrote (``http1.Sent``).
 
-Pitfalls handled here (conventions.md, "Forwarding"): the client session never decompresses, so bodies
-and ``Content-Encoding``/``Content-Length`` stay consistent; upstream URLs are built with
-``encoded=True`` so yarl rewrites neither ``/../`` nor ``%ZZ`` (keys are computed from exactly what is
-sent); hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways; the connector's pool is raised.
+Pitfalls handled here (conventions.md, "Forwarding"): nothing is decompressed, so bodies and
+``Content-Encoding``/``Content-Length`` stay consistent; the request target is sent exactly as the client
+wrote it (no ``/../`` or ``%ZZ`` rewritten: keys are computed from exactly what is sent); hop-by-hop
+headers (RFC 9110 §7.6.1) are dropped both ways; the body's framing is ours (``Content-Length`` for bytes
+and for a body the client framed so, chunked otherwise, ``Content-Length: 0`` for a bodyless POST, PUT or
+PATCH); the pool holds ``pool_size`` idle connections.
 
 Production settings ([9/9]): TLS to an https:// backend with a private CA and a client certificate
 (``ssl_context``: a file that cannot be loaded is a ValueError naming it, so the start fails);
@@ -22,10 +28,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from functools import partial
+from typing import Any, Callable, Iterator, Mapping
 
 import aiohttp
 from multidict import CIMultiDict
@@ -34,7 +40,7 @@ from yarl import URL
 from . import resend
 from ..core.errors import UpstreamError
 from .failures import FailureReport, classify
-from .http1 import FillClient, FillResponse
+from .http1 import Client, Response, Sent
 
 log = logging.getLogger("proxy")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -132,7 +138,7 @@ class _Slots:
 
 
 class _Slot:
-    __slots__ = ("slots", "__weakref__")
+    __slots__ = ("slots",)
 
     def __init__(self, slots: _Slots | None):
         self.slots = slots
@@ -141,6 +147,20 @@ class _Slot:
         slots, self.slots = self.slots, None
         if slots is not None:
             slots.give_back()
+
+CHUNKED = "Transfer-Encoding: chunked\r\n"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # RFC 9110 §8.6: Content-Length even when 0
+
+
+def _framing(method: str, headers: Mapping[str, str], body: Any) -> str | None:
+    """The body's framing field, replacing the client's; None: the client's ``Content-Length`` stays
+    (a streamed body of that length, or none)."""
+    if body is None:
+        return "Content-Length: 0\r\n" if method.upper() in BODY_METHODS and "Content-Length" not in headers else None
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return f"Content-Length: {len(body)}\r\n"
+    return None if "Content-Length" in headers else CHUNKED
+
 
 def strip_hop_by_hop(headers: Mapping[str, str]) -> CIMultiDict:
     named = {h.strip().lower() for v in headers.getall("connection", ()) for h in v.split(",")} \
@@ -165,7 +185,7 @@ class Upstream:
         self.session: aiohttp.ClientSession | None = None
         self.ssl: Any = ssl_context(config)  # ValueError naming the file: a bad CA fails the start
         https = base.scheme == "https"
-        self.fills = FillClient(base.raw_host or base.host, base.port or (443 if https else 80),
+        self.client = Client(base.raw_host or base.host, base.port or (443 if https else 80),
                                 (self.ssl or ssl.create_default_context()) if https else None, base.host,
                                 config.connect_timeout, config.read_timeout, max_idle=config.pool_size)
         self.slots = _Slots(config.max_concurrent, config.queue_timeout)
@@ -173,17 +193,17 @@ class Upstream:
         self.answered = not config.require_at_start  # the backend answered once (see ``probe``)
 
     async def start(self) -> None:
+        """aiohttp's session, for WebSockets (proxy/serve/streaming.py) and the start-up probe."""
         connector = aiohttp.TCPConnector(limit=self.config.pool_size, limit_per_host=0, ssl=self.ssl,
                                          ttl_dns_cache=300, enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout,
                                         sock_read=self.config.read_timeout)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-                                             cookie_jar=aiohttp.DummyCookieJar(),
-                                             trace_configs=[resend.progress_trace()])
+                                             cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
-        self.fills.close()
+        self.client.close()
         if self.session is not None:
             await self.session.close()
 
@@ -207,54 +227,63 @@ class Upstream:
         out["X-Request-ID"] = request_id
         return out
 
-    async def send(self, method: str, path_qs: str, headers: CIMultiDict, body: Any = None) -> aiohttp.ClientResponse:
+    async def send(self, method: str, path_qs: str, headers: CIMultiDict, body: Any = None) -> Response:
         """Send and return the response with its body unread; the caller releases it.
 
-        Sent again once, on a new connection (RFC 9112 §9.3.1), when the connection failed before an
-        answer began and either none of the request's bytes went out (a pooled connection the backend
-        closed just as it was taken: "Cannot write to closing transport"), whatever the method, or the
-        method is idempotent and the body can be sent again (``resend.ReplayableBody``)."""
-        assert self.session is not None, "Upstream.start() was not awaited"
-        url = URL(self.base + path_qs, encoded=True)
+        Sent again once, on a new connection (RFC 9112 §9.3.1), when it failed before an answer began
+        and ``resend.may_resend`` allows it on what went out (``http1.Sent``). Bytes beyond the answer's
+        Content-Length are counted here (``on_overrun``: kind ``framing``, logged); the relay gets the
+        answer cut at its Content-Length."""
+        return await self._exchange(method, path_qs, headers, body, on_overrun=partial(self._overran, method))
+
+    async def fetch(self, path_qs: str, headers: CIMultiDict) -> Response:
+        """A fill's GET: the response with its body unread; the caller releases it, and counts an
+        answer that ``overran`` itself (it is never stored). Failures as ``send``'s: UpstreamError 502 or
+        504, UpstreamBusy 503."""
+        return await self._exchange("GET", path_qs, headers, None)
+
+    async def _exchange(self, method: str, path_qs: str, headers: CIMultiDict, body: Any,
+                        on_overrun: Callable[[], None] | None = None) -> Response:
+        if isinstance(body, str):
+            body = body.encode()
+        head, chunked = self._request_head(method, path_qs, headers, body)
         replay = resend.ReplayableBody.wrap(body)
+        continued = "100-continue" in headers.get("Expect", "").lower()
         for attempt in (1, 2):
             slot = await self.slots.take()  # UpstreamBusy (503) when every slot stays taken
-            sent = resend.Progress()
+            sent = Sent()
             with _failures_mapped(slot):
-                try:
-                    response = await self.session.request(
-                        method, url, headers=headers, data=replay.data() if replay is not None else body,
-                        allow_redirects=False, compress=None, chunked=None, trace_request_ctx=sent)
+                try:  # the slot is given back with the response
+                    response = await self.client.request(
+                        head, slot.release, sent, replay.data() if replay is not None else body, chunked=chunked,
+                        head_only=method == "HEAD", continued=continued, on_overrun=on_overrun)
                 except (aiohttp.ClientConnectionError, OSError) as exc:
-                    if attempt == 1 and resend.may_resend(method, exc, sent, replay, body, headers):
+                    if attempt == 1 and resend.may_resend(method, exc, sent, replay):
                         slot.release()
                         continue
                     raise
             break
         self.answered = True
-        hold(slot, response)
         return response
 
-    async def fetch(self, path_qs: str, headers: CIMultiDict) -> FillResponse:
-        """A fill's GET through the lean client (proxy/upstream/http1.py): the response with its body unread; the
-        caller releases it. Failures as ``send``'s: UpstreamError 502 or 504, UpstreamBusy 503."""
-        head = self._request_head(path_qs, headers)
-        slot = await self.slots.take()
-        with _failures_mapped(slot):
-            response = await self.fills.get(head, slot.release)  # the slot is given back with the response
-        self.answered = True
-        return response
+    def _overran(self, method: str) -> None:
+        self.failures(overrun_failure(), "none", method)
 
-    def _request_head(self, path_qs: str, headers: CIMultiDict) -> bytes:
-        lines = [f"GET {self.base_path}{path_qs} HTTP/1.1\r\n"]
+    def _request_head(self, method: str, path_qs: str, headers: CIMultiDict, body: Any) -> tuple[bytes, bool]:
+        """The request line and fields, and whether the body goes chunked."""
+        lines = [f"{method} {self.base_path}{path_qs} HTTP/1.1\r\n"]
         if "Host" not in headers:
             lines.append(f"Host: {self.host_header}\r\n")
+        framing = _framing(method, headers, body)
         for name, value in headers.items():
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
                 raise UpstreamError(400, "a header holds a line break")
-            lines.append(f"{name}: {value}\r\n")
+            if framing is None or name.lower() not in ("content-length", "transfer-encoding"):
+                lines.append(f"{name}: {value}\r\n")
+        if framing is not None:
+            lines.append(framing)
         lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        return "".join(lines).encode("utf-8", "surrogateescape"), framing == CHUNKED
 
     async def probe(self) -> str | None:
         """Is the backend there? None if so, else why not. With ``require_at_start``: one GET of the base
@@ -306,25 +335,14 @@ def body_failure(exc: BaseException) -> UpstreamError:
 
 def overran(response: Any) -> bool:
     """Bytes followed the answer beyond its Content-Length (the lean client saw them arrive with it): the
-    answer is relayed cut there, never stored, and its connection is closed."""
+    answer is relayed cut there, never stored, and its connection is closed. ``send`` counts these itself
+    (``on_overrun``); a fill's caller asks this."""
     return bool(getattr(response, "overran", False))
 
 
 def overrun_failure() -> UpstreamError:
     return UpstreamError(502, "upstream sent bytes beyond the answer's Content-Length; relayed up to it, not "
                               "stored, connection closed", "framing", "bytes after the end of the answer")
-
-
-def hold(slot: "_Slot", response: aiohttp.ClientResponse) -> None:
-    """Keep ``slot`` until ``response`` gives its connection back (body read, released or closed)."""
-    if slot.slots is None:
-        return
-    connection = response.connection
-    if connection is None:  # no body (HEAD, 204, 304) or already read: the connection is back
-        slot.release()
-        return
-    connection.add_callback(slot.release)
-    weakref.finalize(response, slot.release)  # dropped without release: never leak the slot
 
 
 async def watch_upstream(upstream: Upstream, interval: float = 1.0) -> None:
@@ -362,7 +380,7 @@ def response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict:
     return out
 
 
-async def read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def read_limited(response: Response, limit: int) -> tuple[bytes, bool]:
     """(body, True) when the whole body fits in ``limit``; else (what was read, False), rest unread."""
     chunks, size = [], 0
     try:

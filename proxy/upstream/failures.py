@@ -5,9 +5,11 @@
 
 * ``timeout``  no answer (or no more of it) within the configured timeouts: 504;
 * ``connect``  no connection, or the connection closed or was reset before an answer began: 502;
-* ``framing``  the answer does not agree with its own framing: not HTTP, or a body shorter or longer
-               than its Content-Length: 502, or (bytes beyond Content-Length on a fill) the answer
-               cut at Content-Length and never stored;
+* ``framing``  the answer does not agree with its own framing: not HTTP: 502; a body shorter than
+               its Content-Length (the connection closed early): 502 before the answer began, else
+               the client's connection closed after the bytes that came; bytes beyond its
+               Content-Length: the answer relayed cut at Content-Length, never stored, and its
+               backend connection closed;
 * ``body``     the connection failed while the body was being read (a reset mid-body): 502;
 * ``busy``     no free backend slot (``max_concurrent``, ``UpstreamBusy``): 503, nothing was sent.
 
@@ -54,9 +56,8 @@ def classify(exc: BaseException, reading_body: bool = False) -> UpstreamError:
         return exc
     if isinstance(exc, asyncio.TimeoutError):  # aiohttp.ServerTimeoutError included
         return UpstreamError(504, "upstream timed out" + (" mid-body" if reading_body else ""), "timeout", cause)
-    if isinstance(exc, aiohttp.ClientResponseError):  # the head was not HTTP (or bytes followed the answer)
-        return UpstreamError(502, "upstream sent a malformed answer (not valid HTTP/1.1, or bytes beyond "
-                                  "its Content-Length)", "framing", cause)
+    if isinstance(exc, aiohttp.ClientResponseError):  # the head was not HTTP
+        return UpstreamError(502, "upstream sent a malformed answer (not valid HTTP/1.1)", "framing", cause)
     if reading_body or isinstance(exc, aiohttp.ClientPayloadError):
         if _is_framing(exc):
             return UpstreamError(502, "upstream closed the connection mid-body, before the end its "

@@ -3,49 +3,31 @@
 The backend closes idle keep-alive connections when it likes (its keep-alive timeout); a request that
 took such a connection from the pool just then fails without the backend having seen it. Sending it again
 on a new connection is always safe when none of its bytes went out, whatever the method; once some may
-have, only an idempotent method (RFC 9110 §9.2.2) may go again, and only with the same body.
+have, only an idempotent method (RFC 9110 §9.2.2) may go again, only with the same body, and only when
+the connection was a reused keep-alive one that closed before any answer began (a new connection that
+the backend closes on a request is its answer to that request, not a stale connection).
 
 What this module knows and how:
 
-* bytes sent: aiohttp's writer refuses to write on a closing transport *before* writing
-  (``ClientConnectionResetError``: "Cannot write to closing transport"), and writes the head together
-  with the first body chunk. ``Progress`` counts the chunks aiohttp started to write (a public
-  ``TraceConfig`` signal, sent just before each write): the refusal of the first write means nothing
-  went out.
+* bytes sent: the lean client (proxy/upstream/http1.py) counts what it handed to the connection
+  (``http1.Sent``); a write refused because the connection was closing ("Cannot write to closing
+  transport") hands over nothing. The head goes out with the body's first chunk, so a request whose
+  client was slow to send its body never leaves a head alone on a connection.
 * the body: bytes can be sent again as they are; a stream (the client's request body) is read through
   ``ReplayableBody``, which keeps what it has passed on, up to ``REPLAY_LIMIT`` bytes, so a second
   attempt sends the same bytes.
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Mapping
+import asyncio
+from typing import Any, AsyncIterator
 
 import aiohttp
 
+from .http1 import Sent
+
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 §9.2.2
 REPLAY_LIMIT = 1 << 20  # bytes of a streamed body kept for a second attempt
-
-
-class Progress:
-    """One attempt's progress: body chunks aiohttp began to write (the first one carries the head)."""
-
-    __slots__ = ("chunks",)
-
-    def __init__(self) -> None:
-        self.chunks = 0
-
-
-async def _on_chunk(session: Any, context: Any, params: Any) -> None:
-    progress = getattr(context, "trace_request_ctx", None)
-    if isinstance(progress, Progress):
-        progress.chunks += 1
-
-
-def progress_trace() -> aiohttp.TraceConfig:
-    """The session's trace: ``Progress`` passed as ``trace_request_ctx`` counts the chunks."""
-    trace = aiohttp.TraceConfig()
-    trace.on_request_chunk_sent.append(_on_chunk)
-    return trace
 
 
 class ReplayableBody:
@@ -56,12 +38,11 @@ class ReplayableBody:
         self.kept: list[bytes] = []
         self.size = 0
         self.whole = True  # everything passed on so far is kept
-        self.ended = False  # the source is exhausted
 
     @classmethod
     def wrap(cls, body: Any) -> "ReplayableBody | None":
         """None for what needs no wrapping (no body, bytes: sent again as they are)."""
-        if body is None or isinstance(body, (bytes, bytearray, memoryview, str)):
+        if body is None or isinstance(body, (bytes, bytearray, memoryview)):
             return None
         return cls(body)
 
@@ -81,44 +62,19 @@ class ReplayableBody:
                 else:
                     self.kept.append(bytes(chunk))
             yield chunk
-        self.ended = True
 
     @property
     def replayable(self) -> bool:
         return self.whole
 
 
-def _refused_before_writing(exc: BaseException) -> bool:
-    seen = 0
-    while exc is not None and seen < 5:  # aiohttp wraps the writer's error (ClientOSError from ...)
-        if isinstance(exc, aiohttp.ClientConnectionResetError) and "closing transport" in " ".join(map(str, exc.args)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-def nothing_sent(exc: BaseException, progress: Progress, replay: ReplayableBody | None, body: Any,
-                 headers: Mapping[str, str]) -> bool:
-    """None of the request's bytes can have reached the backend: the first write was refused, or, for a
-    request with a body (whose head goes out with the first chunk), no write was begun at all (the
-    connection closed while the body was awaited)."""
-    if "Expect" in headers:  # the head goes out alone before the body: we cannot tell
-        return False
-    if progress.chunks <= 1 and _refused_before_writing(exc):
-        return True
-    has_body = (replay is not None and not (replay.ended and replay.size == 0)) or bool(body)
-    return has_body and progress.chunks == 0
-
-
-def may_resend(method: str, exc: BaseException, progress: Progress, replay: ReplayableBody | None,
-               body: Any, headers: Mapping[str, str]) -> bool:
+def may_resend(method: str, exc: BaseException, sent: Sent, replay: ReplayableBody | None) -> bool:
     """May the request that failed with ``exc`` (before any answer) go again on a new connection?"""
-    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientResponseError)):
-        return False  # no connection at all (a new one would fail alike), or an answer that was not HTTP
+    if not sent.connected or isinstance(exc, (asyncio.TimeoutError, aiohttp.ClientResponseError)):
+        return False  # no connection at all (a new one would fail alike), a backend still busy with it, or
+        # an answer that was not HTTP (asyncio.TimeoutError is an OSError)
     if replay is not None and not replay.replayable:
         return False  # part of the body is gone
-    if nothing_sent(exc, progress, replay, body, headers):
-        return True
-    return method.upper() in IDEMPOTENT and isinstance(
-        exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientConnectionResetError))
+    if sent.bytes == 0:
+        return True  # nothing reached the backend
+    return method.upper() in IDEMPOTENT and sent.reused and not sent.answered

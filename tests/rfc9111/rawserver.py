@@ -1,10 +1,12 @@
 """A raw asyncio HTTP/1.1 origin that misbehaves on cue, for what a well-behaved aiohttp origin cannot do:
 answer with a body longer or shorter than its Content-Length, drop or reset the connection, stay silent,
-send 1xx interim answers, close keep-alive connections the moment they go idle.
+send 1xx interim answers, answer before the request's body arrived, send a head without framing, close
+keep-alive connections the moment they go idle.
 
 ``RawOrigin.script(path, Answer(...), ...)`` (consumed in order, the last one repeats). Every request read
-whole (head and Content-Length body) is recorded: ``count(path, method)``. Connections are counted too
-(``connections``), and ``close_idle()`` closes every connection that is between requests.
+whole (head and Content-Length body; an ``early`` answer's head alone) is recorded: ``count(path, method)``.
+Connections are counted too (``connections``), and ``close_idle()`` closes every connection that is between
+requests. ``talk(port, head, body)`` is a raw client of the proxy: everything it answers until it closes.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ class Answer:
     action: str = "answer"  # answer | drop (FIN, no answer) | reset (RST, no answer) | hang (no answer)
     close: bool = False  # close the connection right after the answer (it still said keep-alive)
     reset_after: bool = False  # RST right after the answer's bytes (a short body then a reset)
+    early: bool = False  # answer once the head is read, before the body; the connection then serves no more
+    framed: bool = True  # False: no Content-Length (a body then ends at the close; a HEAD answer keeps it open)
 
 
 @dataclass
@@ -91,14 +95,20 @@ class RawOrigin:
                         name, value = line.split(":", 1)
                         headers[name.strip().lower()] = value.strip()
                 body = b""
+                if self._next(path, peek=True).early:
+                    answer = self._next(path)  # the body is left unread: nothing more is served on this connection
+                    self.requests.append(Seen(method, path.partition("?")[0], headers, b""))
+                    await self._answer(writer, method, answer)
+                    while await reader.read(65536):
+                        pass
+                    return
                 if "content-length" in headers:
                     body = await reader.readexactly(int(headers["content-length"]))
                 elif "chunked" in headers.get("transfer-encoding", ""):
                     body = await _read_chunked(reader)
                 self.requests.append(Seen(method, path.partition("?")[0], headers, body))
                 self.received.set()
-                script = self.scripts.get(path.partition("?")[0])
-                answer = (script.pop(0) if len(script) > 1 else script[0]) if script else Answer(404, body=b"")
+                answer = self._next(path)
                 if not await self._answer(writer, method, answer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -107,6 +117,12 @@ class RawOrigin:
             self.idle.discard(writer)
             if not writer.is_closing():
                 writer.close()
+
+    def _next(self, path: str, peek: bool = False) -> Answer:
+        script = self.scripts.get(path.partition("?")[0])
+        if not script:
+            return Answer(404, body=b"")
+        return script.pop(0) if len(script) > 1 and not peek else script[0]
 
     async def _answer(self, writer: asyncio.StreamWriter, method: str, a: Answer) -> bool:
         """Write the answer; False when the connection is over."""
@@ -126,17 +142,34 @@ class RawOrigin:
         length = len(a.body) if a.length is None else a.length
         out += f"HTTP/1.1 {a.status} Status\r\n".encode()
         out += b"".join(f"{k}: {v}\r\n".encode() for k, v in a.headers)
-        out += f"Content-Length: {length}\r\n\r\n".encode()
+        out += f"Content-Length: {length}\r\n\r\n".encode() if a.framed else b"\r\n"
         out += a.body if method != "HEAD" else b""
         writer.write(out)
         await writer.drain()
         if a.reset_after:
             _reset(writer)
             return False
-        if a.close or (a.length is not None and a.length > len(a.body)):
+        if a.close or (a.length is not None and a.length > len(a.body)) or (not a.framed and method != "HEAD"):
             writer.close()
             return False
         return True
+
+
+async def talk(port: int, head: bytes, body: bytes = b"", expect_continue: bool = False) -> bytes:
+    """One raw request to the proxy on its own connection: ``head`` (``\\r\\n\\r\\n`` included), then ``body``,
+    after the proxy's ``100 Continue`` (returned first) when ``expect_continue``; everything the proxy sends
+    until it closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head if expect_continue else head + body)
+    await writer.drain()
+    got = b""
+    if expect_continue:
+        got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(body)
+        await writer.drain()
+    got += await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return got
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

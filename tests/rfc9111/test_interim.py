@@ -1,5 +1,6 @@
 """RFC 9110 §15.2: 1xx interim answers from the origin (103 Early Hints) reach the client before the final
-answer, on the fast path and on aiohttp's path, are never stored, and are not sent to an HTTP/1.0 client.
+answer, on the fast path and on aiohttp's path (fills, streamed misses, and answers relayed through
+Upstream.send: writes, bypasses), are never stored, and are not sent to an HTTP/1.0 client.
 Against the raw origin (an aiohttp origin cannot send them), both stores."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import pytest
 
 from tests.rfc9111.conftest import RULE_READER, RULE_ROUTE, Clock
-from tests.rfc9111.rawserver import Answer, RawOrigin
+from tests.rfc9111.rawserver import Answer, RawOrigin, talk
 
 P = "/r/hints"
 TYPES = RULE_ROUTE  # a rule (global, needs a token): its misses are filled on the fast path
@@ -58,3 +59,32 @@ async def test_15_2_no_interim_answer_for_an_http_1_0_client(make_cache, raw):
     data = await exchange(cache.proxy.client.port, P, version="1.0")
     assert data.startswith(b"HTTP/1.0 200 OK\r\n") or data.startswith(b"HTTP/1.1 200 OK\r\n"), data
     assert b" 103 " not in data
+
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n"
+
+
+@pytest.mark.parametrize("method, path, extra", [
+    ("PUT", "/r/write", ""),  # a write: Upstream.send on aiohttp's path
+    ("GET", P, "If-Match: \"v1\"\r\n"),  # a GET the HTTP cache bypasses (If-Match): passed on
+], ids=["write", "bypassed-get"])
+async def test_15_2_interim_answers_to_relayed_requests_reach_the_client_first(make_cache, raw, method, path, extra):
+    raw.script(path, Answer(body=b"done", interim=HINT))
+    cache = await make_cache(origin=raw)
+    body = b"x" if method == "PUT" else b""
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
+    data = await talk(cache.proxy.client.port, head.encode(), body)
+    assert data.startswith(EARLY_HINTS + b"HTTP/1.1 200 "), data
+    assert data.endswith(b"\r\n\r\ndone") and data.count(b" 103 ") == 1, data
+    assert raw.count(path, method) == 1
+
+
+async def test_15_2_interim_answers_before_a_streamed_miss_on_the_fast_path(make_cache, raw):
+    """A rule's miss whose answer is relayed as it comes (an event stream, never stored) on the fast path."""
+    raw.script(TYPES, Answer(headers=[("Content-Type", "text/event-stream")], body=b"data: x\n\n", interim=HINT))
+    cache = await make_cache(origin=raw)
+    for n in (1, 2):
+        data = await exchange(cache.proxy.client.port, TYPES)
+        assert data.startswith(EARLY_HINTS + b"HTTP/1.1 200 "), data
+        assert data.endswith(b"data: x\n\n") and data.count(b" 103 ") == 1, data
+        assert raw.count(TYPES) == n  # never stored

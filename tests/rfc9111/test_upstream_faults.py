@@ -4,7 +4,12 @@
 * RFC 5861 §4 / RFC 9111 §4.2.4: stale-if-error when a revalidation meets a closed connection, a reset or
   a timeout (HTTP cache and rule mode);
 * framing errors: a body longer or shorter than its Content-Length is never stored, the client gets the
-  bytes up to Content-Length at most, and the error's message and metric kind say what happened;
+  bytes up to Content-Length at most, and the error's message and metric kind say what happened; on a
+  relayed answer (a write, a bypassed GET) a longer body is a 200 cut at Content-Length, a shorter one
+  ends with the client's connection closed;
+* relayed requests (RFC 9110 §10.1.1, §8.6): Expect: 100-continue completes, a bodyless write carries
+  Content-Length: 0, an answer that comes before the body was sent stops the sending, a HEAD answer
+  without framing closes its connection;
 * RFC 9112 §9.3.1 (retrying requests): a request none of whose bytes reached the origin is sent again on
   a new connection whatever its method; a partly sent one only when it is idempotent.
 """
@@ -15,7 +20,7 @@ import asyncio
 import pytest
 
 from tests.rfc9111.conftest import Clock
-from tests.rfc9111.rawserver import Answer, RawOrigin
+from tests.rfc9111.rawserver import Answer, RawOrigin, talk
 
 P = "/r/raw"
 TYPES = "/api/v1/achievements/types"  # a rule: global, token required, ttl 86400, stale_if_error 600 (shipped rules.yaml)
@@ -192,17 +197,101 @@ async def test_framing_body_shorter_than_content_length_is_an_error_that_says_so
     assert await upstream_errors(cache, "framing") == 2 and await upstream_errors(cache, "connect") == 0
 
 
-async def test_framing_relayed_answer_longer_than_content_length(make_cache, raw):
-    """A write's answer goes through aiohttp's client, whose parser refuses the whole answer when bytes
-    follow it in the same read: the client gets a 502 that says so (never "unreachable"), counted as
-    framing, the write is not sent again and the connection is not used again."""
-    raw.script(W, Answer(body=b"0123456789GARBAGE", length=10))
+# A relayed request (a write, a bypassed GET, a HEAD): it goes through Upstream.send. If-Match makes a GET
+# bypass the HTTP cache (passed on, never stored).
+RELAYED = {"PUT": ("PUT", W, {}), "bypassed-GET": ("GET", P, {"If-Match": '"v1"'})}
+
+
+@pytest.mark.parametrize("relayed", RELAYED)
+async def test_framing_relayed_answer_longer_than_content_length_is_cut_there(make_cache, raw, relayed):
+    """The client gets a 200 with exactly the Content-Length bytes (as nginx does), the upstream connection
+    is closed and not used again, the request is not sent again, and the metric's kind says framing."""
+    method, path, headers = RELAYED[relayed]
+    raw.script(path, Answer(body=b"0123456789GARBAGE", length=10))
     cache = await make_cache(origin=raw)
+    data = b"x" if method == "PUT" else None
     for _ in range(2):
-        reply = await cache.get(W, method="POST", data=b"x")
-        assert reply.status == 502, reply
-        assert "Content-Length" in reply.json["detail"] and "unreachable" not in reply.json["detail"]
+        reply = await cache.get(path, headers, method=method, data=data)
+        assert (reply.status, reply.body, reply.x_cache) == (200, b"0123456789", "BYPASS"), reply
     opened = raw.connections
-    await cache.get(W, method="POST", data=b"x")
-    assert raw.count(W, "POST") == 3 and raw.connections == opened + 1
-    assert await upstream_errors(cache, "framing") == 3
+    assert (await cache.get(path, headers, method=method, data=data)).status == 200
+    assert raw.count(path, method) == 3 and raw.connections == opened + 1  # that connection was closed
+    assert await upstream_errors(cache, "framing") == 3 and await upstream_errors(cache, "connect") == 0
+
+
+@pytest.mark.parametrize("relayed", RELAYED)
+async def test_framing_relayed_answer_shorter_than_content_length_cuts_the_client_connection(make_cache, raw, relayed):
+    """Fewer bytes than Content-Length, then the origin closes: the client gets the head and the bytes
+    that came, then its connection is closed, so it can tell the answer was cut short."""
+    method, path, headers = RELAYED[relayed]
+    raw.script(path, Answer(body=b"01234", length=100))
+    cache = await make_cache(origin=raw)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    body = b"x" if method == "PUT" else b""
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode()
+    data = await talk(cache.proxy.client.port, head, body)  # no "Connection: close": the proxy closes
+    answer_head, _, answer_body = data.partition(b"\r\n\r\n")
+    assert answer_head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 100" in answer_head, data
+    assert answer_body == b"01234", data
+    assert raw.count(path, method) == 1  # not sent again
+    assert await upstream_errors(cache, "framing") == 1
+
+
+async def test_relayed_write_answered_before_its_body_was_sent_stops_sending(make_cache, raw):
+    """The origin answers 413 as soon as it has read the head: the client gets the 413, the rest of the
+    body is not sent, and that upstream connection (its request half sent) is not used again."""
+    raw.script(W, Answer(body=b"done"), Answer(413, body=b"too large", early=True), Answer(body=b"done"))
+    cache = await make_cache(origin=raw)
+    assert (await cache.get(W, method="PUT", data=b"x")).status == 200
+    opened = raw.connections
+    head = f"PUT {W} HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", cache.proxy.client.port)
+    writer.write(head + b"y" * 1000)  # the rest of the 100000 bytes never comes
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 413 "), status_line
+    reply = await cache.get(W, method="PUT", data=b"x")
+    assert (reply.status, reply.body) == (200, b"done"), reply
+    assert raw.count(W, "PUT") == 3 and raw.connections == opened + 1  # the half-sent one was not reused
+
+
+@pytest.mark.parametrize("framed", [True, False], ids=["content-length", "no-framing"])
+async def test_relayed_head_answer_ends_with_its_head_and_without_framing_closes_its_connection(make_cache, raw,
+                                                                                              framed):
+    """A HEAD answer has no body whatever its Content-Length says: its connection is used again. One with
+    neither Content-Length nor chunked: relayed, and its connection closed (no telling what follows)."""
+    raw.script(P, Answer(headers=[("Cache-Control", "no-store")], framed=framed))
+    cache = await make_cache(origin=raw)
+    assert (await cache.get(P, method="HEAD")).status == 200
+    opened = raw.connections  # the start-up probe's and the first HEAD's
+    reply = await cache.get(P, method="HEAD")
+    assert (reply.status, reply.body) == (200, b""), reply
+    assert raw.count(P, "HEAD") == 2 and raw.connections == opened + (0 if framed else 1)
+
+
+# ------------------------------------------ RFC 9110 §10.1.1 Expect, §8.6 Content-Length on relayed writes
+
+async def test_10_1_1_expect_100_continue_on_a_relayed_write_completes(make_cache, raw):
+    """Expect is forwarded, the body sent without waiting for the origin's 100 (aiohttp's server already
+    answered 100 to the client), and the origin's own 100 is not relayed a second time."""
+    raw.script(W, Answer(body=b"done", interim=[(100, [])]))
+    cache = await make_cache(origin=raw, upstream={"read_timeout": 2})
+    head = (f"PUT {W} HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+            f"Connection: close\r\n\r\n").encode()
+    data = await talk(cache.proxy.client.port, head, b"hello", expect_continue=True)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "), data
+    assert data.count(b" 100 ") == 1 and data.endswith(b"\r\n\r\ndone"), data
+    assert raw.count(W, "PUT") == 1
+    assert (raw.requests[-1].headers.get("expect"), raw.requests[-1].body) == ("100-continue", b"hello")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+async def test_8_6_bodyless_write_is_sent_with_content_length_0(make_cache, raw, method):
+    raw.script(W, Answer(body=b"done"))
+    cache = await make_cache(origin=raw)
+    head = f"{method} {W} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
+    data = await talk(cache.proxy.client.port, head)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"done"), data
+    assert raw.count(W, method) == 1
+    assert raw.requests[-1].headers.get("content-length") == "0", raw.requests[-1].headers
