@@ -78,7 +78,11 @@ async def _unsafe(proxy, request: web.Request, origin) -> web.StreamResponse:
     except UpstreamError as exc:
         proxy.upstream.failures(exc, "none", request.method)
         return error_response(exc.status, exc.detail, "BYPASS", status)
-    await proxy.purger.purge(invalidation_keys(proxy, request, response.status, response.headers), INVALIDATION)
+    try:
+        await proxy.purger.purge(invalidation_keys(proxy, request, response.status, response.headers), INVALIDATION)
+    except BaseException:
+        response.release()  # idempotent; an answer never released would keep its backend slot for good
+        raise
     return await proxy.passthrough.stream(request, response, proxy.passthrough.headers(response, status))
 
 

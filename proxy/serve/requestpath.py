@@ -45,6 +45,7 @@ from ..core.rulesfile import load_rules
 from ..store.guard import GuardedStore
 from ..store.l1 import L1Cache
 from ..upstream.client import Upstream, read_limited
+from ..upstream.http1 import Response as UpstreamResponse
 from . import httpserve, streaming
 from .answers import request_id as request_id_var
 from .answers import Fetched, Filled, Origin, miss_headers, not_modified_headers, request_target
@@ -379,6 +380,14 @@ class RequestPath:
             self.upstream.failures(exc, rule_name, request.method)
             await self.purger.purge(*policy.purges_after(d, self.rules, None, None))  # it may have committed
             return error_response(exc.status, exc.detail, "BYPASS", status)
+        try:
+            return await self._purge_then_answer(request, d, origin, identity, response, status, rule_name)
+        except BaseException:
+            response.release()  # idempotent; an answer never released would keep its backend slot for good
+            raise
+
+    async def _purge_then_answer(self, request: web.Request, d: Write, origin: Origin, identity: Identity | None,
+                                 response: UpstreamResponse, status: str, rule_name: str) -> web.StreamResponse:
         self.auditor.note_write(identity, request.method, origin.path_qs, d.rule, response.status)
         prefix, answer = b"", None  # answer: the whole body, when it was read to judge the envelope
         if policy.reads_answer(d, self.rules, response.status) and not streaming.is_event_stream(response.headers):
@@ -393,7 +402,8 @@ class RequestPath:
         if self.rules.http_cache.enabled:  # §4.4 for the HTTP cache's entries, whether or not a rule matched
             gen_keys += httpserve.invalidation_keys(self, request, response.status, response.headers)
         if "release-before-purge" in self.unsafe:  # test-only: the ordering bug the checker must catch
-            answer_out = await self.passthrough.stream(request, response, self.passthrough.headers(response, status), prefix)
+            answer_out = await self.passthrough.stream(request, response, self.passthrough.headers(response, status),
+                                                       prefix)
             await self.purger.purge(gen_keys, label)
             return answer_out
         await self.purger.purge(gen_keys, label)

@@ -19,7 +19,7 @@ import asyncio
 
 import pytest
 
-from tests.rfc9111.conftest import Clock
+from tests.rfc9111.conftest import Clock, auth
 from tests.rfc9111.rawserver import Answer, RawOrigin, talk
 
 P = "/r/raw"
@@ -295,3 +295,16 @@ async def test_8_6_bodyless_write_is_sent_with_content_length_0(make_cache, raw,
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"done"), data
     assert raw.count(W, method) == 1
     assert raw.requests[-1].headers.get("content-length") == "0", raw.requests[-1].headers
+
+
+async def test_a_write_whose_answer_is_cut_short_gives_its_backend_slot_back(make_cache, raw):
+    """A rule write reads its answer's envelope before purging; the origin sends fewer bytes than its
+    Content-Length and closes. The client gets a 502 (the outcome is unknown, so the write purges), and the
+    backend slot the request held is free again: leaked, MAX_UPSTREAM such writes would stop the proxy."""
+    profile = "/api/v1/users/profile"
+    raw.script(profile, Answer(headers=[("Content-Type", "application/json")], body=b'{"header": ', length=500))
+    cache = await make_cache(origin=raw)
+    reply = await cache.get(profile, auth("rfc9111-writer"), method="PUT", json={"display_name": "x"})
+    assert reply.status == 502, reply
+    assert raw.count(profile, "PUT") == 1
+    assert cache.proxy.proxy.upstream.slots.active == 0
