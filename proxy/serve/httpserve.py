@@ -269,7 +269,7 @@ async def _relay(proxy, request: web.Request, origin, fwd: str, fallback: Entry 
     headers = proxy.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
     proxy.metrics.upstream_requests.labels(LABEL).inc()
     try:
-        response = await proxy.upstream.send(request.method, origin.path_qs, headers)
+        response = await proxy.upstream.send(request.method, origin.path_qs, headers, rule=LABEL)
     except UpstreamError as exc:
         proxy.upstream.failures(exc, LABEL, request.method)
         if fallback is not None and reuse is not None:

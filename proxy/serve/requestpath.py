@@ -375,7 +375,7 @@ class RequestPath:
         headers = self.upstream.forward_headers(request.headers, origin.client_ip, origin.scheme, origin.request_id)
         self.metrics.upstream_requests.labels(rule_name).inc()
         try:
-            response = await self.upstream.send(request.method, origin.path_qs, headers, body)
+            response = await self.upstream.send(request.method, origin.path_qs, headers, body, rule_name)
         except UpstreamError as exc:
             self.upstream.failures(exc, rule_name, request.method)
             await self.purger.purge(*policy.purges_after(d, self.rules, None, None))  # it may have committed

@@ -227,14 +227,15 @@ class Upstream:
         out["X-Request-ID"] = request_id
         return out
 
-    async def send(self, method: str, path_qs: str, headers: CIMultiDict, body: Any = None) -> Response:
+    async def send(self, method: str, path_qs: str, headers: CIMultiDict, body: Any = None,
+                   rule: str = "none") -> Response:
         """Send and return the response with its body unread; the caller releases it.
 
         Sent again once, on a new connection (RFC 9112 §9.3.1), when it failed before an answer began
         and ``resend.may_resend`` allows it on what went out (``http1.Sent``). Bytes beyond the answer's
-        Content-Length are counted here (``on_overrun``: kind ``framing``, logged); the relay gets the
-        answer cut at its Content-Length."""
-        return await self._exchange(method, path_qs, headers, body, on_overrun=partial(self._overran, method))
+        Content-Length are counted here, under ``rule`` (``on_overrun``: kind ``framing``, logged); the
+        relay gets the answer cut at its Content-Length."""
+        return await self._exchange(method, path_qs, headers, body, on_overrun=partial(self._overran, rule, method))
 
     async def fetch(self, path_qs: str, headers: CIMultiDict) -> Response:
         """A fill's GET: the response with its body unread; the caller releases it, and counts an
@@ -266,8 +267,8 @@ class Upstream:
         self.answered = True
         return response
 
-    def _overran(self, method: str) -> None:
-        self.failures(overrun_failure(), "none", method)
+    def _overran(self, rule: str, method: str) -> None:
+        self.failures(overrun_failure(), rule, method)
 
     def _request_head(self, method: str, path_qs: str, headers: CIMultiDict, body: Any) -> tuple[bytes, bool]:
         """The request line and fields, and whether the body goes chunked."""

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -308,3 +309,18 @@ async def test_a_write_whose_answer_is_cut_short_gives_its_backend_slot_back(mak
     assert reply.status == 502, reply
     assert raw.count(profile, "PUT") == 1
     assert cache.proxy.proxy.upstream.slots.active == 0
+
+
+async def test_framing_on_a_rule_write_is_logged_under_its_rule(make_cache, raw, caplog):
+    """The relayed answer of a rule's write overruns its Content-Length: cut there, counted as framing,
+    and its warning names the write's rule (update_profile), not "none"."""
+    profile = "/api/v1/users/profile"
+    raw.script(profile, Answer(headers=[("Content-Type", "application/json")], body=ENVELOPE + b"GARBAGE",
+                               length=len(ENVELOPE)))
+    cache = await make_cache(origin=raw)
+    caplog.set_level(logging.WARNING)
+    reply = await cache.get(profile, auth("rfc9111-writer"), method="PUT", json={"display_name": "x"})
+    assert (reply.status, reply.body) == (200, ENVELOPE), reply
+    assert await upstream_errors(cache, "framing") == 1
+    logged = [(r.kind, r.rule) for r in caplog.records if getattr(r, "event", None) == "upstream_failure"]
+    assert logged == [("framing", "update_profile")], logged
