@@ -18,6 +18,7 @@ The ``/_cache/*`` endpoints (``ENDPOINTS``, looked up by ``Endpoints.admin_handl
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import math
@@ -247,10 +248,19 @@ def _method(request, *allowed: str):
     return _json({"detail": "Method Not Allowed"}, 405, {"Allow": ", ".join(allowed)})
 
 
+def admin_only(*methods: str):
+    """An operator endpoint: 405 for other methods, then the admin credential (``_refuse``) before it runs."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def guarded(proxy, request):
+            refused = _method(request, *methods) or _refuse(proxy, request)
+            return refused if refused is not None else await handler(proxy, request)
+        return guarded
+    return wrap
+
+
+@admin_only("GET")
 async def explain_endpoint(proxy, request):
-    refused = _method(request, "GET") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
     query = request.query
     url = query.get("url", "")
     method = query.get("method", "GET").upper()
@@ -282,10 +292,8 @@ async def explain_endpoint(proxy, request):
     return _json(result)
 
 
+@admin_only("GET")
 async def stats_endpoint(proxy, request):
-    refused = _method(request, "GET") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
     try:
         store = {"name": proxy.store.name, **(await proxy.store.stats())}
     except StoreUnavailable as exc:
@@ -306,10 +314,8 @@ async def stats_endpoint(proxy, request):
     return _json(body)
 
 
+@admin_only("POST")
 async def purge_endpoint(proxy, request):
-    refused = _method(request, "POST") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
     try:
         raw = await request.content.read(64 << 10)
         document = orjson.loads(raw) if raw.strip() else {}
@@ -334,10 +340,8 @@ async def purge_endpoint(proxy, request):
     return _json({"purged": shown, "applied": applied})
 
 
+@admin_only("GET")
 async def audit_endpoint(proxy, request):
-    refused = _method(request, "GET") or _refuse(proxy, request)
-    if refused is not None:
-        return refused
     return _json(proxy.auditor.report())
 ENDPOINTS = {EXPLAIN_PATH: explain_endpoint, STATS_PATH: stats_endpoint, PURGE_PATH: purge_endpoint,
              AUDIT_PATH: audit_endpoint}
