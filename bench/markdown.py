@@ -303,6 +303,8 @@ def write_benchmarks_md(path: Path, results: dict, summary: dict, out: Path) -> 
             add(f"![katiba latency CDF]({_rel(out, root, 'katiba_latency_cdf.png')})\n")
         if kat.get("after_write"):
             _after_write_section(add, kat["after_write"])
+        if kat.get("read_heavy"):
+            _read_heavy_section(add, kat["read_heavy"])
 
     purge = results.get("purge")
     if purge and purge.get("levels"):
@@ -425,6 +427,26 @@ def _after_write_section(add, aw: dict) -> None:
     add(f"`refresh_after_purge` changes the backend's load by {_f(added.get('backend_requests_per_second'), 1)} "
         f"req/s ({_f(added.get('backend_requests_per_write'), 2)} per write) and the share of reads after own "
         f"write that hit by {'n/a' if gain is None else f'{gain * 100:+.1f}'} points.\n")
+
+
+def _read_heavy_section(add, rh: dict) -> None:
+    """(c)'s second mix: the same proportions with fewer writes."""
+    ceiling = rh["purge_ceiling"]
+    add("### A read-heavy mix (2% writes)\n")
+    add(f"The same users, routes and proportions with writes at {_pct(rh['write_share'])} of requests instead of "
+        f"10%, paced at the same rate ({_f(rh.get('paced_rps'), 0)} req/s, {_f(rh['duration_s'], 0)} s), direct "
+        "then through the same proxy (its cache warm from the runs above). Hit rate "
+        f"{_pct(rh.get('hit_rate'))} against this mix's ceiling {_pct(ceiling['overall'])} "
+        f"({_f(rh.get('hit_rate_vs_ceiling'), 3)}x); the p50 cut is the goal's on the routes whose ceiling "
+        "is at least 90%.\n")
+    rows = []
+    for name, r in rh["comparison"]["routes"].items():
+        if "hit_rate" not in r:
+            continue
+        rows.append([name, r["count"], _pct(r.get("hit_rate")), _pct(ceiling["routes"].get(name)),
+                     _f(r.get("direct_p50_ms"), 2), _f(r.get("proxy_p50_ms"), 2), _pct(r.get("p50_cut"))])
+    add(_table(["rule", "requests", "hit rate", "model", "direct p50 ms", "proxy p50 ms", "p50 cut"], rows))
+    add("")
 
 
 def _keyspace_section(add, ks: dict, plot: str | None) -> None:

@@ -129,6 +129,14 @@ def targets(results: dict) -> list[dict]:
             read_cuts[worst] >= 0.95)
     else:
         add("katiba: p50 cut per cached route", None, ">= 0.95 on every route", False)
+    vs = _get(kat, "hit_rate_vs_ceiling")
+    add("katiba: hit rate vs the mix's own ceiling (purge_ceiling)", vs, ">= 0.97x", vs is not None and vs >= 0.97)
+    heavy = _get(kat, "read_heavy") or {}
+    hh = heavy.get("hit_rate")
+    add("katiba read-heavy mix (2% writes): hit rate", hh, ">= 0.90", hh is not None and hh >= 0.9)
+    hw = heavy.get("worst_p50_cut")
+    add("katiba read-heavy mix: p50 cut, worst route whose ceiling is >= 0.9", hw, ">= 0.95",
+        hw is not None and hw >= 0.95)
     ratio = _get(purge, "ratio_largest_vs_smallest", "bump_p50")
     add("purge time, largest vs smallest key count (RedisStore.bump p50)", ratio, "<= 2x", ratio is not None and ratio <= 2)
     ratio_e = _get(purge, "ratio_largest_vs_smallest", "endpoint_p50")

@@ -26,7 +26,7 @@ from pathlib import Path
 from .context import CLIENT_CORES, SERVER_CORES, Bench, metric_delta
 from .loadgen import percentiles_ms, run_katiba
 from .procs import log, rules_with_defaults, start_proxy
-from .workload import REREAD_PREFIX, REREAD_THINK_MS, REREADS, WRITES, Workload
+from .workload import READ_HEAVY_WRITE_SHARE, REREAD_PREFIX, REREAD_THINK_MS, REREADS, WRITE_SHARE, WRITES, Workload
 from .wrk import Run, run_wrk
 
 
@@ -112,7 +112,7 @@ READ_TEMPLATES = {
 }
 
 
-def purge_ceiling() -> dict:
+def purge_ceiling(write_share: float = WRITE_SHARE) -> dict:
     """The hit rate to expect on a warm cache from the mix and the purges of rules.yaml alone.
 
     Sequential model: a read of a key is a hit if no purge of that key came since the previous read of
@@ -124,19 +124,19 @@ def purge_ceiling() -> dict:
     from proxy.core.rulesfile import load_rules
 
     from .procs import ROOT
-    from .workload import READS, WRITE_SHARE, WRITES
+    from .workload import READS, WRITES
 
     rules = {r.name: r for r in load_rules(str(ROOT / "rules.yaml")).rules}
     rsum, wsum = sum(r[3] for r in READS), sum(w[3] for w in WRITES)
     out, total, weighted = {}, 0.0, 0.0
     for name, _, _, weight, _ in READS:
         key = rules[name].key
-        read = (1 - WRITE_SHARE) * weight / rsum
+        read = (1 - write_share) * weight / rsum
         purge = 0.0
         for wname, _, _, wweight, _ in WRITES:
             wr = rules[wname]
             if any((t.shape == key.shape) if exact else t.covers(key) for t, exact in zip(wr.purge, wr.purge_exact)):
-                purge += WRITE_SHARE * wweight / wsum
+                purge += write_share * wweight / wsum
         out[name] = round(read / (read + purge), 4)
         total += read
         weighted += read * out[name]
@@ -261,6 +261,37 @@ def after_write(bench: Bench, wl: Workload, wl_path: str | None, rate: float) ->
             "added": after_write_added(rows["shipped"], rows["refresh_after_purge"])}
 
 
+def read_heavy(bench: Bench, rate: float) -> dict:
+    """Issue 21's second mix: the same proportions with 2% writes, paced at the main runs' rate, direct
+    then through the proxy (warm from the runs before). Its hit rate against this mix's own ceiling, and
+    the p50 cut of every cached route whose ceiling is at least 0.9 (the routes the goal names)."""
+    s = bench.settings
+    wl = Workload(bench.secret, users=s.katiba_users, zipf_s=s.katiba_zipf, write_share=READ_HEAVY_WRITE_SHARE)
+    wl_path = str(Path(bench.tmp) / "katiba_read_heavy.lua")
+    wl.write_lua(wl_path)
+    c = s.katiba_connections
+    standin, proxy, redis = bench["standin"], bench["proxy-redis"], bench["redis"]
+    direct, direct_backend = _execute(bench, standin.url, wl_path, rate=rate, duration=s.katiba_duration,
+                                      connections=c, pids=(standin.pid,), seed=17, label="read-heavy/direct")
+    before = bench.metrics(proxy)
+    proxied, proxied_backend = _execute(bench, proxy.url, wl_path, rate=rate, duration=s.katiba_duration,
+                                        connections=c, pids=(proxy.pid, redis.pid, standin.pid), seed=18,
+                                        label="read-heavy/proxy")
+    cmp = compare(wl.read_names(), _summarise(direct, direct_backend, rate),
+                  _summarise(proxied, proxied_backend, rate), metric_delta(before, bench.metrics(proxy)))
+    ceiling = purge_ceiling(READ_HEAVY_WRITE_SHARE)
+    named = {n: cmp["routes"].get(n, {}).get("p50_cut") for n, c_ in ceiling["routes"].items() if c_ >= 0.9}
+    cuts = [v for v in named.values() if v is not None]
+    log(f"  (c) read-heavy mix ({READ_HEAVY_WRITE_SHARE:.0%} writes): hit rate {cmp['hit_rate']} "
+        f"(ceiling {ceiling['overall']}), worst p50 cut on routes with ceiling >= 0.9: "
+        f"{min(cuts) if cuts else None}")
+    return {"write_share": READ_HEAVY_WRITE_SHARE, "duration_s": s.katiba_duration, "paced_rps": round(rate, 1),
+            "purge_ceiling": ceiling, "hit_rate": cmp["hit_rate"],
+            "hit_rate_vs_ceiling": _r4(cmp["hit_rate"] / ceiling["overall"]) if cmp["hit_rate"] else None,
+            "p50_cut_where_ceiling_ge_0_9": named,
+            "worst_p50_cut": min(cuts) if cuts and len(cuts) == len(named) else None, "comparison": cmp}
+
+
 def _r4(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
@@ -307,17 +338,21 @@ def scenario(bench: Bench) -> dict:
     for (rule, _), n in waiters.items():
         if rule in cmp["routes"]:
             cmp["routes"][rule]["coalesced_waiters"] = int(n)
-    log(f"  (c) hit rate {cmp['hit_rate']}, backend queries cut {cmp['backend_queries_cut']}")
+    ceiling = purge_ceiling()
+    log(f"  (c) hit rate {cmp['hit_rate']} (ceiling {ceiling['overall']}), backend queries cut "
+        f"{cmp['backend_queries_cut']}")
     after = after_write(bench, wl, wl_path, rate)
+    heavy = read_heavy(bench, rate)
     return {"scenario": "c", "title": "katiba workload", "store": "redis", "users": s.katiba_users,
             "zipf_s": s.katiba_zipf, "connections": c, "duration_s": s.katiba_duration,
             "prefill": {"requests": warm.requests, "expected": expected, "duration_s": round(warm.duration_s, 2),
                         "limit_s": s.katiba_warmup},
-            "load_share": s.katiba_load, "paced_rps": round(rate, 1), "purge_ceiling": purge_ceiling(),
+            "load_share": s.katiba_load, "paced_rps": round(rate, 1), "purge_ceiling": ceiling,
+            "hit_rate_vs_ceiling": _r4(cmp["hit_rate"] / ceiling["overall"]) if cmp["hit_rate"] else None,
             "probe": _summarise(probe, probe_backend, 0), "direct": d_row, "proxy": p_row,
             "proxy_unpaced": _summarise(top, top_backend, 0),
             "throughput_ratio_vs_direct": round(top.rps / probe.rps, 3) if probe.rps else None,
-            "comparison": cmp, "audit": audits, "after_write": after}
+            "comparison": cmp, "audit": audits, "after_write": after, "read_heavy": heavy}
 
 
 def run_smoke(bench: Bench) -> dict:
