@@ -36,6 +36,7 @@ class Purger:
         self.l1, self.background = l1, background
         self.pending: dict[str, str] = {}  # gen key -> rule name, purges the store has not accepted yet
         self._journaled = False  # the pending-purges marker file exists
+        self._retry: asyncio.Task | None = None  # retries the pending purges while there are any
 
     def pending_for(self, gen_keys) -> bool:
         """A purge of one of ``gen_keys`` has not reached the store yet: bypass, never store."""
@@ -43,9 +44,8 @@ class Purger:
 
     async def finish(self) -> None:
         """At shutdown, once background fills are done: try pending purges once more."""
-        for task in list(self.background.tasks):
-            if getattr(task, "retry_purges", False):
-                task.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
         if self.pending:
             keys = list(self.pending)
             try:
@@ -92,9 +92,8 @@ class Purger:
         return True
 
     def _ensure_retry_task(self) -> None:
-        if not any(getattr(t, "retry_purges", False) for t in self.background.tasks):
-            task = self.background.spawn(self._retry_pending())
-            task.retry_purges = True  # type: ignore[attr-defined]
+        if self._retry is None or self._retry.done():
+            self._retry = self.background.spawn(self._retry_pending())
 
     async def _retry_pending(self, interval: float = 0.2) -> None:
         while self.pending:
