@@ -103,7 +103,7 @@ class RequestPath:
         self.coalescer = Coalescer(store, config, metrics, self.filler, self.background, now)
         self.warmer = Warmer(store, config, metrics, self.ruleset, self.coalescer, self.background,
                              self.store_watch, now)
-        self.auditor = Auditor(metrics, clock, lookup=store.lookup, fetch=partial(self.filler.fetch, store=False),
+        self.auditor = Auditor(metrics, now, lookup=store.lookup, fetch=partial(self.filler.fetch, store=False),
                                replace=self._replace_stale, spawn=self.background.spawn,
                                identify=partial(identify, self.verifier), share=config.audit_share)
         self.shadow = Shadow(store, metrics, self.ruleset, self.filler, self.auditor, self.passthrough, now)
