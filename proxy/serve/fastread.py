@@ -209,14 +209,16 @@ class ReadPath:
         headers = miss_headers(fetched.headers, fetched.etag, cache_status)
         p.point_at_client(headers, head.headers, peer[1])
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
-        hints = interim.wire(fetched.interim) if fetched.interim else b""  # 1xx first (proxy/core/interim.py)
+        # 1xx first (proxy/core/interim.py): a stored fill keeps them, a streamed one still has them on its
+        # response (as PassThrough.stream relays them on aiohttp's path)
         if fetched.stream is not None:  # recorded once relayed, as aiohttp's path records it
             prefix, upstream = fetched.stream
-            hints = interim.wire(interim.of(upstream))  # a streamed fill's 1xx come with its response
+            hints = interim.wire(interim.of(upstream))
             length = framed_length(upstream.headers)
             return Relay(hints + wire(fetched.status, headers, length, upstream.reason), length is None, prefix,
                          upstream, record)
         record()
+        hints = interim.wire(fetched.interim) if fetched.interim else b""
         return hints + wire(fetched.status, headers, fetched.body)
 
     def render(self, d: Lookup, entry: Entry, label: str, cache_status: str, age: int, head: Head, start: float,
