@@ -32,7 +32,7 @@ from ..core import interim
 from ..core.entry import Entry
 from ..core.errors import StoreUnavailable, UpstreamError
 from ..core.policy import OVERRIDE_HEADERS, Bypass, Reason, split_path
-from ..upstream.client import strip_hop_by_hop
+from ..upstream.client import released_on_failure, strip_hop_by_hop
 from .answers import request_id as request_id_var
 from .answers import miss_headers, not_modified_headers, request_target
 from .httpentries import INVALIDATION, LABEL, Found, cache_view, invalidation_keys, lookup, target_of
@@ -78,11 +78,8 @@ async def _unsafe(proxy, request: web.Request, origin) -> web.StreamResponse:
     except UpstreamError as exc:
         proxy.upstream.failures(exc, "none", request.method)
         return error_response(exc.status, exc.detail, "BYPASS", status)
-    try:
+    with released_on_failure(response):
         await proxy.purger.purge(invalidation_keys(proxy, request, response.status, response.headers), INVALIDATION)
-    except BaseException:
-        response.release()  # idempotent; an answer never released would keep its backend slot for good
-        raise
     return await proxy.passthrough.stream(request, response, proxy.passthrough.headers(response, status))
 
 

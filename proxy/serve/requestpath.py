@@ -44,7 +44,7 @@ from ..core.rules import Rules
 from ..core.rulesfile import load_rules
 from ..store.guard import GuardedStore
 from ..store.l1 import L1Cache
-from ..upstream.client import Upstream, read_limited
+from ..upstream.client import Upstream, read_limited, released_on_failure
 from ..upstream.http1 import Response as UpstreamResponse
 from . import httpserve, streaming
 from .answers import request_id as request_id_var
@@ -380,11 +380,8 @@ class RequestPath:
             self.upstream.failures(exc, rule_name, request.method)
             await self.purger.purge(*policy.purges_after(d, self.rules, None, None))  # it may have committed
             return error_response(exc.status, exc.detail, "BYPASS", status)
-        try:
+        with released_on_failure(response):
             return await self._purge_then_answer(request, d, origin, identity, response, status, rule_name)
-        except BaseException:
-            response.release()  # idempotent; an answer never released would keep its backend slot for good
-            raise
 
     async def _purge_then_answer(self, request: web.Request, d: Write, origin: Origin, identity: Identity | None,
                                  response: UpstreamResponse, status: str, rule_name: str) -> web.StreamResponse:

@@ -328,6 +328,17 @@ def _failures_mapped(slot: "_Slot") -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def released_on_failure(response: Response) -> Iterator[Response]:
+    """Hold ``response`` through what comes between its arrival and its relay (a purge): if that fails,
+    release it (idempotent); an answer never released would keep its backend slot for good."""
+    try:
+        yield response
+    except BaseException:
+        response.release()
+        raise
+
+
 def body_failure(exc: BaseException) -> UpstreamError:
     """What a failure while reading an answer's body was (a timeout, a reset, a body shorter than its
     Content-Length)."""
