@@ -304,11 +304,12 @@ async def test_a_write_whose_answer_is_cut_short_gives_its_backend_slot_back(mak
     backend slot the request held is free again: leaked, MAX_UPSTREAM such writes would stop the proxy."""
     profile = "/api/v1/users/profile"
     raw.script(profile, Answer(headers=[("Content-Type", "application/json")], body=b'{"header": ', length=500))
-    cache = await make_cache(origin=raw)
+    cache = await make_cache(origin=raw, upstream={"max_concurrent": 4})  # slots counted only with a limit
     reply = await cache.get(profile, auth("rfc9111-writer"), method="PUT", json={"display_name": "x"})
     assert reply.status == 502, reply
     assert raw.count(profile, "PUT") == 1
-    assert cache.proxy.proxy.upstream.slots.active == 0
+    slots = cache.proxy.proxy.upstream.slots
+    assert (slots.peak, slots.active) == (1, 0)  # the request held one, and gave it back
 
 
 async def test_framing_on_a_rule_write_is_logged_under_its_rule(make_cache, raw, caplog):
@@ -324,3 +325,23 @@ async def test_framing_on_a_rule_write_is_logged_under_its_rule(make_cache, raw,
     assert await upstream_errors(cache, "framing") == 1
     logged = [(r.kind, r.rule) for r in caplog.records if getattr(r, "event", None) == "upstream_failure"]
     assert logged == [("framing", "update_profile")], logged
+
+
+@pytest.mark.parametrize("method, path", [("PUT", "/api/v1/users/profile"), ("M-SEARCH", P)],
+                         ids=["rule-write", "unknown-unsafe-method"])
+async def test_an_answer_held_across_a_purge_that_fails_gives_its_backend_slot_back(make_cache, raw, method, path):
+    """Between a write's answer and its relay the proxy purges; if that raises (a defect, not a store
+    outage: those are kept pending), the backend answer is released, so its backend slot is free again."""
+    raw.script(path, Answer(headers=[("Content-Type", "application/json")], body=ENVELOPE))
+    cache = await make_cache(origin=raw, upstream={"max_concurrent": 4})  # slots counted only with a limit
+
+    async def broken_purge(*args, **kwargs):
+        raise RuntimeError("purge defect")
+
+    cache.proxy.proxy.purger.purge = broken_purge
+    headers = auth("rfc9111-writer") if path.startswith("/api/") else {}
+    reply = await cache.get(path, headers, method=method, json={"display_name": "x"})
+    assert reply.status == 500, reply
+    assert raw.count(path, method) == 1
+    slots = cache.proxy.proxy.upstream.slots
+    assert (slots.peak, slots.active) == (1, 0)  # the request held one, and gave it back
