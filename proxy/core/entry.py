@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import orjson
 import zstandard
 
+from .memo import SizedMemo
+
 FORMAT_VERSION = 1
 _MAGIC = b"KC"
 _MAGIC_COMPRESSED = b"KZ"
@@ -52,16 +54,17 @@ class Entry:
         return _HEAD.pack(_MAGIC, version, len(meta)) + meta + self.body
 
 
+def _decoded_size(raw: bytes, entry: Entry) -> int:
+    return len(raw) + (len(entry.body) if raw[:2] == _MAGIC_COMPRESSED else 0)
+
+
 # Decoded entries by their stored bytes: a hot key is parsed once, not on every hit (entries are
 # immutable, so sharing one is safe). Bounded by bytes; small entries only.
-_DECODED: dict[bytes, Entry] = {}
-_DECODED_BYTES = 0
-_DECODED_MAX_BYTES = 32 << 20
+_DECODED = SizedMemo(32 << 20, _decoded_size)
 _DECODED_MAX_ENTRY = 64 << 10
 
 
 def decode_entry(raw: bytes | None, version: int = FORMAT_VERSION) -> Entry | None:
-    global _DECODED_BYTES
     if raw is None:
         return None
     cached = _DECODED.get(raw) if version == FORMAT_VERSION else None
@@ -69,11 +72,7 @@ def decode_entry(raw: bytes | None, version: int = FORMAT_VERSION) -> Entry | No
         return cached
     entry = _decode(raw, version)
     if entry is not None and version == FORMAT_VERSION and len(raw) <= _DECODED_MAX_ENTRY:
-        if _DECODED_BYTES + len(raw) > _DECODED_MAX_BYTES:
-            _DECODED.clear()
-            _DECODED_BYTES = 0
-        _DECODED[raw] = entry
-        _DECODED_BYTES += len(raw) + (len(entry.body) if raw[:2] == _MAGIC_COMPRESSED else 0)
+        _DECODED.put(raw, entry)
     return entry
 
 

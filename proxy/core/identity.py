@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import jwt
 
 from .errors import IdentityError
+from .memo import Memo
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 
@@ -55,8 +56,7 @@ class Verifier:
         self._keys += [(k, other_algs) for k in config.public_keys if other_algs]
         self.config = config
         self.clock = clock
-        self._cache: dict[bytes, Identity] = {}
-        self._cache_size = cache_size
+        self._cache = Memo(cache_size)
 
     def verify(self, token: str) -> Identity:
         if not token.isascii():  # PyJWT would fail to encode it (a byte that is not UTF-8): a bad token
@@ -69,11 +69,7 @@ class Verifier:
                 return cached
             del self._cache[digest]
             raise IdentityError("expired")
-        identity = self._decode(token, now)
-        if len(self._cache) >= self._cache_size:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[digest] = identity
-        return identity
+        return self._cache.put(digest, self._decode(token, now))
 
     def _decode(self, token: str, now: float) -> Identity:
         options = {"require": ["exp", "sub"], "verify_aud": self.config.audience is not None}

@@ -162,10 +162,7 @@ def _classify_read(req: RequestView, rules: Rules, identity: Identity | None, to
     memo_key = (req.raw_path, req.query, identity.user_id if identity else (token_error,), origin)
     decision = rules.memo.get(memo_key)
     if decision is None:
-        decision = _classify_path(req, rules, identity, token_error, origin)
-        if len(rules.memo) >= 50_000:
-            rules.memo.clear()
-        rules.memo[memo_key] = decision
+        decision = rules.memo.put(memo_key, _classify_path(req, rules, identity, token_error, origin))
     if isinstance(decision, Lookup):
         # Per-request headers are not part of the memo: check them every time.
         if "range" in headers:
@@ -226,9 +223,7 @@ def _route(raw_path: str, rules: Rules) -> tuple[Rule, Mapping[str, str]] | obje
         found = _NON_CANONICAL if canonical is None else rules.match("GET", canonical)
         if found is not None and found is not _NON_CANONICAL:
             found = (found[0], MappingProxyType(found[1]))  # shared by every later caller: read-only
-        if len(rules.routes) >= 50_000:
-            rules.routes.clear()
-        rules.routes[raw_path] = found
+        rules.routes.put(raw_path, found)
     return found
 
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .keys import Template, TemplateError, parse_template
+from .memo import Memo
+
+MEMO_LIMIT = 50_000  # read decisions, and routes by raw path, remembered per Rules object
 
 FORMAT_VERSION = 1
 READ_METHODS = frozenset({"GET"})
@@ -160,8 +163,8 @@ class Rules:
     _index: dict = field(default_factory=dict, compare=False, repr=False)
     # Read decisions that depend only on (path, query, identity, Origin), for this rules object only:
     # a reload builds a new Rules, so nothing decided under old rules survives it.
-    memo: dict = field(default_factory=dict, compare=False, repr=False)
-    routes: dict = field(default_factory=dict, compare=False, repr=False)  # policy._route's memo
+    memo: Memo = field(default_factory=lambda: Memo(MEMO_LIMIT), compare=False, repr=False)
+    routes: Memo = field(default_factory=lambda: Memo(MEMO_LIMIT), compare=False, repr=False)  # policy._route's
 
     def __post_init__(self) -> None:
         for rule in self.rules:

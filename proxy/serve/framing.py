@@ -16,6 +16,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from ..core.entry import Entry
+from ..core.memo import Memo
 
 
 MAX_HEAD = 16384  # request line and fields; a longer head is aiohttp's to refuse (431)
@@ -66,9 +67,7 @@ def frame(buf: bytearray) -> Head | None | object:
     if head is None:
         head = _frame(raw, end)
         if len(raw) <= FRAMED_MAX_BYTES:
-            if len(_FRAMED) >= FRAMED_MAX:
-                _FRAMED.clear()
-            _FRAMED[raw] = head
+            _FRAMED.put(raw, head)
     return head
 
 
@@ -76,10 +75,8 @@ def frame(buf: bytearray) -> Head | None | object:
 # frame is a pure function of its bytes, so each distinct head is parsed once. Heads are never changed
 # after framing (the headers are read, or copied before anything is added), except for the memo of
 # what the rules make of them (``Head.lookup``).
-_FRAMED: dict[bytes, Head | object] = {}
-
-
-FRAMED_MAX = 4096
+FRAMED_MAX = 16384  # about 1.5 KiB each with a JWT: 24 MiB at most
+_FRAMED: Memo = Memo(FRAMED_MAX)
 FRAMED_MAX_BYTES = 2048  # a typical head with a JWT is under 1 KiB; larger ones are parsed each time
 
 

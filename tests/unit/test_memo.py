@@ -1,0 +1,84 @@
+"""The bounded memos (proxy/core/memo.py) and the memos built on them: at their limit they forget their
+oldest entries one at a time, never everything at once."""
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from proxy.core import entry as entry_module
+from proxy.core.entry import Entry, decode_entry
+from proxy.core.identity import IdentityConfig, Verifier
+from proxy.core.memo import Memo, SizedMemo
+from proxy.core.policy import Lookup, RequestView, classify
+from proxy.core.rulesfile import load_rules
+from proxy.serve import framing
+from tests.functional.conftest import RULES_PATH, SECRET, mint
+
+
+def test_a_full_memo_forgets_its_oldest_entry_only():
+    memo = Memo(3)
+    for key in "abcd":
+        assert memo.put(key, key.upper()) == key.upper()
+    assert list(memo.items()) == [("b", "B"), ("c", "C"), ("d", "D")]
+    assert memo.get("a") is None and memo.get("d") == "D"
+
+
+def test_a_sized_memo_keeps_its_total_within_its_budget_and_counts_what_it_forgets():
+    memo = SizedMemo(10, lambda key, value: len(value))
+    memo.put("a", b"xxxx")
+    memo.put("b", b"yyyy")
+    memo.put("a", b"xxxx")  # already there: counted once
+    assert memo.size == 8
+    memo.put("c", b"zzzz")  # 12 > 10: the oldest goes
+    assert list(memo) == ["b", "c"] and memo.size == 8
+    memo.put("big", b"w" * 10)  # alone it fits: everything older goes
+    assert list(memo) == ["big"] and memo.size == 10
+    memo.clear()
+    assert memo.size == 0 and not memo
+
+
+def test_the_verifier_forgets_its_oldest_tokens_and_still_verifies_them_again(monkeypatch):
+    decoded = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda token, *a, **kw: decoded.append(token) or real_decode(token, *a, **kw))
+    verifier = Verifier(IdentityConfig(secrets=(SECRET,)), cache_size=2)
+    tokens = [mint(f"user-{i}", ttl=600) for i in range(3)]
+    for token in tokens:
+        verifier.verify(token)
+    assert verifier.verify(tokens[2]).user_id == "user-2" and len(decoded) == 3  # remembered
+    assert verifier.verify(tokens[0]).user_id == "user-0" and decoded[3:] == [tokens[0]]  # forgotten: again
+
+
+def test_read_decisions_past_the_memo_limit_keep_the_recent_ones():
+    rules = load_rules(RULES_PATH)
+    rules.memo.limit = rules.routes.limit = 2
+    verifier = Verifier(IdentityConfig(secrets=(SECRET,)))
+    path = "/api/v1/users/profile"
+    seen = []
+    for user in ("u1", "u2", "u3"):
+        identity = verifier.verify(mint(user, ttl=600))
+        decision = classify(RequestView("GET", path, "", {}), rules, identity, None)
+        assert isinstance(decision, Lookup) and user in decision.key
+        seen.append(decision)
+    assert len(rules.memo) == 2
+    again = classify(RequestView("GET", path, "", {}), rules, verifier.verify(mint("u3", ttl=600)), None)
+    assert again is seen[2]  # still remembered: the same object
+
+
+def test_decoded_entries_past_the_byte_budget_forget_the_oldest(monkeypatch):
+    monkeypatch.setattr(entry_module, "_DECODED", SizedMemo(3000, entry_module._decoded_size))
+    raws = [Entry(200, (("Content-Type", "application/json"),), b"x" * 900, time.time(), (), "f", f'"{i}"').encode()
+            for i in range(4)]
+    decoded = [decode_entry(raw) for raw in raws]
+    assert raws[0] not in entry_module._DECODED and raws[3] in entry_module._DECODED
+    assert decode_entry(raws[3]) is decoded[3]  # kept: the same object
+    assert decode_entry(raws[0]) == decoded[0] and decode_entry(raws[0]) is not decoded[0]  # parsed again
+
+
+def test_framed_heads_past_the_limit_keep_the_recent_ones(monkeypatch):
+    monkeypatch.setattr(framing, "_FRAMED", framing.Memo(2))
+    heads = [b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3)]
+    framed = [framing.frame(bytearray(raw)) for raw in heads]
+    assert list(framing._FRAMED) == heads[1:]
+    assert framing.frame(bytearray(heads[2])) is framed[2]
