@@ -26,6 +26,14 @@ from .config import Config
 from .fill import Filler, replayable
 
 _UNSEEN = object()  # no poll has looked at the entry yet
+# A lookup that also takes the fill's lease is a script: it costs the store several times a plain MGET and
+# saves a round trip only when the entry is absent. Requests new to this instance (not in the memo of
+# framed heads) were nearly all misses in a small keyspace; across 100k keys most are hits on entries
+# filled long ago (bench/scenario_keyspace.py). So the share of such lookups that found no entry is kept
+# as a moving average over about the last ``_ABSENT_WINDOW`` of them, and the lease rides along only while
+# that share is at least ``_LEASE_WITH_LOOKUP_FROM``. Starting at 1: a cold cache is all misses.
+_ABSENT_WINDOW = 64
+_LEASE_WITH_LOOKUP_FROM = 0.5
 
 
 class Coalescer:
@@ -35,6 +43,7 @@ class Coalescer:
         self.background, self.clock = background, clock
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.shared_store = store.name != "memory"  # leases matter only where other instances share it
+        self.new_requests_absent = 1.0  # of lookups for requests new here: the share that found no entry
 
     async def fill(self, d: Lookup, tokens: list[str], origin: Origin, lease: tuple[str, str] | None = None
                     ) -> Fetched:
@@ -76,6 +85,15 @@ class Coalescer:
         owner token is this fill's own: a release (in the store script or ``drop_lease``) can never drop
         a lease another fill took after ours expired."""
         return (d.key + "|lease", uuid.uuid4().hex) if self.shared_store else None
+
+    def lease_with_lookup(self, d: Lookup) -> tuple[str, str] | None:
+        """The lease for the lookup of a request new to this instance, while such lookups mostly find
+        no entry (``_LEASE_WITH_LOOKUP_FROM``); None: a plain lookup, the lease taken by the fill if needed."""
+        return self.lease_for(d) if self.new_requests_absent >= _LEASE_WITH_LOOKUP_FROM else None
+
+    def note_new_request_lookup(self, absent: bool) -> None:
+        """What the lookup of a request new to this instance found (``lease_with_lookup``'s evidence)."""
+        self.new_requests_absent += ((1.0 if absent else 0.0) - self.new_requests_absent) / _ABSENT_WINDOW
 
     def drop_lease(self, lease: tuple[str, str] | None) -> None:
         """Give back a lease this request holds but will not fill under (sent, not awaited)."""

@@ -53,8 +53,9 @@ class InFlight:
     peer: tuple[str | None, str]
     future: asyncio.Future
     started: float
-    lease: tuple[str, str] | None  # asked for with the lookup (``Coalescer.lease_for``)
+    lease: tuple[str, str] | None  # asked for with the lookup (``Coalescer.lease_with_lookup``)
     written: bytes | None  # the entry this instance was writing when the lookup was sent
+    first_sight: bool = False  # a request new to this instance (its head was not in the framing memo)
 
 
 @dataclass(slots=True)
@@ -100,16 +101,17 @@ class ReadPath:
             return self.render(d, hit[0], "HIT", hit[1], hit[2], head, start, scheme=peer[1])
         p.gate.enter()  # left in finish() or _from_store()
         try:
-            # A request never seen before is mostly a miss: its lookup takes the fill's lease if the entry
-            # is absent, one round trip instead of two. Repeated requests are mostly hits: a plain MGET.
-            lease = p.coalescer.lease_for(d) if first_sight else None
+            # A request never seen before may well be a miss: while such requests mostly are, its lookup
+            # takes the fill's lease if the entry is absent, one round trip instead of two. Repeated
+            # requests are mostly hits: a plain MGET.
+            lease = p.coalescer.lease_with_lookup(d) if first_sight else None
             begun = p.store.lookup_future(d.key, d.gen_keys, lease, p.config.lease_ms)
         except BaseException:
             p.gate.leave()
             raise
         if begun is not None:
-            return InFlight(d, head, start, peer, *begun)
-        return self._from_store(d, head, start, peer)
+            return InFlight(d, head, start, peer, *begun, first_sight)
+        return self._from_store(d, head, start, peer, first_sight)
 
     def _lookup(self, head: Head) -> Lookup | None:
         """``RequestPath.fast_lookup``, remembered on the head. The same bytes make the same Lookup for as long
@@ -124,8 +126,8 @@ class ReadPath:
         head.lookup = (p.rules, p.verifier, until, d) if d is not None else None
         return d
 
-    async def _from_store(self, d: Lookup, head: Head, start: float,
-                          peer: tuple[str | None, str]) -> bytes | Prefetched | Coroutine:
+    async def _from_store(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
+                          first_sight: bool = False) -> bytes | Prefetched | Coroutine:
         """The lookup where the store offers no future (memory, cluster, or a connection being made)."""
         p = self.proxy
         try:
@@ -134,6 +136,8 @@ class ReadPath:
             return Prefetched(d.key, store_down=True)
         finally:
             p.gate.leave()
+        if first_sight:
+            p.coalescer.note_new_request_lookup(raw is None)
         return self._judged(d, head, start, peer, raw, tokens)
 
     def finish(self, flight: "InFlight") -> bytes | Prefetched | Coroutine:
@@ -147,7 +151,9 @@ class ReadPath:
             return Prefetched(flight.d.key, store_down=True)
         except LookupRedirected:  # a cluster slot on the move: the awaited lookup follows it
             p.gate.enter()
-            return self._from_store(flight.d, flight.head, flight.start, flight.peer)
+            return self._from_store(flight.d, flight.head, flight.start, flight.peer, flight.first_sight)
+        if flight.first_sight:
+            p.coalescer.note_new_request_lookup(raw is None)
         return self._judged(flight.d, flight.head, flight.start, flight.peer, raw, tokens, lease)
 
     def _judged(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str], raw: bytes | None,
