@@ -145,8 +145,8 @@ class ReadPath:
         p = self.proxy
         p.gate.leave()
         try:
-            raw, tokens, lease = p.store.lookup_finished(flight.future, flight.started, flight.d.key, flight.lease,
-                                                         flight.written)
+            raw, tokens, lease = p.store.lookup_finished(flight.future, flight.started, flight.d.key,
+                                                         flight.d.gen_keys, flight.lease, flight.written)
         except StoreUnavailable:  # a lease taken expires by itself (lease_ms): the store is failing
             return Prefetched(flight.d.key, store_down=True)
         except LookupRedirected:  # a cluster slot on the move: the awaited lookup follows it

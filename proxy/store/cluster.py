@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from functools import partial
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -63,6 +63,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TryAgainError
 
 from ..core.errors import LookupRedirected, StoreUnavailable
+from ..core.memo import Memo
 from .base import new_token
 from .globaltokens import GlobalTokens
 from .l1 import CHANNEL as L1_CHANNEL
@@ -183,6 +184,39 @@ class _NodePipeline(AutoPipeline):
         super().lost(protocol, exc)
 
 
+PLANS_REMEMBERED = 50_000  # lookup plans (slot and guard positions) by (key, guards)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where an entry's key and its guards (``gen_keys``) live: the entry's slot; the positions of the
+    guards in that slot, of the global ones (no hash tag: their tokens are cached) and, by slot, of
+    tagged guards elsewhere (never produced by keys.py)."""
+
+    slot: int
+    local: tuple[int, ...]
+    local_keys: tuple[str, ...]
+    globals: tuple[int, ...]
+    global_keys: tuple[str, ...]
+    other: dict[int, list[int]]
+
+    @classmethod
+    def of(cls, key: str, gen_keys: Sequence[str]) -> "_Plan":
+        slot = _slot(key)
+        local, glob, other = [], [], {}
+        for i, g in enumerate(gen_keys):
+            if not _tagged(g):
+                glob.append(i)
+                continue
+            guard_slot = _slot(g)
+            if guard_slot == slot:
+                local.append(i)
+            else:
+                other.setdefault(guard_slot, []).append(i)
+        return cls(slot, tuple(local), tuple(gen_keys[i] for i in local), tuple(glob),
+                   tuple(gen_keys[i] for i in glob), other)
+
+
 class RedisClusterStore:
     name = "redis-cluster"
 
@@ -235,6 +269,7 @@ class RedisClusterStore:
         self.globals = GlobalTokens(lambda key: self._limited(self.client.execute_command("GET", key)),
                                     self.global_refresh,
                                     (RedisError, RedisClusterException, OSError, asyncio.TimeoutError))
+        self._plans = Memo(PLANS_REMEMBERED)
         self._armed = False
         self._verified_run_ids: frozenset[str] = frozenset()
         self._verified_digest: str | None = None
@@ -413,29 +448,23 @@ class RedisClusterStore:
             raise
 
     # -- the contract ------------------------------------------------------------------------------------
-    def _split(self, key_slot_: int, gen_keys: Sequence[str]) -> tuple[list[int], list[int], dict[int, list[int]]]:
-        """Positions of ``gen_keys``: in the entry's slot, global (untagged), in other tagged slots."""
-        local, glob, other = [], [], {}
-        for i, g in enumerate(gen_keys):
-            if not _tagged(g):
-                glob.append(i)
-                continue
-            slot = _slot(g)
-            if slot == key_slot_:
-                local.append(i)
-            else:
-                other.setdefault(slot, []).append(i)
-        return local, glob, other
+    def _plan(self, key: str, gen_keys: Sequence[str]) -> "_Plan":
+        """Where ``key`` and its guards live, worked out once per (key, guards): a hit hashes no slot."""
+        memo_key = (key, gen_keys if isinstance(gen_keys, tuple) else tuple(gen_keys))
+        plan = self._plans.get(memo_key)
+        if plan is None:
+            plan = self._plans.put(memo_key, _Plan.of(key, gen_keys))
+        return plan
 
     @_unavailable
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
-        slot = _slot(key)
-        local, glob, other = self._split(slot, gen_keys)
+        plan = self._plan(key, gen_keys)
+        slot, local, glob, other = plan.slot, plan.local, plan.globals, plan.other
         tokens: list[str | None] = [None] * len(gen_keys)
-        calls = [self._mget(slot, [key, *(gen_keys[i] for i in local)])]
+        calls = [self._mget(slot, [key, *plan.local_keys])]
         read_globals = False
         if glob:
-            gkeys = [gen_keys[i] for i in glob]
+            gkeys = plan.global_keys
             self.globals.start_refresher()
             cached = self.globals.cached(gkeys)
             if cached is None:  # first use, or the background refresh has been failing
@@ -460,60 +489,48 @@ class RedisClusterStore:
         return values[0], tokens
 
     def lookup_future(self, key: str, gen_keys: Sequence[str]) -> asyncio.Future | None:
-        """``lookup`` as a future of one node pipeline's ``MGET``, with no coroutine or task around it,
-        when that is all it takes: the slots are known, the entry's primary has a checked connection,
-        every tagged guard is in the entry's slot and the global tokens are cached. None otherwise (then
-        ``lookup`` connects, checks, reads what is missing). ``lookup_outcome`` gives its result."""
+        """``lookup`` as the future of one node pipeline's ``MGET`` itself (no coroutine, task or second
+        future around it), when that is all it takes: the slots are known, the entry's primary has a
+        checked connection, every tagged guard is in the entry's slot and the global tokens are cached.
+        None otherwise (then ``lookup`` connects, checks, reads what is missing). ``lookup_outcome``
+        gives its result."""
         if self._pipeline_url is None or not self._routed:
             return None
-        slot = _slot(key)
-        local, glob, other = self._split(slot, gen_keys)
-        cached = self.globals.cached([gen_keys[i] for i in glob]) if glob else []
-        if other or cached is None:
+        plan = self._plan(key, gen_keys)
+        if plan.other or (plan.global_keys and self.globals.cached(plan.global_keys) is None):
             return None
-        pipeline = self._pipelines.get(self.client.nodes_manager.get_node_from_slot(slot).name)
+        pipeline = self._pipelines.get(self.client.nodes_manager.get_node_from_slot(plan.slot).name)
         if pipeline is None or not pipeline.checked or pipeline.protocol is None:
             return None
-        mget = pipeline.submit("MGET", key, *(gen_keys[i] for i in local))
-        if mget is None:
-            return None
-        looked = asyncio.get_running_loop().create_future()
-        mget.add_done_callback(partial(self._mget_done, looked, len(gen_keys), local, list(zip(glob, cached))))
-        return looked
+        return pipeline.submit("MGET", key, *plan.local_keys)
 
-    @staticmethod
-    def _mget_done(looked: asyncio.Future, count: int, local: list[int], cached: list[tuple[int, str]],
-                   mget: asyncio.Future) -> None:
-        if looked.done():
-            return
-        if mget.cancelled():
-            looked.cancel()
-            return
-        exc = mget.exception()
-        if exc is not None:
-            looked.set_exception(exc)
-            return
-        values = mget.result()
-        tokens: list[str | None] = [None] * count
-        for i, value in zip(local, values[1:]):
-            tokens[i] = replies.text(value)
-        for i, token in cached:
-            tokens[i] = token
-        looked.set_result((values[0], tokens))
-
-    def lookup_outcome(self, looked: asyncio.Future) -> tuple[bytes | None, list[str | None]]:
+    def lookup_outcome(self, looked: asyncio.Future, key: str, gen_keys: Sequence[str]
+                       ) -> tuple[bytes | None, list[str | None]]:
         """``lookup``'s result from a done ``lookup_future``; its StoreUnavailable; or LookupRedirected
-        when the node answered ``MOVED``, ``ASK`` or ``TRYAGAIN`` (``lookup`` follows those)."""
+        when the node answered ``MOVED``, ``ASK`` or ``TRYAGAIN``, or the global tokens aged out of
+        their cache meanwhile (``lookup`` follows redirections and reads the tokens)."""
         if looked.cancelled():
             raise StoreUnavailable("lookup cancelled")
         exc = looked.exception()
-        if exc is None:
-            return looked.result()
-        if isinstance(exc, ResponseError):
-            raise LookupRedirected(str(exc))
-        if isinstance(exc, _NODE_GONE):
-            self._routed, self._reroute = False, True  # as in _mget
-        raise _as_unavailable(exc) if isinstance(exc, CLUSTER_FAILURES) else exc
+        if exc is not None:
+            if isinstance(exc, ResponseError):
+                raise LookupRedirected(str(exc))
+            if isinstance(exc, _NODE_GONE):
+                self._routed, self._reroute = False, True  # as in _mget
+            raise _as_unavailable(exc) if isinstance(exc, CLUSTER_FAILURES) else exc
+        values = looked.result()
+        plan = self._plan(key, gen_keys)
+        tokens: list[str | None] = [None] * len(gen_keys)
+        for i, value in zip(plan.local, values[1:]):
+            tokens[i] = replies.text(value)
+        if plan.global_keys:
+            # read now rather than when the MGET was sent: never older than then, so never less safe
+            cached = self.globals.cached(plan.global_keys)
+            if cached is None:
+                raise LookupRedirected("global tokens to read again")
+            for i, token in zip(plan.globals, cached):
+                tokens[i] = token
+        return values[0], tokens
 
     @_unavailable
     async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:
@@ -549,7 +566,8 @@ class RedisClusterStore:
     async def store_if_current(self, key: str, value: bytes, ttl: int, gen_keys: Sequence[str],
                                expected: Sequence[str], gen_ttl: int,
                                lease: tuple[str, str] | None = None) -> bool:
-        slot = _slot(key)
+        plan = self._plan(key, gen_keys)
+        slot = plan.slot
         if lease is not None and _slot(lease[0]) != slot:  # never from keys.py: released on its own
             try:
                 return await self.store_if_current(key, value, ttl, gen_keys, expected, gen_ttl)
@@ -557,7 +575,7 @@ class RedisClusterStore:
                 await self._limited(self._release_lease(keys=[lease[0]], args=[lease[1]]))
         refused = len(expected) != len(gen_keys)
         if not refused:
-            local, glob, other = self._split(slot, gen_keys)
+            local, glob, other = plan.local, plan.globals, plan.other
             if glob:
                 current = await self.globals.tokens([gen_keys[i] for i in glob])
                 refused = any(current[n] is None or current[n] != expected[i] for n, i in enumerate(glob))

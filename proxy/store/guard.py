@@ -144,8 +144,9 @@ class GuardedStore:
             future, lease = (None if begin is None else begin(key, gen_keys)), None
         return None if future is None else (future, start, lease, self.writing.get(key) if self.writing else None)
 
-    def lookup_finished(self, future: asyncio.Future, start: float, key: str, lease: tuple[str, str] | None,
-                        written: bytes | None) -> tuple[bytes | None, list[str | None], tuple[str, str] | None]:
+    def lookup_finished(self, future: asyncio.Future, start: float, key: str, gen_keys: Sequence[str],
+                        lease: tuple[str, str] | None, written: bytes | None
+                        ) -> tuple[bytes | None, list[str | None], tuple[str, str] | None]:
         """``lookup``'s result (or its StoreUnavailable) from a done ``lookup_future``, with the lease if
         it was asked for and taken. LookupRedirected passes through: no failure, the caller asks
         ``lookup`` instead."""
@@ -154,7 +155,7 @@ class GuardedStore:
                 raw, tokens, taken = self.inner.lookup_leasing_outcome(future)
                 lease = lease if taken else None
             else:
-                raw, tokens = self.inner.lookup_outcome(future)
+                raw, tokens = self.inner.lookup_outcome(future, key, gen_keys)
         except (StoreUnavailable, TimeoutError, OSError) as exc:
             raise self._failed("lookup", exc) from None
         self._succeeded("lookup", start)

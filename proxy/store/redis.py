@@ -431,8 +431,10 @@ class RedisStore:
     def _leased_result(self, values: list) -> tuple[bytes | None, list[str | None], bool]:
         return (*self.lookup_result(values[:-1]), values[-1] == 1)
 
-    def lookup_outcome(self, future: asyncio.Future) -> tuple[bytes | None, list[str | None]]:
-        """``lookup``'s result from a done ``lookup_future``, or its StoreUnavailable."""
+    def lookup_outcome(self, future: asyncio.Future, key: str = "", gen_keys: Sequence[str] = ()
+                       ) -> tuple[bytes | None, list[str | None]]:
+        """``lookup``'s result from a done ``lookup_future``, or its StoreUnavailable (the MGET's reply
+        holds the tokens in order: ``key`` and ``gen_keys`` are for stores that must place them)."""
         return self.lookup_result(replies.reply(future))
 
     def lookup_leasing_outcome(self, future: asyncio.Future) -> tuple[bytes | None, list[str | None], bool]:

@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from proxy.core.errors import LookupRedirected
 from proxy.store.cluster import RedisClusterStore, parse_cluster_url
 from tests.cluster.conftest import PREFIX, profile_key, users_on_distinct_primaries
 
@@ -142,6 +143,33 @@ async def test_a_hit_is_answered_from_the_pipelined_mget_without_an_awaited_look
     assert [r.x_cache for r in replies] == ["HIT"] * 5
     assert len({r.body for r in replies}) == 1
     assert len(futures) == 5 and awaited == []
+
+
+async def test_global_tokens_aged_while_the_mget_was_in_flight_send_the_lookup_to_be_read_again(
+        redis_cluster, cluster_url, cluster_store):
+    """The pipelined lookup places the cached global tokens when its MGET is answered, not when it is
+    sent; if they aged out of their cache meanwhile (the background refresh failing), the hit path is
+    told to look up again (``LookupRedirected``), and the awaited lookup reads them from Redis."""
+    store = cluster_store(cluster_url, global_refresh=3600)
+    try:
+        key, gen_keys = f"{PREFIX}:user:{{aged}}:profile", (f"{PREFIX}:user:{{aged}}", f"{PREFIX}:epoch")
+        tokens = await store.ensure_generations(gen_keys, 600)
+        assert await store.store_if_current(key, b"the entry", 600, gen_keys, tokens, 600)
+        assert await store.lookup(key, gen_keys) == (b"the entry", tokens)  # routes, checks, caches
+
+        looked = store.lookup_future(key, gen_keys)
+        assert looked is not None
+        await asyncio.wait([looked])
+        assert store.lookup_outcome(looked, key, gen_keys) == (b"the entry", tokens)
+
+        looked = store.lookup_future(key, gen_keys)
+        await asyncio.wait([looked])
+        store.globals.refresh = 0  # every cached token is now older than three refresh periods
+        with pytest.raises(LookupRedirected):
+            store.lookup_outcome(looked, key, gen_keys)
+        assert await store.lookup(key, gen_keys) == (b"the entry", tokens)  # read from Redis
+    finally:
+        await store.close()
 
 
 async def test_purge_all_through_another_instance_reaches_this_one(make_proxy, backend, redis_cluster, poll):

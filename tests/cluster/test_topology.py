@@ -80,9 +80,9 @@ async def test_resharding_a_users_slot_under_traffic(make_proxy, backend, start_
     redirected = []  # fast-path lookups that met ASK / MOVED / TRYAGAIN and went to the awaited lookup
     outcome = proxy.proxy.store.inner.lookup_outcome
 
-    def counted_outcome(looked):
+    def counted_outcome(looked, *where):
         try:
-            return outcome(looked)
+            return outcome(looked, *where)
         except LookupRedirected:
             redirected.append(looked)
             raise
