@@ -31,8 +31,11 @@ async def test_new_requests_in_a_warm_keyspace_are_plain_lookups_and_leases_retu
     for user in users:  # a cold cache: each new request is a miss, and its lookup takes the lease
         assert (await filler.get(PROFILE, user)).x_cache == "MISS"
     await filler.writes_landed()
-    counts = redis_server.command_counts()  # commands run by scripts are counted too (mget, set)
-    assert counts.get("eval", 0) >= len(users), counts  # (one more: a store script Redis did not have yet)
+    # Commands run by scripts are counted too (mget, set). The first request may reach aiohttp's path
+    # (the instance just started) and lease in its fill; a store script Redis did not have yet is one
+    # more EVAL. Either way, without the lease in the lookups there would be at most those two.
+    counts = redis_server.command_counts()
+    assert counts.get("eval", 0) >= len(users) - 1, counts
 
     # Another instance: every request is new to it (tokens it never saw), every entry is in Redis.
     reader = await make_proxy(store=RedisStore.from_url(redis_url, timeout=1.0))
