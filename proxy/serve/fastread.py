@@ -149,7 +149,7 @@ class ReadPath:
                                                          flight.d.gen_keys, flight.lease, flight.written)
         except StoreUnavailable:  # a lease taken expires by itself (lease_ms): the store is failing
             return Prefetched(flight.d.key, store_down=True)
-        except LookupRedirected:  # a cluster slot on the move: the awaited lookup follows it
+        except LookupRedirected:  # a cluster slot on the move, or global tokens to read again: awaited lookup
             p.gate.enter()
             return self._from_store(flight.d, flight.head, flight.start, flight.peer, flight.first_sight)
         if flight.first_sight:
