@@ -216,6 +216,16 @@ class _Plan:
         return cls(slot, tuple(local), tuple(gen_keys[i] for i in local), tuple(glob),
                    tuple(gen_keys[i] for i in glob), other)
 
+    def tokens(self, count: int, mget: list, global_tokens: Sequence[str | None] | None) -> list[str | None]:
+        """The ``count`` guards' tokens in order: those in the entry's slot from its ``MGET`` reply (after
+        the entry), the global ones as given; the positions of other slots left None."""
+        tokens: list[str | None] = [None] * count
+        for i, value in zip(self.local, mget[1:]):
+            tokens[i] = replies.text(value)
+        for i, token in zip(self.globals, global_tokens or ()):
+            tokens[i] = token
+        return tokens
+
 
 class RedisClusterStore:
     name = "redis-cluster"
@@ -459,34 +469,24 @@ class RedisClusterStore:
     @_unavailable
     async def lookup(self, key: str, gen_keys: Sequence[str]) -> tuple[bytes | None, list[str | None]]:
         plan = self._plan(key, gen_keys)
-        slot, local, glob, other = plan.slot, plan.local, plan.globals, plan.other
-        tokens: list[str | None] = [None] * len(gen_keys)
-        calls = [self._mget(slot, [key, *plan.local_keys])]
-        read_globals = False
-        if glob:
-            gkeys = plan.global_keys
+        calls = [self._mget(plan.slot, [key, *plan.local_keys])]
+        cached = None
+        if plan.global_keys:
             self.globals.start_refresher()
-            cached = self.globals.cached(gkeys)
+            cached = self.globals.cached(plan.global_keys)
             if cached is None:  # first use, or the background refresh has been failing
-                read_globals = True
-                calls.append(self.globals.read(gkeys))
-            else:
-                for i, token in zip(glob, cached):
-                    tokens[i] = token
-        for other_slot, positions in other.items():
+                calls.append(self.globals.read(plan.global_keys))
+        for other_slot, positions in plan.other.items():
             calls.append(self._mget(other_slot, [gen_keys[i] for i in positions]))
         results = await asyncio.gather(*calls) if len(calls) > 1 else [await calls[0]]
-        values = results[0]
-        for i, value in zip(local, values[1:]):
-            tokens[i] = replies.text(value)
         rest = iter(results[1:])
-        if read_globals:
-            for i, token in zip(glob, next(rest)):
-                tokens[i] = token
-        for positions, values_ in zip(other.values(), rest):
-            for i, value in zip(positions, values_):
+        if plan.global_keys and cached is None:
+            cached = next(rest)
+        tokens = plan.tokens(len(gen_keys), results[0], cached)
+        for positions, values in zip(plan.other.values(), rest):
+            for i, value in zip(positions, values):
                 tokens[i] = replies.text(value)
-        return values[0], tokens
+        return results[0][0], tokens
 
     def lookup_future(self, key: str, gen_keys: Sequence[str]) -> asyncio.Future | None:
         """``lookup`` as the future of one node pipeline's ``MGET`` itself (no coroutine, task or second
@@ -518,19 +518,15 @@ class RedisClusterStore:
             if isinstance(exc, _NODE_GONE):
                 self._routed, self._reroute = False, True  # as in _mget
             raise _as_unavailable(exc) if isinstance(exc, CLUSTER_FAILURES) else exc
-        values = looked.result()
         plan = self._plan(key, gen_keys)
-        tokens: list[str | None] = [None] * len(gen_keys)
-        for i, value in zip(plan.local, values[1:]):
-            tokens[i] = replies.text(value)
+        cached = None
         if plan.global_keys:
             # read now rather than when the MGET was sent: never older than then, so never less safe
             cached = self.globals.cached(plan.global_keys)
             if cached is None:
                 raise LookupRedirected("global tokens to read again")
-            for i, token in zip(plan.globals, cached):
-                tokens[i] = token
-        return values[0], tokens
+        values = looked.result()
+        return values[0], plan.tokens(len(gen_keys), values, cached)
 
     @_unavailable
     async def ensure_generations(self, gen_keys: Sequence[str], ttl: int) -> list[str]:
