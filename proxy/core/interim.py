@@ -15,7 +15,7 @@ How they are sent: the fast path puts them in front of the final answer's bytes 
 what it fetched, a streamed one's from its response); on aiohttp's path, whose server has no API for 1xx
 (aio-libs/aiohttp#7878), they are written to the request's transport before the handler's response is
 prepared (``send_before``), which aiohttp writes next on the same connection: for an answer built from a
-fill, and for every relayed answer (``Proxy._stream``).
+fill, and for every relayed answer (``PassThrough.stream``).
 """
 from __future__ import annotations
 

@@ -32,20 +32,20 @@ class Memo(OrderedDict):
         return value
 
 
-class SizedMemo(Memo):
-    """A ``Memo`` bounded by the total size its ``put`` calls give (bytes, say) as well as by count."""
+class SizedMemo(OrderedDict):
+    """A memo bounded by the total size its ``put`` calls give (``size_of``: bytes, say), not by count."""
 
     __slots__ = ("max_size", "size", "_size_of")
 
-    def __init__(self, max_size: int, size_of: Callable[[Hashable, object], int], limit: int = 1 << 30):
-        super().__init__(limit)
+    def __init__(self, max_size: int, size_of: Callable[[Hashable, object], int]):
+        super().__init__()
         self.max_size, self.size, self._size_of = max_size, 0, size_of
 
     def put(self, key: Hashable, value: V) -> V:
         if key in self:
             return value
         self.size += self._size_of(key, value)
-        while self and (self.size > self.max_size or len(self) >= self.limit):
+        while self and self.size > self.max_size:
             old_key, old_value = self.popitem(last=False)
             self.size -= self._size_of(old_key, old_value)
         self[key] = value

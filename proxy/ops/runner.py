@@ -43,7 +43,6 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
         tracing.stop()  # flushes the spans still batched
 
 
-
 # The collector's thresholds once serving. Python's defaults (700, 10, 10) ran a full collection about
 # every second under load with many keys: the bounded memos (framed heads, read decisions, decoded
 # entries, verified tokens) keep taking in objects that live long enough to reach the oldest generation,
@@ -53,6 +52,7 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
 # young collection walks what survived since the last one (about 0.6 us each with many keys): 10,000 keeps
 # its pause near a few milliseconds; full collections come a hundred middle ones apart, not ten.
 GC_THRESHOLDS = (10_000, 10, 100)
+
 
 async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: asyncio.Event | None) -> None:
     import gc

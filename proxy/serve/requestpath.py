@@ -294,7 +294,7 @@ class RequestPath:
         """A read the cache could not answer fresh: the fill, or ``entry`` if the backend fails and
         stale-if-error allows it (``Filled.fetched`` None). None: the store is down, nothing was fetched.
         For both request paths (aiohttp's, and the fast path's). ``lease``: the fill's lease, taken
-        by the lookup already (``Coalescer.lease_for``); this fill uses it or drops it."""
+        by the lookup already (``Coalescer.lease_with_lookup``); this fill uses it or drops it."""
         rule = d.rule
         if None in tokens:
             try:

@@ -148,6 +148,7 @@ class _Slot:
         if slots is not None:
             slots.give_back()
 
+
 CHUNKED = "Transfer-Encoding: chunked\r\n"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # RFC 9110 §8.6: Content-Length even when 0
 
