@@ -7,9 +7,9 @@ it cannot read them). They are never stored: an entry holds the final answer onl
 Where they are seen: the lean HTTP/1.1 client (proxy/upstream/http1.py), which every backend request
 goes through (fills, and the answers relayed as they come: writes, bypasses, revalidations, HEAD), keeps
 them on its response (``Response.interim``, read with ``of``). A ``100 Continue`` to a request that said
-``Expect: 100-continue`` is not kept: aiohttp's server already answered 100 to our client. (aiohttp's
-client, which relayed requests went through before, read and dropped them all; it now serves only
-WebSockets, whose 101 is the upgrade's own.)
+``Expect: 100-continue`` is not kept: aiohttp's server already answered 100 to our client. aiohttp's
+client, which now serves only WebSockets, reads and drops them; its response class there notes those
+before a 101 (proxy/upstream/wsinterim.py), and the relay sends them with ``send_before``.
 
 How they are sent: the fast path puts them in front of the final answer's bytes (a stored fill's from
 what it fetched, a streamed one's from its response); on aiohttp's path, whose server has no API for 1xx

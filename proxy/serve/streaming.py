@@ -6,7 +6,8 @@
   backend's silences shorter than ``UPSTREAM_TIMEOUT`` (SSE comments as keep-alives).
 * WebSocket upgrades (``Upgrade: websocket``) are proxied: the proxy opens a WebSocket to the backend
   first (same path and query, the forwarded headers, the client's subprotocols), and only if the
-  backend accepts does it accept the client's upgrade with the subprotocol the backend chose; then
+  backend accepts does it accept the client's upgrade with the subprotocol the backend chose (after
+  the 1xx interim answers the backend sent before its 101, upstream/wsinterim.py); then
   messages are relayed both ways until either side closes (the close code is passed on). A refusal by the
   backend is passed on as its status with ``{"detail": ...}``; an unreachable backend is a 502. A
   WebSocket holds one ``MAX_UPSTREAM`` slot and one ``MAX_INFLIGHT`` place while it is open. Other
@@ -22,7 +23,9 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from ..core.errors import UpstreamError
+from ..core.interim import send_before
 from ..upstream.failures import classify
+from ..upstream.wsinterim import keeping_interim
 from .wire import CacheStatus, error_response
 
 log = logging.getLogger("proxy")
@@ -56,10 +59,12 @@ async def proxy_websocket(proxy, request: web.Request, rid: str) -> tuple[web.St
     try:
         proxy.metrics.upstream_requests.labels("none").inc()
         try:
-            backend = await upstream.session.ws_connect(URL(upstream.base + request.raw_path, encoded=True),
-                                                        headers=headers, protocols=protocols,
-                                                        autoclose=True, autoping=True, max_msg_size=0)
+            with keeping_interim() as interim:
+                backend = await upstream.session.ws_connect(URL(upstream.base + request.raw_path, encoded=True),
+                                                            headers=headers, protocols=protocols,
+                                                            autoclose=True, autoping=True, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
+            send_before(request, interim)
             code = exc.status if 400 <= exc.status < 600 else 502
             return error_response(code, f"the backend refused the WebSocket upgrade (HTTP {exc.status})",
                                   "BYPASS", status), "bypass", "none"
@@ -72,6 +77,7 @@ async def proxy_websocket(proxy, request: web.Request, rid: str) -> tuple[web.St
             client = web.WebSocketResponse(protocols=(backend.protocol,) if backend.protocol else (),
                                            autoping=True, max_msg_size=0)
             client.headers.update({"X-Cache": "BYPASS", "Cache-Status": status, "X-Request-ID": rid})
+            send_before(request, interim)
             await client.prepare(request)
             await _relay(client, backend)
         finally:

@@ -41,6 +41,7 @@ from . import resend
 from ..core.errors import UpstreamError
 from .failures import FailureReport, classify
 from .http1 import Client, Response, Sent
+from .wsinterim import InterimKeepingResponse
 
 log = logging.getLogger("proxy")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -201,7 +202,8 @@ class Upstream:
                                         sock_read=self.config.read_timeout)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-                                             cookie_jar=aiohttp.DummyCookieJar())
+                                             cookie_jar=aiohttp.DummyCookieJar(),
+                                             response_class=InterimKeepingResponse)
 
     async def close(self) -> None:
         self.client.close()

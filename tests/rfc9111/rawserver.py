@@ -1,7 +1,7 @@
 """A raw asyncio HTTP/1.1 origin that misbehaves on cue, for what a well-behaved aiohttp origin cannot do:
 answer with a body longer or shorter than its Content-Length, drop or reset the connection, stay silent,
-send 1xx interim answers, answer before the request's body arrived, send a head without framing, close
-keep-alive connections the moment they go idle.
+send 1xx interim answers (also before a WebSocket's 101), answer before the request's body arrived, send a
+head without framing, close keep-alive connections the moment they go idle.
 
 ``RawOrigin.script(path, Answer(...), ...)`` (consumed in order, the last one repeats). Every request read
 whole (head and Content-Length body; an ``early`` answer's head alone) is recorded: ``count(path, method)``.
@@ -11,9 +11,14 @@ requests. ``talk(port, head, body)`` is a raw client of the proxy: everything it
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import socket
 import struct
 from dataclasses import dataclass, field
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 @dataclass
@@ -24,6 +29,7 @@ class Answer:
     length: int | None = None  # the Content-Length sent (default: len(body))
     interim: list[tuple[int, list[tuple[str, str]]]] = field(default_factory=list)  # 1xx sent first
     action: str = "answer"  # answer | drop (FIN, no answer) | reset (RST, no answer) | hang (no answer)
+    #                         | websocket (101 accepting the upgrade, then one text frame ``body``, then silence until closed)
     close: bool = False  # close the connection right after the answer (it still said keep-alive)
     reset_after: bool = False  # RST right after the answer's bytes (a short body then a reset)
     early: bool = False  # answer once the head is read, before the body; the connection then serves no more
@@ -109,6 +115,9 @@ class RawOrigin:
                 self.requests.append(Seen(method, path.partition("?")[0], headers, body))
                 self.received.set()
                 answer = self._next(path)
+                if answer.action == "websocket":
+                    await self._accept_websocket(reader, writer, headers, answer)
+                    return
                 if not await self._answer(writer, method, answer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -124,6 +133,18 @@ class RawOrigin:
             return Answer(404, body=b"")
         return script.pop(0) if len(script) > 1 and not peek else script[0]
 
+    async def _accept_websocket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                headers: dict[str, str], a: Answer) -> None:
+        key = headers.get("sec-websocket-key", "")
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        out = _interim_heads(a.interim) + (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode()
+        writer.write(out + bytes([0x81, len(a.body)]) + a.body)  # FIN + text, unmasked (a server's frame)
+        await writer.drain()
+        while await reader.read(65536):  # what the proxy sends is not read as frames: served until it closes
+            pass
+
     async def _answer(self, writer: asyncio.StreamWriter, method: str, a: Answer) -> bool:
         """Write the answer; False when the connection is over."""
         if a.action == "drop":
@@ -135,10 +156,7 @@ class RawOrigin:
         if a.action == "hang":
             await asyncio.sleep(3600)
             return False
-        out = b""
-        for status, fields in a.interim:
-            out += f"HTTP/1.1 {status} Interim\r\n".encode() + b"".join(
-                f"{k}: {v}\r\n".encode() for k, v in fields) + b"\r\n"
+        out = _interim_heads(a.interim)
         length = len(a.body) if a.length is None else a.length
         out += f"HTTP/1.1 {a.status} Status\r\n".encode()
         out += b"".join(f"{k}: {v}\r\n".encode() for k, v in a.headers)
@@ -170,6 +188,11 @@ async def talk(port: int, head: bytes, body: bytes = b"", expect_continue: bool 
     got += await asyncio.wait_for(reader.read(), 10)
     writer.close()
     return got
+
+
+def _interim_heads(interim: list[tuple[int, list[tuple[str, str]]]]) -> bytes:
+    return b"".join(f"HTTP/1.1 {status} Interim\r\n".encode()
+                    + b"".join(f"{k}: {v}\r\n".encode() for k, v in fields) + b"\r\n" for status, fields in interim)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -88,3 +88,42 @@ async def test_15_2_interim_answers_before_a_streamed_miss_on_the_fast_path(make
         assert data.startswith(EARLY_HINTS + b"HTTP/1.1 200 "), data
         assert data.endswith(b"data: x\n\n") and data.count(b" 103 ") == 1, data
         assert raw.count(TYPES) == n  # never stored
+
+
+async def test_15_2_interim_answers_before_a_websocket_upgrade_reach_the_client_first(make_cache, raw):
+    """A 103 the backend sends before accepting a WebSocket upgrade (its 101) reaches the client before the
+    proxy's own 101; the WebSocket then carries the backend's messages."""
+    path = "/r/socket"
+    raw.script(path, Answer(action="websocket", body=b"hello", interim=HINT))
+    cache = await make_cache(origin=raw)
+    reader, writer = await asyncio.open_connection("127.0.0.1", cache.proxy.client.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        data = b""
+        while not data.endswith(b"\x81\x05hello"):
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk, data
+            data += chunk
+    finally:
+        writer.close()
+    assert data.startswith(EARLY_HINTS + b"HTTP/1.1 101 Switching Protocols\r\n"), data
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in data, data  # RFC 6455's own example
+    assert data.count(b" 103 ") == 1 and raw.count(path) == 1
+
+
+async def test_15_2_interim_answers_before_a_refused_websocket_upgrade_reach_the_client_first(make_cache, raw):
+    path = "/r/socket"
+    raw.script(path, Answer(status=403, body=b"no", interim=HINT))
+    cache = await make_cache(origin=raw)
+    head = (f"GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", cache.proxy.client.port)
+    writer.write(head.encode())
+    try:
+        data = await asyncio.wait_for(reader.readuntil(b"}"), 10)  # the refusal's {"detail": ...}
+    finally:
+        writer.close()
+    assert data.startswith(EARLY_HINTS + b"HTTP/1.1 403 "), data
+    assert b"refused the WebSocket upgrade" in data and data.count(b" 103 ") == 1 and raw.count(path) == 1
