@@ -55,12 +55,13 @@ class Entry:
 
 
 def _decoded_size(raw: bytes, entry: Entry) -> int:
-    return len(raw) + (len(entry.body) if raw[:2] == _MAGIC_COMPRESSED else 0)
+    return len(raw) + len(entry.body) + 384  # the key, the body (a copy), the Entry and its header tuples
 
 
 # Decoded entries by their stored bytes: a hot key is parsed once, not on every hit (entries are
-# immutable, so sharing one is safe). Bounded by bytes; small entries only.
-_DECODED = SizedMemo(32 << 20, _decoded_size)
+# immutable, so sharing one is safe). A share of the memo budget (memo.set_budget); small entries only.
+DECODED_SHARE = 0.25
+_DECODED = SizedMemo(DECODED_SHARE, _decoded_size)
 _DECODED_MAX_ENTRY = 64 << 10
 
 

@@ -7,6 +7,11 @@ collector's oldest generation; a plain dict cannot forget its oldest cheaply (it
 skips every slot already deleted, until the dict is rebuilt), an ``OrderedDict`` can. First in, first
 out rather than least recently used: a hit moves nothing, and under the Zipf-like loads of an API the
 hit rates of the two differ by a few points (bench/scenario_keyspace.py).
+
+The memos of per-request work (framed heads, read decisions and routes, decoded entries) share one byte
+budget, ``MEMO_MAX_BYTES`` (``set_budget``), each by a fixed share of it: at 100k keys a fixed count sized
+for one hot key turned most requests into misses (BENCHMARKS.md, keyspace), and counts cannot be summed
+into the one figure an operator sizes a container by. Sizes are estimates of what each entry holds.
 """
 from __future__ import annotations
 
@@ -32,20 +37,40 @@ class Memo(OrderedDict):
         return value
 
 
+DEFAULT_BUDGET = 256 << 20
+_budget = [DEFAULT_BUDGET]
+
+
+def set_budget(max_bytes: int) -> None:
+    """The bytes all budgeted memos of this process may hold together (``MEMO_MAX_BYTES``); a smaller
+    budget takes effect at each memo's next ``put``; 0 keeps nothing."""
+    _budget[0] = max(0, max_bytes)
+
+
+def budget() -> int:
+    return _budget[0]
+
+
 class SizedMemo(OrderedDict):
-    """A memo bounded by the total size its ``put`` calls give (``size_of``: bytes, say), not by count."""
+    """A memo bounded by the total size its ``put`` calls give (``size_of``: estimated bytes), not by count:
+    at most ``share`` of the process's memo budget (``set_budget``)."""
 
-    __slots__ = ("max_size", "size", "_size_of")
+    __slots__ = ("share", "size", "_size_of")
 
-    def __init__(self, max_size: int, size_of: Callable[[Hashable, object], int]):
+    def __init__(self, share: float, size_of: Callable[[Hashable, object], int]):
         super().__init__()
-        self.max_size, self.size, self._size_of = max_size, 0, size_of
+        self.share, self.size, self._size_of = share, 0, size_of
+
+    @property
+    def max_size(self) -> int:
+        return int(_budget[0] * self.share)
 
     def put(self, key: Hashable, value: V) -> V:
-        if key in self:
+        size, max_size = self._size_of(key, value), self.max_size
+        if key in self or size > max_size:
             return value
-        self.size += self._size_of(key, value)
-        while self and self.size > self.max_size:
+        self.size += size
+        while self.size > max_size:
             old_key, old_value = self.popitem(last=False)
             self.size -= self._size_of(old_key, old_value)
         self[key] = value

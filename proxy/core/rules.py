@@ -15,9 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .keys import Template, TemplateError, parse_template
-from .memo import Memo
+from .memo import SizedMemo
 
-MEMO_LIMIT = 50_000  # read decisions, and routes by raw path, remembered per Rules object
+# Shares of the memo budget (memo.set_budget) for the read decisions and the routes by raw path that
+# each Rules object remembers, and what one of each holds (measured with tracemalloc: a Lookup with its
+# key strings; a rule and its parameters).
+DECISIONS_SHARE, ROUTES_SHARE = 0.12, 0.08
+
+
+def _decision_size(key: tuple, decision: object) -> int:
+    return 640 + len(key[0]) + len(key[1])
+
+
+def _route_size(raw_path: str, route: object) -> int:
+    return 256 + len(raw_path)
+
 
 FORMAT_VERSION = 1
 READ_METHODS = frozenset({"GET"})
@@ -163,8 +175,10 @@ class Rules:
     _index: dict = field(default_factory=dict, compare=False, repr=False)
     # Read decisions that depend only on (path, query, identity, Origin), for this rules object only:
     # a reload builds a new Rules, so nothing decided under old rules survives it.
-    memo: Memo = field(default_factory=lambda: Memo(MEMO_LIMIT), compare=False, repr=False)
-    routes: Memo = field(default_factory=lambda: Memo(MEMO_LIMIT), compare=False, repr=False)  # policy._route's
+    memo: SizedMemo = field(default_factory=lambda: SizedMemo(DECISIONS_SHARE, _decision_size), compare=False,
+                            repr=False)
+    routes: SizedMemo = field(default_factory=lambda: SizedMemo(ROUTES_SHARE, _route_size), compare=False,
+                              repr=False)  # policy._route's
 
     def __post_init__(self) -> None:
         for rule in self.rules:

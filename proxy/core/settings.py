@@ -59,6 +59,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(the backend answers, the cache is filled and compared)"),
     Setting("MEMORY_MAX_BYTES", str(256 << 20), "byte budget of the memory store (LRU eviction)"),
     Setting("L1_MAX_BYTES", str(64 << 20), "byte budget of the in-process L1 in front of Redis (rules with l1_ttl)"),
+    Setting("MEMO_MAX_BYTES", str(256 << 20), "byte budget, per process, of the memos of per-request work (framed "
+            "request heads, read decisions, decoded entries): with many keys a larger one keeps more hits off "
+            "the parsing path"),
     Setting("CACHE_AUDIT_SAMPLE", "", "share of cache hits the staleness auditor fetches again and compares "
             "(0 to 1; 0: off); replaces rules.yaml's audit.sample, read at each rules load",
             shown_default="rules.yaml audit.sample (shipped: 0.01)", read_by="rules"),

@@ -33,7 +33,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..core import interim, locations, policy
+from ..core import interim, locations, memo, policy
 from ..core.arms import rollout_arm
 from ..core.entry import Entry, decode_entry
 from ..core.errors import StoreUnavailable, UpstreamError
@@ -90,6 +90,7 @@ class RequestPath:
         upstream.failures.counter = metrics.upstream_errors  # counted and logged (proxy/upstream/failures.py)
         # The in-process L1 exists where the store has an invalidation channel (Redis, Cluster).
         self.l1 = L1Cache(config.l1_max_bytes) if hasattr(store.inner, "invalidations") else None
+        memo.set_budget(config.memo_max_bytes)  # process-wide: the memos are pure functions' (core/memo.py)
 
         # The collaborators, each owning one job; ``now`` rather than ``clock`` so that a replaced clock
         # (tests move it by hand) reaches them all.

@@ -379,3 +379,24 @@ async def test_a_client_gone_during_its_fill_still_leaves_the_entry_stored(proxy
     assert (await proxy.get(PROFILE, user)).x_cache == "HIT"
     assert await backend.route_count("GET", PROFILE) == 1
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+@pytest.mark.parametrize("budget", [0, 8 << 20])
+async def test_the_memo_budget_bounds_what_is_remembered_never_what_is_answered(make_proxy, monkeypatch, budget):
+    from proxy.core import memo
+    from proxy.serve import framing
+
+    monkeypatch.setattr(memo, "_budget", list(memo._budget))  # the setting is per process: restore it after
+    framed = []
+    real_frame = framing._frame
+    monkeypatch.setattr(framing, "_frame", lambda raw, end: framed.append(raw) or real_frame(raw, end))
+    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo(framing.FRAMED_SHARE, framing._framed_size))
+    proxy = await make_proxy(memo_max_bytes=budget)
+    assert memo.budget() == budget
+    user = new_user()
+    replies = [await proxy.get(PROFILE, user) for _ in range(3)]
+    assert [r.x_cache for r in replies] == ["MISS", "HIT", "HIT"] and len({r.body for r in replies}) == 1
+    assert fast_counts(await proxy.metrics())["answered"] == 3
+    profile_heads = [raw for raw in framed if raw.startswith(b"GET " + PROFILE.encode())]
+    assert len(profile_heads) == (3 if budget == 0 else 1)  # no budget: framed each time; else once
+    assert len(framing._FRAMED) == (0 if budget == 0 else len(set(framed)))

@@ -156,12 +156,17 @@ def test_an_incomplete_head_waits_for_more_unless_it_cannot_be_plain():
     assert frame(bytearray(b"G" * (MAX_HEAD + 1))) is UNFRAMEABLE
 
 
-def test_the_frame_cache_is_bounded_in_entries_and_size():
+def test_the_frame_cache_is_bounded_in_bytes_and_keeps_no_large_head(monkeypatch):
+    from proxy.core import memo
     from proxy.serve import framing
+    monkeypatch.setattr(memo, "_budget", [1 << 20])
     framing._FRAMED.clear()
     big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * framing.FRAMED_MAX_BYTES + b"\r\n\r\n"
     assert frame(bytearray(big)).target == "/"
     assert not framing._FRAMED  # parsed, not kept
-    for i in range(framing.FRAMED_MAX + 10):
+    limit = framing._FRAMED.max_size
+    count = limit // framing._framed_size(b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n", None) + 10
+    for i in range(count):
         frame(bytearray(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i))
-    assert len(framing._FRAMED) <= framing.FRAMED_MAX
+    assert 0 < framing._FRAMED.size <= limit and len(framing._FRAMED) < count
+    framing._FRAMED.clear()

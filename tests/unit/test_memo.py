@@ -9,6 +9,7 @@ import jwt
 from proxy.core import entry as entry_module
 from proxy.core.entry import Entry, decode_entry
 from proxy.core.identity import IdentityConfig, Verifier
+from proxy.core import memo as memo_module
 from proxy.core.memo import Memo, SizedMemo
 from proxy.core.policy import Lookup, RequestView, classify
 from proxy.core.rulesfile import load_rules
@@ -24,8 +25,9 @@ def test_a_full_memo_forgets_its_oldest_entry_only():
     assert memo.get("a") is None and memo.get("d") == "D"
 
 
-def test_a_sized_memo_keeps_its_total_within_its_budget_and_counts_what_it_forgets():
-    memo = SizedMemo(10, lambda key, value: len(value))
+def test_a_sized_memo_keeps_its_total_within_its_share_of_the_budget_and_counts_what_it_forgets(monkeypatch):
+    monkeypatch.setattr(memo_module, "_budget", [20])
+    memo = SizedMemo(0.5, lambda key, value: len(value))
     memo.put("a", b"xxxx")
     memo.put("b", b"yyyy")
     memo.put("a", b"xxxx")  # already there: counted once
@@ -34,8 +36,32 @@ def test_a_sized_memo_keeps_its_total_within_its_budget_and_counts_what_it_forge
     assert list(memo) == ["b", "c"] and memo.size == 8
     memo.put("big", b"w" * 10)  # alone it fits: everything older goes
     assert list(memo) == ["big"] and memo.size == 10
+    memo.put("huge", b"w" * 11)  # it never fits: not kept, nothing forgotten for it
+    assert list(memo) == ["big"] and memo.size == 10
     memo.clear()
     assert memo.size == 0 and not memo
+
+
+def test_a_smaller_budget_shrinks_every_memo_at_its_next_put(monkeypatch):
+    monkeypatch.setattr(memo_module, "_budget", [100])
+    heads, entries = SizedMemo(0.5, lambda k, v: len(v)), SizedMemo(0.3, lambda k, v: len(v))
+    for i in range(10):
+        heads.put(i, b"h" * 5)
+        entries.put(i, b"e" * 5)
+    assert (len(heads), len(entries)) == (10, 6)  # 50 and 30 bytes
+    memo_module.set_budget(20)
+    heads.put("new", b"h" * 5)
+    entries.put("new", b"e" * 5)
+    assert (heads.size, entries.size) == (10, 5) and list(heads) == [9, "new"] and list(entries) == ["new"]
+    memo_module.set_budget(-1)  # nothing kept, nothing refused
+    assert heads.put("x", b"") == b"" and memo_module.budget() == 0
+
+
+def test_the_memo_budget_setting_defaults_to_256_mib():
+    from proxy.serve.config import config_from
+
+    assert config_from(None, {}).memo_max_bytes == 256 << 20 == memo_module.DEFAULT_BUDGET
+    assert config_from(None, {"MEMO_MAX_BYTES": str(3 << 20)}).memo_max_bytes == 3 << 20
 
 
 def test_the_verifier_forgets_its_oldest_tokens_and_still_verifies_them_again(monkeypatch):
@@ -50,9 +76,10 @@ def test_the_verifier_forgets_its_oldest_tokens_and_still_verifies_them_again(mo
     assert verifier.verify(tokens[0]).user_id == "user-0" and decoded[3:] == [tokens[0]]  # forgotten: again
 
 
-def test_read_decisions_past_the_memo_limit_keep_the_recent_ones():
+def test_read_decisions_past_the_memo_budget_keep_the_recent_ones(monkeypatch):
     rules = load_rules(RULES_PATH)
-    rules.memo.limit = rules.routes.limit = 2
+    one = rules.memo._size_of(("/api/v1/users/profile", ""), None)
+    monkeypatch.setattr(memo_module, "_budget", [int(2 * one / rules.memo.share) + 1])  # room for two
     verifier = Verifier(IdentityConfig(secrets=(SECRET,)))
     path = "/api/v1/users/profile"
     seen = []
@@ -67,7 +94,8 @@ def test_read_decisions_past_the_memo_limit_keep_the_recent_ones():
 
 
 def test_decoded_entries_past_the_byte_budget_forget_the_oldest(monkeypatch):
-    monkeypatch.setattr(entry_module, "_DECODED", SizedMemo(3000, entry_module._decoded_size))
+    monkeypatch.setattr(memo_module, "_budget", [12_000])
+    monkeypatch.setattr(entry_module, "_DECODED", SizedMemo(0.25, entry_module._decoded_size))  # 3,000 bytes
     raws = [Entry(200, (("Content-Type", "application/json"),), b"x" * 900, time.time(), (), "f", f'"{i}"').encode()
             for i in range(4)]
     decoded = [decode_entry(raw) for raw in raws]
@@ -76,9 +104,10 @@ def test_decoded_entries_past_the_byte_budget_forget_the_oldest(monkeypatch):
     assert decode_entry(raws[0]) == decoded[0] and decode_entry(raws[0]) is not decoded[0]  # parsed again
 
 
-def test_framed_heads_past_the_limit_keep_the_recent_ones(monkeypatch):
-    monkeypatch.setattr(framing, "_FRAMED", framing.Memo(2))
+def test_framed_heads_past_the_budget_keep_the_recent_ones(monkeypatch):
     heads = [b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3)]
+    monkeypatch.setattr(memo_module, "_budget", [int(2 * framing._framed_size(heads[0], None) / framing.FRAMED_SHARE) + 1])
+    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo(framing.FRAMED_SHARE, framing._framed_size))
     framed = [framing.frame(bytearray(raw)) for raw in heads]
     assert list(framing._FRAMED) == heads[1:]
     assert framing.frame(bytearray(heads[2])) is framed[2]
