@@ -16,8 +16,9 @@ scenarios, with a fill tier behind it, see there), ``redis`` (our proxy,
 Redis store, every hit a Redis round trip) and ``redis+l1`` (the same Redis with the in-process L1 in
 front, ``L1_MAX_BYTES`` = ``keyspace_l1_max_bytes``). Per level: a prefill of every key in rank order
 (hottest users first) with the stand-in's DB delay at 0 (restored afterwards), bounded in time by
-``keyspace_prefill_s`` per walk (nginx, then Redis; ``redis+l1`` reads the same Redis and fills its L1
-from the measured load); at a level with variants, the base keys are walked first and the variants come
+``keyspace_prefill_s`` per walk (nginx, then Redis, then ``redis+l1`` through itself, its keys being Redis
+hits, so that its verified tokens, memos and L1 start warm; at a level with variants it is not walked and
+fills its L1 from the load); at a level with variants, the base keys are walked first and the variants come
 from them (nginx: its fill tier; Redis: ``copy_variants``); an unmeasured warm-up run per target; then ``keyspace_rounds`` interleaved
 rounds (nginx, redis, redis+l1, nginx, ...), each target's best round kept. Hit share comes from the
 proxies' ``katiba_cache_requests_total`` deltas (L1 hits are hits); the share answered from L1 is
@@ -325,6 +326,10 @@ def scenario(bench: Bench) -> dict:
                     copies = copy_variants(client, rules_plain, user_ids[:users], variants)
                     filled["redis"].update(keys=keys, base_walk_keys=users * len(PATHS), copies=copies,
                                            covered=round(copies["copies"] / keys, 4))
+                if variants == 1:  # its own walk: its verified tokens, memos and L1 start as warm as the
+                    # Redis target's (its keys are Redis hits); at a variant level its L1 holds a share at most
+                    filled["redis+l1"] = prefill(bench, svcs["redis+l1"], data, keys, s.keyspace_prefill_s,
+                                                 pids["redis+l1"])
             finally:
                 _delay(bench, old_delay)
             for name, f in filled.items():
