@@ -15,6 +15,7 @@ into the one figure an operator sizes a container by. Sizes are estimates of wha
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from typing import Callable, Hashable, TypeVar
 
@@ -51,15 +52,27 @@ def budget() -> int:
     return _budget[0]
 
 
+_LIVE: "weakref.WeakValueDictionary[int, SizedMemo]" = weakref.WeakValueDictionary()  # gone with their owner
+
+
+def usage() -> dict[str, int]:
+    """Estimated bytes held, by memo name (``katiba_cache_memo_bytes``): what ``MEMO_MAX_BYTES`` is sized by."""
+    held: dict[str, int] = {}
+    for memo in list(_LIVE.values()):
+        held[memo.name] = held.get(memo.name, 0) + memo.size
+    return held
+
+
 class SizedMemo(OrderedDict):
     """A memo bounded by the total size its ``put`` calls give (``size_of``: estimated bytes), not by count:
     at most ``share`` of the process's memo budget (``set_budget``)."""
 
-    __slots__ = ("share", "size", "_size_of")
+    __slots__ = ("name", "share", "size", "_size_of")  # OrderedDict already takes weak references
 
-    def __init__(self, share: float, size_of: Callable[[Hashable, object], int]):
+    def __init__(self, name: str, share: float, size_of: Callable[[Hashable, object], int]):
         super().__init__()
-        self.share, self.size, self._size_of = share, 0, size_of
+        self.name, self.share, self.size, self._size_of = name, share, 0, size_of
+        _LIVE[id(self)] = self
 
     @property
     def max_size(self) -> int:

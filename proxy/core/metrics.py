@@ -101,6 +101,10 @@ class Metrics:
                                    multiprocess_mode="max")
         self.store_bytes = Gauge("katiba_cache_store_bytes", "Bytes used by the store (Redis used_memory)",
                                  registry=r, multiprocess_mode="max")
+        self.memo_bytes = Gauge("katiba_cache_memo_bytes",
+                                "Estimated bytes held by the memos of per-request work, by memo (heads, decisions, "
+                                "routes, entries); together at most MEMO_MAX_BYTES", ["memo"], registry=r,
+                                multiprocess_mode="livesum")
         self.epoch_bumps = Counter("katiba_cache_epoch_bumps_total",
                                    "Global epoch bumps (purge --all, or purges that may have been lost)", registry=r)
         self.reloads = Counter("katiba_cache_reloads_total", "Rules reloads by result", ["result"], registry=r)

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
-from ..core import policy
+from ..core import memo, policy
 from ..core.entry import decode_entry
 from ..core.errors import StoreUnavailable
 from ..core.explain import EntryState, declared_patterns, decide, explain, refusal, render_pattern
@@ -81,6 +81,8 @@ class Endpoints:
             self.path.metrics.store_bytes.set(stats["bytes"])
         if "evictions" in stats:
             self.path.metrics.evictions.set(stats["evictions"])
+        for name, held in memo.usage().items():
+            self.path.metrics.memo_bytes.labels(name).set(held)
         return web.Response(body=self.path.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def _healthz(self, request: web.Request) -> web.Response:

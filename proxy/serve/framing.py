@@ -86,7 +86,7 @@ def _framed_size(raw: bytes, head: object) -> int:
     return 2 * len(raw) + 1536
 
 
-_FRAMED: SizedMemo = SizedMemo(FRAMED_SHARE, _framed_size)
+_FRAMED: SizedMemo = SizedMemo("heads", FRAMED_SHARE, _framed_size)
 
 
 def _frame(raw: bytes, end: int) -> Head | object:

@@ -390,7 +390,7 @@ async def test_the_memo_budget_bounds_what_is_remembered_never_what_is_answered(
     framed = []
     real_frame = framing._frame
     monkeypatch.setattr(framing, "_frame", lambda raw, end: framed.append(raw) or real_frame(raw, end))
-    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo(framing.FRAMED_SHARE, framing._framed_size))
+    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo("heads", framing.FRAMED_SHARE, framing._framed_size))
     proxy = await make_proxy(memo_max_bytes=budget)
     assert memo.budget() == budget
     user = new_user()
@@ -400,3 +400,10 @@ async def test_the_memo_budget_bounds_what_is_remembered_never_what_is_answered(
     profile_heads = [raw for raw in framed if raw.startswith(b"GET " + PROFILE.encode())]
     assert len(profile_heads) == (3 if budget == 0 else 1)  # no budget: framed each time; else once
     assert len(framing._FRAMED) == (0 if budget == 0 else len(set(framed)))
+    decisions = proxy.proxy.rules.memo
+    assert (framing._FRAMED.size, decisions.size) == (0, 0) if budget == 0 else \
+        0 < framing._FRAMED.size <= budget * framing.FRAMED_SHARE and 0 < decisions.size
+    shown = {m[1]: float(m[2]) for m in re.finditer(r'katiba_cache_memo_bytes\{memo="(\w+)"\} ([0-9.e+]+)',
+                                                     await proxy.metrics())}
+    assert {"heads", "decisions", "routes", "entries"} <= set(shown)
+    assert shown["heads"] >= framing._FRAMED.size and shown["decisions"] >= decisions.size  # other proxies' too

@@ -27,7 +27,7 @@ def test_a_full_memo_forgets_its_oldest_entry_only():
 
 def test_a_sized_memo_keeps_its_total_within_its_share_of_the_budget_and_counts_what_it_forgets(monkeypatch):
     monkeypatch.setattr(memo_module, "_budget", [20])
-    memo = SizedMemo(0.5, lambda key, value: len(value))
+    memo = SizedMemo("test", 0.5, lambda key, value: len(value))
     memo.put("a", b"xxxx")
     memo.put("b", b"yyyy")
     memo.put("a", b"xxxx")  # already there: counted once
@@ -44,7 +44,7 @@ def test_a_sized_memo_keeps_its_total_within_its_share_of_the_budget_and_counts_
 
 def test_a_smaller_budget_shrinks_every_memo_at_its_next_put(monkeypatch):
     monkeypatch.setattr(memo_module, "_budget", [100])
-    heads, entries = SizedMemo(0.5, lambda k, v: len(v)), SizedMemo(0.3, lambda k, v: len(v))
+    heads, entries = SizedMemo("a", 0.5, lambda k, v: len(v)), SizedMemo("b", 0.3, lambda k, v: len(v))
     for i in range(10):
         heads.put(i, b"h" * 5)
         entries.put(i, b"e" * 5)
@@ -95,7 +95,7 @@ def test_read_decisions_past_the_memo_budget_keep_the_recent_ones(monkeypatch):
 
 def test_decoded_entries_past_the_byte_budget_forget_the_oldest(monkeypatch):
     monkeypatch.setattr(memo_module, "_budget", [12_000])
-    monkeypatch.setattr(entry_module, "_DECODED", SizedMemo(0.25, entry_module._decoded_size))  # 3,000 bytes
+    monkeypatch.setattr(entry_module, "_DECODED", SizedMemo("entries", 0.25, entry_module._decoded_size))  # 3,000 bytes
     raws = [Entry(200, (("Content-Type", "application/json"),), b"x" * 900, time.time(), (), "f", f'"{i}"').encode()
             for i in range(4)]
     decoded = [decode_entry(raw) for raw in raws]
@@ -107,7 +107,7 @@ def test_decoded_entries_past_the_byte_budget_forget_the_oldest(monkeypatch):
 def test_framed_heads_past_the_budget_keep_the_recent_ones(monkeypatch):
     heads = [b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3)]
     monkeypatch.setattr(memo_module, "_budget", [int(2 * framing._framed_size(heads[0], None) / framing.FRAMED_SHARE) + 1])
-    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo(framing.FRAMED_SHARE, framing._framed_size))
+    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo("heads", framing.FRAMED_SHARE, framing._framed_size))
     framed = [framing.frame(bytearray(raw)) for raw in heads]
     assert list(framing._FRAMED) == heads[1:]
     assert framing.frame(bytearray(heads[2])) is framed[2]
