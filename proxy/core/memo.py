@@ -79,8 +79,10 @@ class SizedMemo(OrderedDict):
         return int(_budget[0] * self.share)
 
     def put(self, key: Hashable, value: V) -> V:
+        if key in self:
+            return value
         size, max_size = self._size_of(key, value), self.max_size
-        if key in self or size > max_size:
+        if size > max_size:
             return value
         self.size += size
         while self.size > max_size:

@@ -175,10 +175,10 @@ class Rules:
     _index: dict = field(default_factory=dict, compare=False, repr=False)
     # Read decisions that depend only on (path, query, identity, Origin), for this rules object only:
     # a reload builds a new Rules, so nothing decided under old rules survives it.
-    memo: SizedMemo = field(default_factory=lambda: SizedMemo("decisions", DECISIONS_SHARE, _decision_size), compare=False,
-                            repr=False)
-    routes: SizedMemo = field(default_factory=lambda: SizedMemo("routes", ROUTES_SHARE, _route_size), compare=False,
-                              repr=False)  # policy._route's
+    memo: SizedMemo = field(default_factory=lambda: SizedMemo("decisions", DECISIONS_SHARE, _decision_size),
+                            compare=False, repr=False)
+    routes: SizedMemo = field(default_factory=lambda: SizedMemo("routes", ROUTES_SHARE, _route_size),
+                              compare=False, repr=False)  # policy._route's
 
     def __post_init__(self) -> None:
         for rule in self.rules:

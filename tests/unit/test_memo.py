@@ -7,9 +7,9 @@ import time
 import jwt
 
 from proxy.core import entry as entry_module
+from proxy.core import memo as memo_module
 from proxy.core.entry import Entry, decode_entry
 from proxy.core.identity import IdentityConfig, Verifier
-from proxy.core import memo as memo_module
 from proxy.core.memo import Memo, SizedMemo
 from proxy.core.policy import Lookup, RequestView, classify
 from proxy.core.rulesfile import load_rules
@@ -106,7 +106,8 @@ def test_decoded_entries_past_the_byte_budget_forget_the_oldest(monkeypatch):
 
 def test_framed_heads_past_the_budget_keep_the_recent_ones(monkeypatch):
     heads = [b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3)]
-    monkeypatch.setattr(memo_module, "_budget", [int(2 * framing._framed_size(heads[0], None) / framing.FRAMED_SHARE) + 1])
+    room_for_two = int(2 * framing._framed_size(heads[0], None) / framing.FRAMED_SHARE) + 1
+    monkeypatch.setattr(memo_module, "_budget", [room_for_two])
     monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo("heads", framing.FRAMED_SHARE, framing._framed_size))
     framed = [framing.frame(bytearray(raw)) for raw in heads]
     assert list(framing._FRAMED) == heads[1:]
