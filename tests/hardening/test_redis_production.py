@@ -184,23 +184,36 @@ async def test_sentinel_failover_moves_to_the_new_master_and_bumps_the_epoch(mak
         return sentinel.client().sentinel_get_master_addr_by_name("katiba")[1] == replica.port
 
     await poll(promoted, "the sentinel promoted the replica", attempts=2000)
-    async def moved() -> bool:  # the proxy noticed the new master and bumped the epoch (once)
-        reply = await proxy.get(PROFILE, user)
-        assert reply.status == 200, reply  # every request is answered meanwhile
-        return metric_value(await proxy.metrics(), "katiba_cache_epoch_bumps_total") == 1
+    last = []  # the latest reply, for the message if a poll gives up
 
-    await poll(moved, "the proxy verified the new master", attempts=2000)
+    async def moved() -> bool:  # the proxy noticed the new master and bumped the epoch (once)
+        last[:] = [await proxy.get(PROFILE, user)]
+        assert last[0].status == 200, last[0]  # every request is answered meanwhile
+        last.append(f"epoch bumps {metric_value(await proxy.metrics(), 'katiba_cache_epoch_bumps_total')}")
+        return last[-1] == "epoch bumps 1.0"
+
+    await _poll_telling(poll, moved, "the proxy verified the new master", last, master, replica)
     replica.client().config_resetstat()
 
     async def hits_again() -> bool:
-        reply = await proxy.get(PROFILE, user)
-        assert reply.status == 200, reply
-        return reply.x_cache == "HIT"
+        last[:] = [await proxy.get(PROFILE, user)]
+        assert last[0].status == 200, last[0]
+        return last[0].x_cache == "HIT"
 
-    await poll(hits_again, "the cache serves again from the new master", attempts=2000)
+    await _poll_telling(poll, hits_again, "the cache serves again from the new master", last, master, replica)
     assert replica.client().info("commandstats")["cmdstat_mget"]["calls"] >= 1  # read from the new master
     assert metric_value(await proxy.metrics(), "katiba_cache_epoch_bumps_total") == 1
     await read_write_read(proxy)  # and writes purge on the new master
+
+
+async def _poll_telling(poll, predicate, what: str, last: list, *servers) -> None:
+    """``poll``, failing with the latest reply and each server's role (what a rare CI failure needs)."""
+    try:
+        await poll(predicate, what, attempts=2000)
+    except pytest.fail.Exception:
+        roles = [(s.port, s.client().info("replication").get("role")) for s in servers]
+        pytest.fail(f"condition never became true: {what}; last seen {last!r}; "
+                    f"roles {roles}")
 
 
 def _linked(replica) -> bool:
