@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -105,6 +106,10 @@ class Metrics:
                                 "Estimated bytes held by the memos of per-request work, by memo (heads, decisions, "
                                 "routes, entries); together at most MEMO_MAX_BYTES", ["memo"], registry=r,
                                 multiprocess_mode="livesum")
+        self.gc_pause = Histogram("katiba_cache_gc_pause_seconds",
+                                  "Pauses of Python's garbage collector in this process, by generation (1: paced "
+                                  "every GC_PACE_INTERVAL; 2: full, every GC_FULL_INTERVAL)", ["generation"],
+                                  buckets=GC_BUCKETS, registry=r)
         self.epoch_bumps = Counter("katiba_cache_epoch_bumps_total",
                                    "Global epoch bumps (purge --all, or purges that may have been lost)", registry=r)
         self.reloads = Counter("katiba_cache_reloads_total", "Rules reloads by result", ["result"], registry=r)

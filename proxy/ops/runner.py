@@ -43,15 +43,6 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
         tracing.stop()  # flushes the spans still batched
 
 
-# The collector's thresholds once serving. Python's defaults (700, 10, 10) ran a full collection about
-# every second under load with many keys: the bounded memos (framed heads, read decisions, decoded
-# entries, verified tokens) keep taking in objects that live long enough to reach the oldest generation,
-# and each full collection walks all of them. At 100k keys that was a fifth of the CPU and pauses of
-# 100 ms, which made the p99 (BENCHMARKS.md, scenario (f)). Request objects die by reference counting
-# whatever the thresholds; only cycles wait for a collection, and those are few and short-lived here. A
-# young collection walks what survived since the last one (about 0.6 us each with many keys): 10,000 keeps
-# its pause near a few milliseconds; full collections come a hundred middle ones apart, not ten.
-GC_THRESHOLDS = (10_000, 10, 100)
 
 
 async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: asyncio.Event | None) -> None:
@@ -60,6 +51,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
     from aiohttp import web
 
     from ..serve.app import PROXY_KEY
+    from ..serve.collector import GC_THRESHOLDS
 
     proxy = app[PROXY_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)
@@ -86,7 +78,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
                                   "store": proxy.store.name, "rules": len(rules.rules), "mode": config.cache_mode})
     gc.collect()
     gc.freeze()  # the start-up objects never die: keep them out of every later collection
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*GC_THRESHOLDS)  # and young collections paced by serve/collector.py
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,7 +16,7 @@ from ..store import open_store
 from ..store.guard import CircuitBreaker, GuardedStore
 from ..store.l1 import follow_invalidations
 from ..upstream.client import Upstream, watch_upstream
-from . import fastpath, framing, tracing
+from . import collector, fastpath, framing, tracing
 from .config import Config
 from .requestpath import RequestPath
 
@@ -48,6 +48,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
         loop = asyncio.get_running_loop()
         sweeper, watcher = loop.create_task(_sweep(proxy)), loop.create_task(proxy.store_watch.watch())
         tasks.spawn(_flush_metrics(metrics))
+        tasks.spawn(collector.pace_collections(metrics, config.gc_pace_interval, config.gc_full_interval))
         if proxy.l1 is not None:
             tasks.spawn(follow_invalidations(guarded.inner.invalidations, proxy.l1))
         proxy.ready = True

@@ -26,6 +26,8 @@ class Config:
     memory_max_bytes: int = 256 << 20
     l1_max_bytes: int = 64 << 20
     memo_max_bytes: int = 256 << 20  # core.memo.set_budget
+    gc_pace_interval: float = 0.1  # serve/collector.py; 0: Python's own schedule
+    gc_full_interval: float = 600.0
     coalesce_wait: float = 5.0  # longest a waiter waits for another request's fill
     purge_timeout: float = 0.5  # longest a write's answer waits for its purge
     lease_ms: int = 1000  # cross-instance fill lease: short, so a lease orphaned by a store stall costs little
@@ -97,6 +99,8 @@ def config_from(args, environ: dict[str, str] | None = None) -> Config:
         memory_max_bytes=setting_int(env, "MEMORY_MAX_BYTES"),
         l1_max_bytes=setting_int(env, "L1_MAX_BYTES"),
         memo_max_bytes=setting_int(env, "MEMO_MAX_BYTES"),
+        gc_pace_interval=setting_float(env, "GC_PACE_INTERVAL"),
+        gc_full_interval=setting_float(env, "GC_FULL_INTERVAL"),
         access_log=setting_bool(env, "ACCESS_LOG"),
         fast_path=setting_bool(env, "FAST_PATH"),
         log_format=getattr(args, "log_format", None) or setting(env, "LOG_FORMAT"),
