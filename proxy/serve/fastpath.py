@@ -164,7 +164,8 @@ class FastRequestHandler(RequestHandler):
             log.exception("fast path lookup failed; handing the request to the full path",
                           extra={"event": "fast_path_error"})
             outcome = None
-        if isinstance(outcome, Relay) or asyncio.iscoroutine(outcome):
+        # a hit's bytes first: iscoroutine's ABC check was 1% of a Redis hit's time (py-spy, bench (f))
+        if type(outcome) is not bytes and (isinstance(outcome, Relay) or asyncio.iscoroutine(outcome)):
             if self.transport is not None:
                 self._wait_for(head, outcome)  # a miss: its fill, then its answer; still busy
                 return
