@@ -62,8 +62,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MEMO_MAX_BYTES", str(256 << 20), "byte budget, per process, of the memos of per-request work (framed "
             "request heads, read decisions, decoded entries): with many keys a larger one keeps more hits off "
             "the parsing path"),
-    Setting("GC_PACE_INTERVAL", "0.1", "seconds between the young garbage collections the server runs itself, "
-            "so that each pause stays short with many keys (proxy/serve/collector.py); 0: Python's own schedule"),
+    Setting("GC_PACE_INTERVAL", "0.1", "seconds between the collections of the young generations the server "
+            "runs itself, so that each pause stays short with many keys (proxy/serve/collector.py); 0: Python's "
+            "own schedule"),
     Setting("GC_FULL_INTERVAL", "600", "seconds between the full garbage collections the server runs itself "
             "(with GC_PACE_INTERVAL > 0): each walks every long-lived object, about a second at 100k keys"),
     Setting("CACHE_AUDIT_SAMPLE", "", "share of cache hits the staleness auditor fetches again and compares "
