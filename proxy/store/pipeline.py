@@ -86,6 +86,7 @@ class AutoPipeline:
         self.protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
         self._flush_scheduled = False
+        self.subscribers: set[asyncio.StreamWriter] = set()  # subscribe()'s connections, to this server
 
     async def execute(self, *args: Any) -> Any:
         if self.protocol is None:
@@ -170,6 +171,12 @@ class AutoPipeline:
             protocol.transport.close()
         self.lost(protocol, None)
 
+    def close_subscriptions(self) -> None:
+        """End every ``subscribe`` iteration with an error (its subscriber then knows messages may be
+        missed, and subscribes again: to the server the resolver names then)."""
+        for writer in list(self.subscribers):
+            writer.transport.abort()
+
 
 async def subscribe(pipeline: AutoPipeline, channel: str):
     """Yield ``[]`` once subscribed to ``channel``, then each message's generation keys.
@@ -182,6 +189,7 @@ async def subscribe(pipeline: AutoPipeline, channel: str):
     async with asyncio.timeout(max(pipeline.connect_timeout, 1.0)):
         reader, writer = await asyncio.open_connection(host, port, ssl=pipeline.ssl)
     parser = hiredis.Reader()
+    pipeline.subscribers.add(writer)
     try:
         if pipeline.password:
             auth = ("AUTH", pipeline.username, pipeline.password) if pipeline.username else ("AUTH", pipeline.password)
@@ -203,4 +211,5 @@ async def subscribe(pipeline: AutoPipeline, channel: str):
                     elif kind == b"message":
                         yield [k for k in reply[2].decode().split("\n") if k]
     finally:
+        pipeline.subscribers.discard(writer)
         writer.close()

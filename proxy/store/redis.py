@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any, Sequence
+import logging
+from typing import Any, Awaitable, Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -49,6 +50,8 @@ from .base import new_token
 from .l1 import CHANNEL as L1_CHANNEL
 from .pipeline import AutoPipeline, subscribe
 from .replies import STORE_FAILURES, as_unavailable, connection_run_id, quote_param, raising_unavailable
+
+log = logging.getLogger("proxy.store")
 
 __all__ = ["RedisStore"]
 
@@ -222,6 +225,9 @@ class RedisStore:
         self._verified: str | None = None  # run_id of the server verify() accepted
         self._suspect = False  # the hit path lost its connection: verify before the next lookup
         self._pipeline_was_up = False
+        # Sentinel: asks the sentinels which master they name now (set by ``_from_sentinel_url``)
+        self.named_master: Callable[[], Awaitable[tuple[str, int]]] | None = None
+        self._master_named: tuple[str, int] | None = None
         self._ensure_generations = client.register_script(self.LUA_ENSURE_GENERATIONS)
         self._store_if_current = client.register_script(self.LUA_STORE_IF_CURRENT)
         self._store_and_release = client.register_script(self.LUA_STORE_AND_RELEASE)
@@ -313,6 +319,7 @@ class RedisStore:
         store = cls(client, AutoPipeline(pipeline_url, connect_timeout=timeout, reply_timeout=timeout,
                                          resolver=master), probe=probe)
         store.sentinel = sentinel
+        store.named_master = master
         client.connection_pool.connection_kwargs["redis_connect_func"] = store._on_connect
         return store
 
@@ -335,6 +342,7 @@ class RedisStore:
         """
         self._armed = True
         try:
+            await self._follow_named_master()
             run_id = await self._server_run_id()
             bumped = False
             if run_id != self._verified:
@@ -346,6 +354,31 @@ class RedisStore:
         self._suspect = False
         self._pipeline_was_up = False  # the next hit-path connection goes to the server just verified
         return bumped
+
+    async def _follow_named_master(self) -> None:
+        """Sentinel: once the sentinels name another master, drop every connection to the one they named
+        before, so that all of them reconnect to the new one. redis-py asks the sentinels only when it
+        opens a connection, and an old master that was not demoted (cut off from the sentinels, or not yet
+        reconfigured) keeps its clients and takes their writes: purges that the other proxies never see.
+        Sentinels out of reach change nothing: the master in use is kept."""
+        if self.named_master is None:
+            return
+        try:
+            named = await self.named_master()
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return
+        if self._master_named is not None and named != self._master_named:
+            log.warning("the sentinels name another master; reconnecting", extra={
+                "event": "sentinel_master_changed", "previous": f"{self._master_named[0]}:{self._master_named[1]}",
+                "master": f"{named[0]}:{named[1]}"})
+            self._suspect = True  # nothing is read before this verify has checked the new server
+            if self.pipeline is not None:
+                self.pipeline.close()
+                self.pipeline.close_subscriptions()  # the L1's invalidations are published on the new one
+            await self.client.connection_pool.disconnect()
+            if self.probe is not self.client:
+                await self.probe.connection_pool.disconnect()
+        self._master_named = named
 
     async def _server_run_id(self) -> str:
         try:

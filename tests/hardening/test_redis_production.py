@@ -6,6 +6,7 @@ auto-pipelined connection is covered as well as redis-py's pool."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,10 @@ import redis
 from proxy.serve.config import config_from
 from proxy.core.errors import StoreUnavailable
 from proxy.store import open_store
+from proxy.store.l1 import CHANNEL as L1_CHANNEL
 from proxy.store.redis import RedisStore
+
+from tests.functional.conftest import RULES_PATH
 
 from .redisprocs import redis_procs  # noqa: F401 - fixture
 
@@ -204,6 +208,90 @@ async def test_sentinel_failover_moves_to_the_new_master_and_bumps_the_epoch(mak
     assert replica.client().info("commandstats")["cmdstat_mget"]["calls"] >= 1  # read from the new master
     assert metric_value(await proxy.metrics(), "katiba_cache_epoch_bumps_total") == 1
     await read_write_read(proxy)  # and writes purge on the new master
+
+
+async def test_a_master_the_sentinels_no_longer_name_is_left_even_while_it_still_takes_writes(make_proxy,
+                                                                                              redis_procs, poll):
+    """Split brain: the sentinels name a new master while the old one is alive, reachable and still a
+    master (not demoted, e.g. cut off from the sentinels only). A proxy that stays on it would purge
+    where the other proxies no longer read. It must move when the sentinels say so, not when (or if) the
+    old master is demoted and drops its clients."""
+    old = redis_procs.plain()
+    new = redis_procs.plain("--replicaof", "127.0.0.1", str(old.port))
+    await poll(lambda: _linked(new), "the replica is in sync")
+    sentinel = redis_procs.sentinel("katiba", old.port)
+    store = RedisStore.from_url(f"redis+sentinel://127.0.0.1:{sentinel.port}/katiba/0", timeout=1.0)
+    proxy = await make_proxy(store=store, store_check_interval=0.1, store_recovery_hold=0.0)
+    user = str(uuid.uuid4())
+    assert [(await proxy.get(PROFILE, user)).x_cache for _ in range(2)] == ["MISS", "HIT"]
+
+    new.client().execute_command("REPLICAOF", "NO", "ONE")  # promoted by hand; the old master keeps its clients
+    admin = sentinel.client()
+    admin.execute_command("SENTINEL", "REMOVE", "katiba")
+    admin.execute_command("SENTINEL", "MONITOR", "katiba", "127.0.0.1", str(new.port), "1")
+    assert admin.sentinel_get_master_addr_by_name("katiba")[1] == new.port
+    last = []
+
+    async def moved() -> bool:
+        last[:] = [await proxy.get(PROFILE, user)]
+        assert last[0].status == 200, last[0]
+        last.append(f"epoch bumps {metric_value(await proxy.metrics(), 'katiba_cache_epoch_bumps_total')}")
+        return last[-1] == "epoch bumps 1.0"
+
+    await _poll_telling(poll, moved, "the proxy moved to the master the sentinels name", last, old, new)
+    assert old.client().info("replication")["role"] == "master"  # nobody demoted it: the proxy moved by itself
+    new.client().config_resetstat()
+    old.client().config_resetstat()
+    await read_write_read(proxy)  # reads and purges on the new master only
+    assert new.client().info("commandstats")["cmdstat_mget"]["calls"] >= 1
+    assert "cmdstat_mget" not in old.client().info("commandstats")
+    assert not any(name.startswith("cmdstat_eval") for name in old.client().info("commandstats"))
+
+
+async def test_after_the_sentinels_name_a_new_master_l1_invalidations_come_from_it(make_proxy, redis_procs, poll,
+                                                                                    tmp_path):
+    """The same split brain with the in-process L1: each proxy's invalidation subscription moves to the
+    new master too (a purge there publishes there), so another proxy's purge still evicts its L1 copy."""
+    old = redis_procs.plain()
+    new = redis_procs.plain("--replicaof", "127.0.0.1", str(old.port))
+    await poll(lambda: _linked(new), "the replica is in sync")
+    sentinel = redis_procs.sentinel("katiba", old.port)
+    url = f"redis+sentinel://127.0.0.1:{sentinel.port}/katiba/0"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(Path(RULES_PATH).read_text().replace('key: "user:{user_id}:profile"\n',
+                                                          'key: "user:{user_id}:profile"\n    l1_ttl: 60\n', 1))
+    reader, writer = [await make_proxy(store=RedisStore.from_url(url, timeout=1.0), rules_path=rules,
+                                       store_check_interval=0.1, store_recovery_hold=0.0) for _ in range(2)]
+    await poll(lambda: _subscribers(old, 2), "both proxies follow the invalidations on the old master")
+
+    new.client().execute_command("REPLICAOF", "NO", "ONE")
+    admin = sentinel.client()
+    admin.execute_command("SENTINEL", "REMOVE", "katiba")
+    admin.execute_command("SENTINEL", "MONITOR", "katiba", "127.0.0.1", str(new.port), "1")
+    await poll(lambda: _subscribers(new, 2), "both subscriptions moved to the new master", attempts=2000)
+    assert old.client().pubsub_numsub(L1_CHANNEL)[0][1] == 0
+
+    user = str(uuid.uuid4())
+
+    async def from_l1() -> bool:
+        return "detail=l1" in (await reader.get(PROFILE, user)).cache_status
+
+    await poll(from_l1, "the reader answers from its L1")
+    write = await writer.request("PUT", PROFILE, user, json={"display_name": "Moved", "bio": ""})
+    assert write.status == 200
+
+    async def evicted() -> bool:
+        return reader.proxy.l1.get(f"user:{user}:profile") is None and reader.proxy.l1.invalidated >= 1
+
+    await poll(evicted, "the writer's purge evicted the reader's L1 copy")
+    reply = await reader.get(PROFILE, user)
+    assert reply.x_cache == "MISS" and reply.json["body"]["display_name"] == "Moved", reply
+
+
+def _subscribers(server, count: int):
+    async def check() -> bool:
+        return server.client().pubsub_numsub(L1_CHANNEL)[0][1] == count
+    return check()
 
 
 async def _poll_telling(poll, predicate, what: str, last: list, *servers) -> None:
