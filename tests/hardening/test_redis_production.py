@@ -163,12 +163,9 @@ def test_sentinel_urls_are_parsed_and_checked():
 
 
 async def test_sentinel_failover_moves_to_the_new_master_and_bumps_the_epoch(make_proxy, redis_procs, poll):
-    master = redis_procs.plain()
-    replica = redis_procs.plain("--replicaof", "127.0.0.1", str(master.port))
-    await poll(lambda: _linked(replica), "the replica is in sync")
-    sentinel = redis_procs.sentinel("katiba", master.port)
+    master, replica, sentinel = await _master_replica_sentinel(redis_procs, poll)
     await poll(lambda: _knows_replica(sentinel, replica.port), "the sentinel found the replica", attempts=2000)
-    store = RedisStore.from_url(f"redis+sentinel://127.0.0.1:{sentinel.port}/katiba/0", timeout=1.0)
+    store = RedisStore.from_url(_sentinel_url(sentinel), timeout=1.0)
     proxy = await make_proxy(store=store, store_check_interval=0.1, store_recovery_hold=0.0)
     user = str(uuid.uuid4())
     assert [(await proxy.get(PROFILE, user)).x_cache for _ in range(2)] == ["MISS", "HIT"]
@@ -189,14 +186,8 @@ async def test_sentinel_failover_moves_to_the_new_master_and_bumps_the_epoch(mak
 
     await poll(promoted, "the sentinel promoted the replica", attempts=2000)
     last = []  # the latest reply, for the message if a poll gives up
-
-    async def moved() -> bool:  # the proxy noticed the new master and bumped the epoch (once)
-        last[:] = [await proxy.get(PROFILE, user)]
-        assert last[0].status == 200, last[0]  # every request is answered meanwhile
-        last.append(f"epoch bumps {metric_value(await proxy.metrics(), 'katiba_cache_epoch_bumps_total')}")
-        return last[-1] == "epoch bumps 1.0"
-
-    await _poll_telling(poll, moved, "the proxy verified the new master", last, master, replica)
+    await _poll_telling(poll, _epoch_bumped(proxy, user, last), "the proxy verified the new master", last,
+                        master, replica)
     replica.client().config_resetstat()
 
     async def hits_again() -> bool:
@@ -216,29 +207,16 @@ async def test_a_master_the_sentinels_no_longer_name_is_left_even_while_it_still
     master (not demoted, e.g. cut off from the sentinels only). A proxy that stays on it would purge
     where the other proxies no longer read. It must move when the sentinels say so, not when (or if) the
     old master is demoted and drops its clients."""
-    old = redis_procs.plain()
-    new = redis_procs.plain("--replicaof", "127.0.0.1", str(old.port))
-    await poll(lambda: _linked(new), "the replica is in sync")
-    sentinel = redis_procs.sentinel("katiba", old.port)
-    store = RedisStore.from_url(f"redis+sentinel://127.0.0.1:{sentinel.port}/katiba/0", timeout=1.0)
+    old, new, sentinel = await _master_replica_sentinel(redis_procs, poll)
+    store = RedisStore.from_url(_sentinel_url(sentinel), timeout=1.0)
     proxy = await make_proxy(store=store, store_check_interval=0.1, store_recovery_hold=0.0)
     user = str(uuid.uuid4())
     assert [(await proxy.get(PROFILE, user)).x_cache for _ in range(2)] == ["MISS", "HIT"]
 
-    new.client().execute_command("REPLICAOF", "NO", "ONE")  # promoted by hand; the old master keeps its clients
-    admin = sentinel.client()
-    admin.execute_command("SENTINEL", "REMOVE", "katiba")
-    admin.execute_command("SENTINEL", "MONITOR", "katiba", "127.0.0.1", str(new.port), "1")
-    assert admin.sentinel_get_master_addr_by_name("katiba")[1] == new.port
+    _named_master_by_hand(sentinel, new)
     last = []
-
-    async def moved() -> bool:
-        last[:] = [await proxy.get(PROFILE, user)]
-        assert last[0].status == 200, last[0]
-        last.append(f"epoch bumps {metric_value(await proxy.metrics(), 'katiba_cache_epoch_bumps_total')}")
-        return last[-1] == "epoch bumps 1.0"
-
-    await _poll_telling(poll, moved, "the proxy moved to the master the sentinels name", last, old, new)
+    await _poll_telling(poll, _epoch_bumped(proxy, user, last), "the proxy moved to the master the sentinels name",
+                        last, old, new)
     assert old.client().info("replication")["role"] == "master"  # nobody demoted it: the proxy moved by itself
     new.client().config_resetstat()
     old.client().config_resetstat()
@@ -252,22 +230,16 @@ async def test_after_the_sentinels_name_a_new_master_l1_invalidations_come_from_
                                                                                     tmp_path):
     """The same split brain with the in-process L1: each proxy's invalidation subscription moves to the
     new master too (a purge there publishes there), so another proxy's purge still evicts its L1 copy."""
-    old = redis_procs.plain()
-    new = redis_procs.plain("--replicaof", "127.0.0.1", str(old.port))
-    await poll(lambda: _linked(new), "the replica is in sync")
-    sentinel = redis_procs.sentinel("katiba", old.port)
-    url = f"redis+sentinel://127.0.0.1:{sentinel.port}/katiba/0"
+    old, new, sentinel = await _master_replica_sentinel(redis_procs, poll)
     rules = tmp_path / "rules.yaml"
     rules.write_text(Path(RULES_PATH).read_text().replace('key: "user:{user_id}:profile"\n',
                                                           'key: "user:{user_id}:profile"\n    l1_ttl: 60\n', 1))
-    reader, writer = [await make_proxy(store=RedisStore.from_url(url, timeout=1.0), rules_path=rules,
-                                       store_check_interval=0.1, store_recovery_hold=0.0) for _ in range(2)]
+    reader, writer = [await make_proxy(store=RedisStore.from_url(_sentinel_url(sentinel), timeout=1.0),
+                                       rules_path=rules, store_check_interval=0.1, store_recovery_hold=0.0)
+                      for _ in range(2)]
     await poll(lambda: _subscribers(old, 2), "both proxies follow the invalidations on the old master")
 
-    new.client().execute_command("REPLICAOF", "NO", "ONE")
-    admin = sentinel.client()
-    admin.execute_command("SENTINEL", "REMOVE", "katiba")
-    admin.execute_command("SENTINEL", "MONITOR", "katiba", "127.0.0.1", str(new.port), "1")
+    _named_master_by_hand(sentinel, new)
     await poll(lambda: _subscribers(new, 2), "both subscriptions moved to the new master", attempts=2000)
     assert old.client().pubsub_numsub(L1_CHANNEL)[0][1] == 0
 
@@ -277,15 +249,50 @@ async def test_after_the_sentinels_name_a_new_master_l1_invalidations_come_from_
         return "detail=l1" in (await reader.get(PROFILE, user)).cache_status
 
     await poll(from_l1, "the reader answers from its L1")
+    key = f"{reader.proxy.rules.prefix}:user:{{{user}}}:profile"  # the user id as a cluster hash tag
+    assert reader.proxy.l1.get(key) is not None
     write = await writer.request("PUT", PROFILE, user, json={"display_name": "Moved", "bio": ""})
     assert write.status == 200
 
     async def evicted() -> bool:
-        return reader.proxy.l1.get(f"user:{user}:profile") is None and reader.proxy.l1.invalidated >= 1
+        return reader.proxy.l1.get(key) is None and reader.proxy.l1.invalidated >= 1
 
     await poll(evicted, "the writer's purge evicted the reader's L1 copy")
     reply = await reader.get(PROFILE, user)
     assert reply.x_cache == "MISS" and reply.json["body"]["display_name"] == "Moved", reply
+
+
+async def _master_replica_sentinel(redis_procs, poll):
+    """(master, its replica in sync, a sentinel watching the master as service ``katiba``)."""
+    master = redis_procs.plain()
+    replica = redis_procs.plain("--replicaof", "127.0.0.1", str(master.port))
+    await poll(lambda: _linked(replica), "the replica is in sync")
+    return master, replica, redis_procs.sentinel("katiba", master.port)
+
+
+def _sentinel_url(sentinel) -> str:
+    return f"redis+sentinel://127.0.0.1:{sentinel.port}/katiba/0"
+
+
+def _named_master_by_hand(sentinel, replica) -> None:
+    """Split brain: ``replica`` promoted by hand and named by the sentinel, while the old master is neither
+    demoted nor told, so it keeps its clients and its writes."""
+    replica.client().execute_command("REPLICAOF", "NO", "ONE")
+    admin = sentinel.client()
+    admin.execute_command("SENTINEL", "REMOVE", "katiba")
+    admin.execute_command("SENTINEL", "MONITOR", "katiba", "127.0.0.1", str(replica.port), "1")
+    assert admin.sentinel_get_master_addr_by_name("katiba")[1] == replica.port
+
+
+def _epoch_bumped(proxy, user: str, last: list):
+    """A poll predicate: every read is answered meanwhile, and true once the proxy bumped the epoch (once),
+    having verified a new master. ``last`` keeps the latest reply and count for the failure message."""
+    async def check() -> bool:
+        last[:] = [await proxy.get(PROFILE, user)]
+        assert last[0].status == 200, last[0]
+        last.append(f"epoch bumps {metric_value(await proxy.metrics(), 'katiba_cache_epoch_bumps_total')}")
+        return last[-1] == "epoch bumps 1.0"
+    return check
 
 
 def _subscribers(server, count: int):
