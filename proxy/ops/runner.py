@@ -43,8 +43,6 @@ async def serve(config, rules, started: asyncio.Event | None = None, stop: async
         tracing.stop()  # flushes the spans still batched
 
 
-
-
 async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: asyncio.Event | None) -> None:
     import gc
 
