@@ -112,6 +112,13 @@ SETTINGS: tuple[Setting, ...] = (
     # -- process-level
     Setting("PROMETHEUS_MULTIPROC_DIR", "", "set by --workers (a fresh temporary directory): one scrape sees "
             "every worker", read_by="metrics"),
+    Setting("HUGE_PAGES", "1", "1: serve re-executes itself once at start with PYTHONMALLOC=malloc and "
+            "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc 2.35 or newer; not when PYTHONMALLOC is set): with many "
+            "keys a hit waits less on memory (proxy/ops/allocator.py); 0: Python's own allocator", read_by="cli"),
+    Setting("PYTHONMALLOC", "", "Python's allocator, read by Python at start; when set, serve keeps it and "
+            "HUGE_PAGES changes nothing", read_by="cli"),
+    Setting("GLIBC_TUNABLES", "", "glibc's tunables, read by glibc at start; with HUGE_PAGES=1 serve adds "
+            "glibc.malloc.hugetlb=1 to them", read_by="cli"),
     Setting("KATIBA_CACHE_UNSAFE_TEST_SWITCHES", "", "test-only switches that break a guarantee on purpose; "
             "never set in production", read_by="cli"),
     # -- traces (proxy/serve/tracing.py; the other OTEL_* variables are read by the OpenTelemetry SDK itself)

@@ -29,6 +29,10 @@ DEMO_ADMIN_TOKEN = "demo-admin-token"  # printed by the demo, with a purge that 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "serve":
+        if argv is None:  # this process's own command line, not a call from Python (tests)
+            from .allocator import run_under_chosen_allocator
+
+            run_under_chosen_allocator()
         return cmd_serve(args)  # logs its failures as JSON lines
     try:
         return _run(args)

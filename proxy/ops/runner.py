@@ -50,6 +50,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
 
     from ..serve.app import PROXY_KEY
     from ..serve.collector import GC_THRESHOLDS
+    from . import allocator
 
     proxy = app[PROXY_KEY]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)
@@ -73,7 +74,8 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
         raise
     log.info("listening", extra={"event": "listening", "listen": config.listen, "admin_listen": config.admin_listen,
                                   "upstream": config.upstream.url,
-                                  "store": proxy.store.name, "rules": len(rules.rules), "mode": config.cache_mode})
+                                  "store": proxy.store.name, "rules": len(rules.rules), "mode": config.cache_mode,
+                                  **allocator.describe()})
     gc.collect()
     gc.freeze()  # the start-up objects never die: keep them out of every later collection
     gc.set_threshold(*GC_THRESHOLDS)  # and young collections paced by serve/collector.py
