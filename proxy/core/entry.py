@@ -60,7 +60,7 @@ def _decoded_size(raw: bytes, entry: Entry) -> int:
 
 # Decoded entries by their stored bytes: a hot key is parsed once, not on every hit (entries are
 # immutable, so sharing one is safe). A share of the memo budget (memo.set_budget); small entries only.
-DECODED_SHARE = 0.25
+DECODED_SHARE = 0.40
 _DECODED = SizedMemo("entries", DECODED_SHARE, _decoded_size)
 _DECODED_MAX_ENTRY = 64 << 10
 

@@ -170,7 +170,7 @@ class ReadPath:
         if verdict.usable == "stale":
             # Here rather than handed on: the refresh must start in the same step as the lookup, as on
             # aiohttp's path, or a lookup made before a refresh finished could start a second one.
-            rid = p.request_id(head.headers)
+            rid = p.request_id_given(head.client_request_id)
             p.refresh_stale(d, tokens, head.target, head.headers, peer[0], peer[1], rid)
             status = CacheStatus.hit(ttl_left, "stale-while-revalidate")
             return self.render(d, entry, "STALE", status, verdict.age, head, start, rid, peer[1])
@@ -180,7 +180,7 @@ class ReadPath:
         """A sampled hit: the staleness auditor fetches it again in the background (proxy/serve/auditor.py)."""
         p = self.proxy
         p.auditor.offer(d, entry, Origin(head.target, head.headers, peer[0], peer[1],
-                                                 p.request_id(head.headers)))
+                                                 p.request_id_given(head.client_request_id)))
 
     async def _miss(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],
                     looked: Prefetched) -> bytes | Relay | Prefetched:
@@ -193,7 +193,7 @@ class ReadPath:
             p.coalescer.drop_lease(looked.lease)
             looked.lease = None
             return looked
-        rid = p.request_id(head.headers)
+        rid = p.request_id_given(head.client_request_id)
         request_id_var.set(rid)  # this task's own context: log lines of the fill carry it
         origin = Origin(head.target, head.headers, peer[0], peer[1], rid)
         gate.enter()
@@ -213,7 +213,7 @@ class ReadPath:
             p.record("GET", d.rule.name, "miss", response.status, cache_status, start, rid)
             return wire(response.status, CIMultiDict(response.headers), response.body)
         headers = miss_headers(fetched.headers, fetched.etag, cache_status)
-        p.point_at_client(headers, head.headers, peer[1])
+        p.point_at_client(headers, origin.headers, peer[1])
         record = partial(p.record, "GET", d.rule.name, "miss", fetched.status, cache_status, start, rid)
         # 1xx first (proxy/core/interim.py): a stored fill keeps them, a streamed one still has them on its
         # response (as PassThrough.stream relays them on aiohttp's path)
@@ -230,7 +230,7 @@ class ReadPath:
     def render(self, d: Lookup, entry: Entry, label: str, cache_status: str, age: int, head: Head, start: float,
                rid: str | None = None, scheme: str = "http") -> bytes:
         p = self.proxy
-        rid = rid or p.request_id(head.headers)
+        rid = rid or p.request_id_given(head.client_request_id)
         relocated = entry.__dict__.get("_wire_relocated")
         if relocated is None:  # computed once per decoded entry, as entry_head is
             relocated = locations.needs_rewrite(CIMultiDict(entry.headers), p.upstream_address)

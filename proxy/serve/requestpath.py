@@ -151,8 +151,13 @@ class RequestPath:
 
     def request_id(self, headers) -> str:
         """The client's X-Request-ID when it is well-formed, else a new one."""
-        rid = headers.get("X-Request-ID", "")
-        return rid if rid and is_valid_request_id(rid) else f"{self._rid_prefix}{next(self._request_ids):x}"
+        return self.request_id_given(headers.get("X-Request-ID", ""))
+
+    def request_id_given(self, client_value: str) -> str:
+        """``request_id`` for the value of the client's X-Request-ID field ("" when it sent none)."""
+        if client_value and is_valid_request_id(client_value):
+            return client_value
+        return f"{self._rid_prefix}{next(self._request_ids):x}"
 
     def record(self, method: str, rule_name: str, result: str, status: int, cache_status: str, start: float,
                rid: str | None = None) -> None:

@@ -94,6 +94,7 @@ def check(data: bytes, parser_class=HttpRequestParser) -> None:
         assert message.method == head.method and message.path == head.target
         # (aiohttp spells well-known names its own way, "host" as "Host": names compare caselessly)
         assert [(k.lower(), v) for k, v in message.headers.items()] == [(k.lower(), v) for k, v in head.headers.items()]
+        assert head.client_request_id == message.headers.get("X-Request-ID", "")  # each answer names it
         assert tuple(message.version) == (1, 1) and not message.should_close
         if head.body_length:
             assert payload.is_eof() and b"".join(payload._buffer) == data[len(head.raw):end]
@@ -170,3 +171,31 @@ def test_the_frame_cache_is_bounded_in_bytes_and_keeps_no_large_head(monkeypatch
         frame(bytearray(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i))
     assert 0 < framing._FRAMED.size <= limit and len(framing._FRAMED) < count
     framing._FRAMED.clear()
+
+
+def test_a_remembered_head_holds_little_besides_its_bytes(monkeypatch):
+    """Issue 21: at 100k users the framing memo held only half the distinct heads in its share of
+    MEMO_MAX_BYTES, each keeping its fields parsed (a CIMultiDict and a string per value: two thirds of
+    what it held). A memoised head keeps its bytes; its fields are parsed again only when asked for."""
+    import tracemalloc
+
+    from proxy.core import memo
+    from proxy.serve import framing
+
+    monkeypatch.setattr(memo, "_budget", [1 << 30])
+    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo("heads", framing.FRAMED_SHARE, framing._framed_size))
+    token = "eyJhbGciOiJIUzI1NiJ9." + "x" * 300
+    raws = [(f"GET /api/v1/users/profile HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}{i:06d}"
+             f"\r\nUser-Agent: wrk\r\nAccept: */*\r\nX-Request-ID: req-{i}\r\n\r\n").encode() for i in range(2000)]
+    buffers = [bytearray(raw) for raw in raws]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        heads = [frame(buffer) for buffer in buffers]
+        per_head = (tracemalloc.get_traced_memory()[0] - before) / len(raws)
+    finally:
+        tracemalloc.stop()
+    assert len(framing._FRAMED) == len(raws) and heads[7].client_request_id == "req-7"
+    assert heads[7].headers["Authorization"] == f"Bearer {token}000007"  # parsed again when asked for
+    # what the memo counts each head as is no under-estimate, and is about the bytes alone
+    assert per_head <= framing._framed_size(raws[0], heads[0]) <= len(raws[0]) + 512, per_head
