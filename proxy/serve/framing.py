@@ -52,11 +52,9 @@ class Head:
     @property
     def headers(self) -> CIMultiDict:
         """The fields, parsed again from ``raw`` at each call (a new object: change it freely). Only a
-        lookup new to the memo or a miss asks: a memoised head keeps its bytes and no parsed fields, which
+        lookup new to the memo, a miss, a stale refresh or an audit asks: a memoised head keeps its bytes and no parsed fields, which
         were three fifths of what it held (tracemalloc, a head with a JWT: 2.4 KiB before, 0.9 KiB now)."""
-        end = len(self.raw) - 4
-        line_end = self.raw.find(b"\r\n")
-        return CIMultiDict(_split_fields(self.raw[line_end + 2:end]) if end > line_end else ())
+        return CIMultiDict(_split_fields(_field_lines(self.raw)))
 
 
 UNFRAMEABLE = object()
@@ -103,18 +101,18 @@ def _frame(raw: bytes, end: int) -> Head | object:
     first = _REQUEST_LINE.fullmatch(raw, 0, line_end)
     if first is None or line_end > _MAX_LINE or _FIELDS.fullmatch(raw, line_end + 2, end + 2) is None:
         return UNFRAMEABLE
-    lines = raw[line_end + 2:end].decode("utf-8", "surrogateescape").split("\r\n") if end > line_end else ()
+    lines = _field_lines(raw)
     if len(lines) > _MAX_FIELDS - 2 or any(len(line) > _MAX_FIELD for line in lines):
         return UNFRAMEABLE
     fields = _split_fields(lines)
     names = {name.lower() for name, _ in fields}
-    headers = CIMultiDict(fields)
     if "host" not in names or (len(names) < len(fields) and _repeats_a_singleton(fields)):
         return UNFRAMEABLE  # aiohttp refuses these with 400: let it
     body_length, fast = 0, first[1] == b"GET"
     if not names.isdisjoint(_SPECIAL):  # the rare case: look closer
         if "transfer-encoding" in names or "upgrade" in names:
             return UNFRAMEABLE
+        headers = CIMultiDict(fields)
         connection = headers.getall("connection", ())
         if connection and (len(connection) > 1 or connection[0].strip().lower() != "keep-alive"):
             return UNFRAMEABLE
@@ -123,19 +121,19 @@ def _frame(raw: bytes, end: int) -> Head | object:
             return UNFRAMEABLE
         body_length = int(lengths[0]) if lengths else 0
         fast = fast and body_length == 0 and names.isdisjoint(_NOT_FAST)
-    method = first[1].decode("ascii")
-    return Head(raw, method, first[2].decode("ascii"), body_length, fast, headers.get("X-Request-ID", ""))
+    request_id = next((value for name, value in fields if name.lower() == "x-request-id"), "")
+    return Head(raw, first[1].decode("ascii"), first[2].decode("ascii"), body_length, fast, request_id)
 
 
-def _split_fields(lines: bytes | list[str]) -> list[tuple[str, str]]:
+def _field_lines(raw: bytes) -> list[str]:
+    """The field lines of a whole head (``raw`` ends with its blank line)."""
+    line_end, end = raw.find(b"\r\n"), len(raw) - 4
+    return raw[line_end + 2:end].decode("utf-8", "surrogateescape").split("\r\n") if end > line_end else []
+
+
+def _split_fields(lines: list[str]) -> list[tuple[str, str]]:
     """(name, value) per field line of a head already checked by ``_frame``."""
-    if isinstance(lines, bytes):
-        lines = lines.decode("utf-8", "surrogateescape").split("\r\n")
-    fields = []
-    for line in lines:
-        name, _, value = line.partition(":")
-        fields.append((name, value.strip(" \t")))
-    return fields
+    return [(name, value.strip(" \t")) for name, _, value in (line.partition(":") for line in lines)]
 
 
 def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
