@@ -4,7 +4,6 @@ into it, keeps its pid, says so in its ``listening`` line and holds huge pages."
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from proxy.ops.allocator import TUNABLE, THP_MODE, allocator_environment, describe
 
-from .test_cli_rough_edges import REPO, _env
+from .test_cli_rough_edges import REPO, _env, _free_port
 
 GLIBC = ("glibc", "2.36")
 
@@ -51,12 +50,6 @@ def _kernel_thp_mode() -> str:
         return THP_MODE.read_text().split("[", 1)[1].split("]", 1)[0]
     except (OSError, IndexError):
         return "unavailable"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen, dict, Path]:
