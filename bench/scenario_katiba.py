@@ -196,7 +196,7 @@ def after_write_added(shipped: dict, refresh: dict) -> dict:
     return {"backend_requests_per_second": diff("backend_rps"),
             "backend_requests_per_client_request": diff("backend_per_request", 4),
             "backend_requests_per_write": diff("backend_per_write", 3),
-            "refreshes_per_second": refresh.get("refreshes_per_second"),
+            "refreshes_per_second": diff("refreshes_per_second"),
             "reread_hit_share": diff("reread_hit_share", 4),
             "mix_hit_rate": diff("mix_hit_rate", 4)}
 
@@ -206,13 +206,15 @@ def _after_write_row(run: Run, backend: dict, refreshes: dict[tuple[str, str], f
     writes = sum(run.routes[w[0]]["count"] for w in WRITES if w[0] in run.routes)
     lat = [x for n, r in run.routes.items() if n.startswith(REREAD_PREFIX) for x in r.get("lat_us", [])]
     pct = percentiles_ms(lat)
-    after_purge = int(sum(v for (_, kind), v in refreshes.items() if kind == "after-purge"))
+    by_rule = {rule: int(v) for (rule, kind), v in sorted(refreshes.items()) if kind == "after-purge" and v}
+    after_purge = sum(by_rule.values())
     d = run.duration_s
     return {"requests": run.requests, "rps": round(run.rps, 1), "duration_s": round(d, 2), "writes": writes,
             "backend_requests": backend["requests"], "backend_rps": round(backend["requests"] / d, 1) if d else None,
             "backend_per_request": _r4(backend["requests"] / run.requests) if run.requests else None,
             "backend_per_write": round(backend["requests"] / writes, 3) if writes else None,
-            "refreshes_after_purge": after_purge, "refreshes_per_second": round(after_purge / d, 2) if d else None,
+            "refreshes_after_purge": after_purge, "refreshes_after_purge_by_rule": by_rule,
+            "refreshes_per_second": round(after_purge / d, 2) if d else None,
             "reread_p50_ms": round(pct["50"], 3), "reread_p99_ms": round(pct["99"], 3),
             "reread_hit_share": fig["hit_share"], "mix_hit_rate": fig["mix_hit_rate"], "figures": fig}
 

@@ -1,14 +1,21 @@
-"""Which of a user's own entries that user read lately: the memory behind ``refresh_after_purge``.
+"""Which entries were read lately: the memory behind ``refresh_after_purge``.
 
-When a write by user U purges U's entries, the reads U made in the last ``demand_window`` of rules with
-``refresh_after_purge: true`` are worth fetching again at once, with U's credentials: an app re-reads
-right after its own write. This module only remembers and answers "which of U's recent reads did this
-purge empty?"; the refetch itself (under the fill guard) is the request path's.
+When a write by user U purges entries read in the last ``demand_window`` of rules with
+``refresh_after_purge: true``, they are worth fetching again at once, with U's credentials: an app re-reads
+right after its own write, and a shared page (the leaderboard) is read by many right after any award.
+This module only remembers and answers "which recent reads did this purge empty?"; the refetch itself
+(under the fill guard) is the request path's.
+
+Two kinds of reads. A user's own (a key with ``{user_id}``) is recorded under the reader's verified user
+id and handed only to that user's purges, so a purge of user V's namespaces caused by U's write (an award
+to V) never hands U's credentials to V's entries. A shared one (``user_id=None``: a key the same for
+everyone) is handed to whichever writer's purge empties it. Either is handed out once: until it is read
+again no later purge refetches it, so each read pays for one refetch at most.
 
 Pure bookkeeping: no store, no sockets, no aiohttp. It may import only the standard library. Bounded:
-at most ``max_users`` users (the least recently active forgotten first) and ``max_per_user`` reads each
-(the oldest forgotten first). Records are keyed by the reader's verified user id, so a purge of user V's
-namespaces caused by U's write (an award to V) never hands U's credentials to V's entries.
+at most ``max_users`` users (the least recently active forgotten first), ``max_per_user`` reads each and
+``max_shared`` shared reads (the oldest forgotten first); one purge hands out at most
+``max_shared_per_purge`` shared reads, the latest read first, and forgets the others it emptied.
 """
 from __future__ import annotations
 
@@ -27,16 +34,25 @@ class RecentRead:
 
 
 class RecentReads:
-    def __init__(self, max_users: int = 10_000, max_per_user: int = 16,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, max_users: int = 10_000, max_per_user: int = 16, max_shared: int = 256,
+                 max_shared_per_purge: int = 16, clock: Callable[[], float] = time.monotonic):
         self.max_users, self.max_per_user, self.clock = max_users, max_per_user, clock
+        self.max_shared, self.max_shared_per_purge = max_shared, max_shared_per_purge
         self._by_user: OrderedDict[str, OrderedDict[str, RecentRead]] = OrderedDict()
+        self._shared: OrderedDict[str, RecentRead] = OrderedDict()  # oldest read first
 
     def __len__(self) -> int:  # for tests and explain: O(users)
-        return sum(len(reads) for reads in self._by_user.values())
+        return sum(len(reads) for reads in self._by_user.values()) + len(self._shared)
 
-    def note(self, user_id: str, key: str, gen_keys: Iterable[str], window: float, request: Any) -> None:
-        """``user_id`` read ``key`` (guarded by ``gen_keys``) now; remember it for ``window`` seconds."""
+    def note(self, user_id: str | None, key: str, gen_keys: Iterable[str], window: float, request: Any) -> None:
+        """``user_id`` (None: a shared entry, whoever read it) read ``key`` (guarded by ``gen_keys``) now;
+        remember it for ``window`` seconds."""
+        if user_id is None:
+            self._shared.pop(key, None)
+            if len(self._shared) >= self.max_shared:
+                self._shared.popitem(last=False)
+            self._shared[key] = RecentRead(key, frozenset(gen_keys), self.clock() + window, request)
+            return
         reads = self._by_user.get(user_id)
         if reads is None:
             if len(self._by_user) >= self.max_users:
@@ -50,18 +66,25 @@ class RecentReads:
         reads[key] = RecentRead(key, frozenset(gen_keys), self.clock() + window, request)
 
     def emptied_by(self, user_id: str, purged: Iterable[str]) -> list[RecentRead]:
-        """The reads of ``user_id``, still in their window, that a purge of ``purged`` generation keys
-        emptied; they are forgotten (the refetch, when it is read again, notes them anew)."""
-        reads = self._by_user.get(user_id)
-        if not reads:
-            return []
+        """The reads, still in their window, that a purge of ``purged`` generation keys by ``user_id``'s
+        write emptied: that user's own, then the shared ones (bounded). They are forgotten (the refetch,
+        when it is read again, notes them anew)."""
         purged = frozenset(purged)
         now = self.clock()
+        hit = self._take(self._by_user.get(user_id), purged, now)
+        if user_id in self._by_user and not self._by_user[user_id]:
+            del self._by_user[user_id]
+        shared = self._take(self._shared, purged, now)
+        return hit + shared[::-1][:self.max_shared_per_purge]
+
+    @staticmethod
+    def _take(reads: OrderedDict[str, RecentRead] | None, purged: frozenset[str], now: float) -> list[RecentRead]:
+        """Remove from ``reads`` those ``purged`` emptied (returned, oldest first) and those out of their window."""
+        if not reads:
+            return []
         hit = [r for r in reads.values() if r.gen_keys & purged and r.until > now]
         for r in hit:
             del reads[r.key]
         for stale in [r.key for r in reads.values() if r.until <= now]:
             del reads[stale]
-        if not reads:
-            del self._by_user[user_id]
         return hit

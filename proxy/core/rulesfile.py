@@ -152,11 +152,10 @@ def _draft_rule(check: Checker, raw: Any, defaults: dict, index: int, container:
             check.fail(line_of(raw, "key"), f"{name}.key", "keys 'gen:...' and 'epoch' are the store's own")
         if draft["key"].needs_identity and draft.get("auth", "required") != "required":
             check.fail(line_of(raw, "key"), f"{name}.key", "uses {user_id}, so the rule needs auth: required")
-        if draft.get("refresh_after_purge") and not draft["key"].needs_identity:
-            if "refresh_after_purge" in raw:
-                check.fail(line_of(raw, "refresh_after_purge"), f"{name}.refresh_after_purge",
-                           "needs a key with {user_id}: the refetch uses the writer's own credentials")
-            draft["refresh_after_purge"] = False  # from defaults: only the rules it can apply to
+        if draft.get("refresh_after_purge") and not draft["key"].needs_identity and "refresh_after_purge" not in raw:
+            # From defaults, only per-user rules: on a shared rule every writer's purge refetches what anyone
+            # read, a cost the operator should choose rule by rule.
+            draft["refresh_after_purge"] = False
     else:
         if "key" in raw:
             check.fail(line_of(raw, "key"), f"{name}.key", "write rules have no key; they purge")

@@ -50,8 +50,10 @@ RULE_FIELD_DOCS = {
     "honor_cdn_cache_control": "RFC 9213: a valid `CDN-Cache-Control` (or `http_cache.targeted_fields`) from the "
                                "backend may forbid storing (no-store, private, no-cache) or shorten the ttl "
                                "and stale windows; never lengthens them",
-    "refresh_after_purge": "read rules with a {user_id} key: a write by that user that purges an entry they "
-                           "read within demand_window refetches it in the background with their credentials",
+    "refresh_after_purge": "read rules: a write that purges an entry read within demand_window refetches it in "
+                           "the background with the writer's credentials: with a {user_id} key, the writer's "
+                           "own reads only; on a shared key (set on the rule itself, never from defaults), "
+                           "anyone's, at most 16 per write, each read paying for one refetch at most",
     "demand_window": "seconds a read counts as recent for refresh_after_purge",
     "compress": "`{min_bytes: N}`: bodies of N bytes or more are stored zstd-compressed (served "
                 "uncompressed); `off`: never. Entries stay readable across a rolling upgrade",

@@ -1,6 +1,6 @@
 """Refreshes the request path asks for, done in the background: stale-while-revalidate, ``warm`` rules
 (the most requested entries, refreshed before they expire) and ``refresh_after_purge`` (a writer's own
-recent reads that its write emptied, refetched with its credentials). Every refresh is a fill under the
+recent reads, and shared entries anyone read, that its write emptied, refetched with its credentials). Every refresh is a fill under the
 fill guard (coalesce.py), so a later purge still wins.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Warmer:
         rule = d.rule
         if rule.warm:
             self._note_demand(d, path_qs)
-        if rule.refresh_after_purge and d.owner is not None:
+        if rule.refresh_after_purge and (d.owner is not None or not rule.identity_scoped):
             self.recent_reads.note(d.owner, d.key, d.gen_keys[:-1], rule.demand_window, (d, path_qs))
 
     def refresh_in_background(self, d: Lookup, tokens: list[str], origin: Origin) -> None:
@@ -67,9 +67,10 @@ class Warmer:
         self.background.spawn(refresh(), fill=True)  # shutdown lets fills finish
 
     def refresh_after_purge(self, user_id: str, purged: tuple[str, ...], write: Origin) -> None:
-        """``refresh_after_purge``: refetch, in the background, the writer's own recent reads that this
-        purge emptied, with the writer's credentials, under the fill guard (``_fill``), a bounded number
-        at a time. Each refetch sends the Origin its entry is keyed on (as warming does), not the write's."""
+        """``refresh_after_purge``: refetch, in the background, the writer's own recent reads and the shared
+        entries anyone read recently (core/demand.py) that this purge emptied, with the writer's
+        credentials, under the fill guard (``_fill``), a bounded number at a time. Each refetch sends the
+        Origin its entry is keyed on (as warming does), not the write's."""
         for read in self.recent_reads.emptied_by(user_id, purged):
             d, path_qs = read.request
             rule = self.ruleset.rules.by_name(d.rule.name)

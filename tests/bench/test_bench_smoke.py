@@ -56,7 +56,8 @@ def test_smoke_run_writes_results_and_the_summary_line(tmp_path):
 
     # reads after own write (issue 21): one re-read per write answered, counted apart from the mix
     after = katiba["after_write"]
-    assert after["shipped"]["refreshes_after_purge"] == 0  # off in the shipped rules
+    # the shipped rules refetch only the shared pages every award empties (leaderboard, recent)
+    assert set(after["shipped"]["refreshes_after_purge_by_rule"]) <= {"leaderboard", "recent_achievements"}
     for variant in ("shipped", "refresh_after_purge"):
         row = after[variant]
         fig = row["figures"]
@@ -64,7 +65,8 @@ def test_smoke_run_writes_results_and_the_summary_line(tmp_path):
         assert 0 <= row["writes"] - fig["count"] <= katiba["connections"]  # a write at the deadline goes unread
         assert fig["hit"] + fig["collapsed"] + fig["miss"] + fig["other"] == fig["count"]
         assert row["refreshes_after_purge"] <= row["backend_requests"]
-    assert after["added"]["refreshes_per_second"] == after["refresh_after_purge"]["refreshes_per_second"]
+    assert after["added"]["refreshes_per_second"] == round(
+        after["refresh_after_purge"]["refreshes_per_second"] - after["shipped"]["refreshes_per_second"], 2)
 
     misses = json.loads((out / "misses.json").read_text())
     paced = {row["target"]: row for row in misses["paced"]}

@@ -220,6 +220,12 @@ class ProxyClient:
         """One sample of /metrics (0 when absent), e.g. ``metric("katiba_cache_stores_total", outcome=...)``."""
         return sample(await self.metrics(), name, **labels)
 
+    async def background_fills(self) -> None:
+        """Wait for the fills the last requests started in the background (a write's refetches among them:
+        they are spawned before the write's answer is released)."""
+        for task in [t for t in self.proxy.background.tasks if getattr(t, "fill", False)]:
+            await task
+
     async def writes_landed(self) -> None:
         """A miss is answered before its store write lands (write-behind): wait for those writes, for
         tests that look at the store or count its commands right after a miss."""

@@ -57,3 +57,43 @@ def test_reading_a_key_again_renews_its_window():
     reads.note("u1", "k", {"g"}, 600, "again")
     clock.now += 500
     assert [r.request for r in reads.emptied_by("u1", {"g"})] == ["again"]
+
+
+# Shared entries (a rule whose key has no {user_id}): read by anyone, refetched by any writer's purge.
+
+def test_a_shared_read_is_handed_to_whichever_writer_purges_it_and_only_once():
+    reads = RecentReads(clock=Clock())
+    reads.note(None, "k:board", {"gen:achievements:global"}, 600, "board")
+    assert [r.request for r in reads.emptied_by("writer", {"gen:achievements:global"})] == ["board"]
+    # Until it is read again, no later purge refetches it: each read pays for one refetch at most.
+    assert reads.emptied_by("another writer", {"gen:achievements:global"}) == []
+
+
+def test_a_users_purge_gets_their_own_reads_and_the_shared_ones_never_another_users():
+    reads = RecentReads(clock=Clock())
+    reads.note("victim", "k:v", {"gen:achievements:{victim}", "gen:achievements"}, 600, "victim's read")
+    reads.note("writer", "k:w", {"gen:achievements:{writer}", "gen:achievements"}, 600, "writer's read")
+    reads.note(None, "k:board", {"gen:achievements:global", "gen:achievements"}, 600, "board")
+    emptied = reads.emptied_by("writer", {"gen:achievements"})
+    assert sorted(r.request for r in emptied) == ["board", "writer's read"]
+    assert len(reads) == 1  # the victim's, kept for the victim's own writes
+
+
+def test_one_purge_hands_out_a_bounded_number_of_shared_reads_the_latest_first():
+    clock = Clock()
+    reads = RecentReads(max_shared=6, max_shared_per_purge=2, clock=clock)
+    for i in range(8):
+        reads.note(None, f"k{i}", {"g"}, 600, i)
+        clock.now += 1
+    assert len(reads) == 6  # the oldest two forgotten
+    assert [r.request for r in reads.emptied_by("w", {"g"})] == [7, 6]
+    # The others the purge emptied are forgotten too: a refetch of them now would be a guess.
+    assert reads.emptied_by("w", {"g"}) == [] and len(reads) == 0
+
+
+def test_a_shared_read_older_than_its_window_is_not_refreshed():
+    clock = Clock()
+    reads = RecentReads(clock=clock)
+    reads.note(None, "k", {"g"}, 600, "r")
+    clock.now += 601
+    assert reads.emptied_by("w", {"g"}) == [] and len(reads) == 0
