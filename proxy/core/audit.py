@@ -19,7 +19,7 @@ import re
 from collections import OrderedDict, deque
 from typing import Any, Iterable
 
-from .rules import Rule, Rules
+from .rules import Rule, Rules, purge_covers
 
 RESULTS = ("match", "mismatch", "skipped")
 _ID_SEGMENT = re.compile(
@@ -160,10 +160,7 @@ def _purge_covers(rules: Rules, write: str, read: Rule) -> bool:
     """The write rule named ``write`` purges ``read``'s entries already; an unmatched write purges what
     ``unmatched_writes`` names."""
     purges = rules.unmatched if is_unmatched(write) else rules.by_name(write)
-    if purges is None:
-        return False
-    return any(t.shape == read.key.shape if exact else t.covers(read.key)
-               for t, exact in zip(purges.purge, purges.purge_exact))
+    return purges is not None and purge_covers(purges, read)
 
 
 def purge_pattern(read: Rule) -> str:

@@ -33,9 +33,12 @@ class RecentRead:
     request: Any  # what the caller needs to fetch it again
 
 
+MAX_SHARED_PER_PURGE = 16  # shared reads one purge hands out (explain.py names it)
+
+
 class RecentReads:
     def __init__(self, max_users: int = 10_000, max_per_user: int = 16, max_shared: int = 256,
-                 max_shared_per_purge: int = 16, clock: Callable[[], float] = time.monotonic):
+                 max_shared_per_purge: int = MAX_SHARED_PER_PURGE, clock: Callable[[], float] = time.monotonic):
         self.max_users, self.max_per_user, self.clock = max_users, max_per_user, clock
         self.max_shared, self.max_shared_per_purge = max_shared, max_shared_per_purge
         self._by_user: OrderedDict[str, OrderedDict[str, RecentRead]] = OrderedDict()

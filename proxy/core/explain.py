@@ -24,7 +24,8 @@ from .entry import Entry
 from .identity import Identity
 from .keys import assemble, escape_value
 from .policy import Bypass, Lookup, Reason, RequestView, Write
-from .rules import Rules
+from .demand import MAX_SHARED_PER_PURGE
+from .rules import Rules, purge_covers
 
 log = logging.getLogger("proxy")
 
@@ -189,6 +190,12 @@ def _write_fields(out: dict, decision: Write, rules: Rules, identity: Identity |
                                  for t, exact in zip(unmatched.purge, unmatched.purge_exact)]
         out["purges"] = [_guard_text(g, rules, show) for g in decision.unmatched + decision.gen_keys]
     out["purge_when"] = describe_purge_when(when)
+    purges = rule if rule is not None else rules.unmatched if decision.unmatched else None
+    if purges is not None and identity is not None:  # only a verified writer's purge refetches
+        refetched = [r for r in rules.rules if r.is_read and r.refresh_after_purge and purge_covers(purges, r)]
+        if refetched:
+            out["refetches"] = [{"rule": r.name, "whose_reads": "the writer's" if r.identity_scoped else "anyone",
+                                 "demand_window": r.demand_window} for r in refetched]
     after = "once the backend answers, and before the answer is released, unless the backend refused the " \
             "write (purge_when)"
     own_uri = "; RFC 9111 §4.4 also invalidates the cached entry of this URI on a non-error answer" \
@@ -206,6 +213,17 @@ def _write_fields(out: dict, decision: Write, rules: Rules, identity: Identity |
     else:
         out["why"] = f"forwarded; the rule's purge patterns are applied {after}" + (
             " (placeholders from the JSON body resolve with the request's body)" if decision.needs_body else "")
+
+
+def _refetch_group(refetches: list[dict]) -> list[str]:
+    """``refetches`` in words, rules with the same reach together."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for r in refetches:
+        groups.setdefault((r["whose_reads"], r["demand_window"]), []).append(r["rule"])
+    return [f"{', '.join(names)} (refresh_after_purge: "
+            + (f"the pages anyone read in the last {window} s, at most {MAX_SHARED_PER_PURGE} a write)"
+               if whose == "anyone" else f"the writer's own reads of the last {window} s)")
+            for (whose, window), names in groups.items()]
 
 
 def describe_purge_when(when) -> str:
@@ -319,6 +337,8 @@ def format_text(result: Mapping[str, Any]) -> str:
         row("patterns", ", ".join(result["purge_patterns"]) or "none")
     if result.get("purge_when"):
         row("when", result["purge_when"])
+    if result.get("refetches"):
+        row("refetches", "; ".join(_refetch_group(result["refetches"])))
     entry = result.get("entry")
     if entry is not None:
         text = entry["state"]

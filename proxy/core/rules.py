@@ -163,6 +163,13 @@ class AuditConfig:
     max_per_second: float = 5.0
 
 
+def purge_covers(purges: "Rule | UnmatchedWrites", read: Rule) -> bool:
+    """``purges`` (a write rule, or ``unmatched_writes``) empties ``read``'s entries: one of its patterns is
+    ``read``'s key (an exact purge) or a namespace of it. Compared by shape, placeholders unresolved."""
+    return read.key is not None and any(t.shape == read.key.shape if exact else t.covers(read.key)
+                                        for t, exact in zip(purges.purge, purges.purge_exact))
+
+
 @dataclass(frozen=True)
 class Rules:
     source: str

@@ -82,6 +82,19 @@ def test_write_names_its_purges(offline):
     assert (result["decision"], result["x_cache"], result["purges"]) == ("write", "BYPASS", ["user:{…4242}:*"])
 
 
+def test_write_names_what_its_purge_refetches(offline):
+    code, out, _ = offline("POST", "/api/v1/achievements/award", "--token", mint(USER))
+    assert code == 0
+    assert ("refetches: leaderboard, recent_achievements (refresh_after_purge: the pages anyone read in the "
+            "last 600 s, at most 16 a write)") in out
+    result = json.loads(offline("POST", "/api/v1/achievements/award", "--token", mint(USER), "--json")[1])
+    assert [r["rule"] for r in result["refetches"]] == ["leaderboard", "recent_achievements"]
+    assert {r["whose_reads"] for r in result["refetches"]} == {"anyone"}
+    # A profile update empties no page of theirs; and without a verified token nothing is refetched.
+    assert "refetches" not in json.loads(offline("PUT", PROFILE, "--token", mint(USER), "--json")[1])
+    assert "refetches" not in json.loads(offline("POST", "/api/v1/achievements/award", "--json")[1])
+
+
 def test_an_unmatched_write_shows_the_fail_safe_and_when_it_purges(offline):
     code, out, _ = offline("POST", "/api/v1/onboarding/progress", "--token", mint(USER))
     assert code == 0
