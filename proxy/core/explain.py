@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from . import policy
+from .demand import MAX_SHARED_PER_PURGE
 from .entry import Entry
 from .identity import Identity
 from .keys import assemble, escape_value
 from .policy import Bypass, Lookup, Reason, RequestView, Write
-from .demand import MAX_SHARED_PER_PURGE
 from .rules import Rules, purge_covers
 
 log = logging.getLogger("proxy")

@@ -1,7 +1,7 @@
 """Refreshes the request path asks for, done in the background: stale-while-revalidate, ``warm`` rules
 (the most requested entries, refreshed before they expire) and ``refresh_after_purge`` (a writer's own
-recent reads, and shared entries anyone read, that its write emptied, refetched with its credentials). Every refresh is a fill under the
-fill guard (coalesce.py), so a later purge still wins.
+recent reads, and shared entries anyone read, that its write emptied, refetched with its credentials).
+Every refresh is a fill under the fill guard (coalesce.py), so a later purge still wins.
 """
 from __future__ import annotations
 
