@@ -52,8 +52,9 @@ class Head:
     @property
     def headers(self) -> CIMultiDict:
         """The fields, parsed again from ``raw`` at each call (a new object: change it freely). Only a
-        lookup new to the memo, a miss, a stale refresh or an audit asks: a memoised head keeps its bytes and no parsed fields, which
-        were three fifths of what it held (tracemalloc, a head with a JWT: 2.4 KiB before, 0.9 KiB now)."""
+        lookup new to the memo, a miss, a stale refresh or an audit asks: a memoised head keeps its bytes
+        and no parsed fields, which were three fifths of what it held (tracemalloc, a head with a JWT:
+        2.4 KiB before, 0.9 KiB now)."""
         return CIMultiDict(_split_fields(_field_lines(self.raw)))
 
 
