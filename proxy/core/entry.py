@@ -13,7 +13,7 @@ entry as absent, never as a compressed body; this one reads both. Entries are de
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import zstandard
@@ -30,7 +30,7 @@ _DECOMPRESSOR = zstandard.ZstdDecompressor()
 MAX_DECOMPRESSED = 64 << 20  # an entry claiming more than this is not ours: read as absent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     status: int
     headers: tuple[tuple[str, str], ...]
@@ -39,6 +39,12 @@ class Entry:
     generations: tuple[str, ...]  # tokens of the guarding namespaces, read before the origin fetch
     fingerprint: str  # of the rule that stored it (rules.Rule.fingerprint)
     etag: str
+    # Derived once per decoded entry by the fast path (proxy/serve/framing.py, fastread.py) and kept with
+    # it, since decoded entries are shared (``decode_entry``). Slots, not an instance dict: an entry is
+    # held by the L1 and the decoded-entry memo by the hundred thousand, and a dict cost ~400 bytes each.
+    wire_head: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    wire_dated: bool = field(default=False, init=False, compare=False, repr=False)
+    wire_relocated: bool | None = field(default=None, init=False, compare=False, repr=False)
 
     def encode(self, version: int = FORMAT_VERSION, *, compress_from: int = 0) -> bytes:
         """The stored bytes; with ``compress_from`` > 0, a body of at least that many bytes is compressed

@@ -231,10 +231,10 @@ class ReadPath:
                rid: str | None = None, scheme: str = "http") -> bytes:
         p = self.proxy
         rid = rid or p.request_id_given(head.client_request_id)
-        relocated = entry.__dict__.get("_wire_relocated")
+        relocated = entry.wire_relocated
         if relocated is None:  # computed once per decoded entry, as entry_head is
             relocated = locations.needs_rewrite(CIMultiDict(entry.headers), p.upstream_address)
-            object.__setattr__(entry, "_wire_relocated", relocated)
+            object.__setattr__(entry, "wire_relocated", relocated)
         shown = entry
         if relocated:  # a Location on the backend's address: this client's own head (locations.py)
             headers = CIMultiDict(entry.headers)
@@ -242,7 +242,7 @@ class ReadPath:
             shown = replace(entry, headers=tuple(headers.items()))
         parts = [entry_head(shown), b"Age: %d\r\nX-Cache: %s\r\nCache-Status: " % (age, label.encode()),
                  cache_status.encode(), b"\r\nX-Request-ID: ", rid.encode(), b"\r\n"]
-        if not shown.__dict__["_wire_dated"]:
+        if not shown.wire_dated:
             parts.append(self._date_line())
         parts += (b"\r\n", entry.body)
         p.record("GET", d.rule.name, "hit" if label == "HIT" else "stale", entry.status, cache_status, start, rid)

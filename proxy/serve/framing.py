@@ -145,7 +145,7 @@ def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
 def entry_head(entry: Entry) -> bytes:
     """Status line and the entry's own headers, as aiohttp's path (``RequestPath.read``) would send them;
     computed once per decoded entry (decoded entries are shared, see entry.decode_entry)."""
-    cached = entry.__dict__.get("entry_head")
+    cached = entry.wire_head
     if cached is not None:
         return cached
     headers = CIMultiDict(entry.headers)
@@ -153,8 +153,8 @@ def entry_head(entry: Entry) -> bytes:
     for name in ("Age", "X-Cache", "Cache-Status", "X-Request-ID"):
         headers.popall(name, None)
     wire_head, dated = _status_and_fields(entry.status, headers, len(entry.body))
-    object.__setattr__(entry, "entry_head", wire_head)  # frozen dataclass: a derived, immutable cache
-    object.__setattr__(entry, "_wire_dated", dated)
+    object.__setattr__(entry, "wire_head", wire_head)  # frozen dataclass: a derived, immutable cache
+    object.__setattr__(entry, "wire_dated", dated)
     return wire_head
 
 
