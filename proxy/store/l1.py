@@ -25,47 +25,71 @@ log = logging.getLogger("proxy.l1")
 
 CHANNEL = "katiba-cache:invalidations"
 
+# What one entry keeps alive in L1, by tracemalloc (tests/unit/test_l1.py checks it): the decoded Entry
+# with its strings and rendered head, and L1's own bookkeeping (its slot, item and by-generation index).
+# Each header costs two tuples' worth of objects and its bytes twice (the pair's strings, the rendered
+# head). ``L1_MAX_BYTES`` is a budget of real memory: counting key and body alone (as this did) let a
+# 64 MiB L1 of small API bodies hold about three times that.
+ENTRY_OVERHEAD = 1250
+HEADER_OVERHEAD = 152
+
+
+def footprint(key: str, entry: Entry) -> int:
+    """Bytes ``entry`` keeps alive in L1 under ``key`` (an estimate within a few percent)."""
+    return len(key) + len(entry.body) + ENTRY_OVERHEAD + sum(2 * (len(name) + len(value)) + HEADER_OVERHEAD
+                                                              for name, value in entry.headers)
+
 
 class L1Cache:
     def __init__(self, max_bytes: int = 64 << 20, clock: Callable[[], float] = time.monotonic):
         self.max_bytes, self.clock = max_bytes, clock
         self.healthy = False  # True only while the invalidation subscription is up
-        self._items: OrderedDict[str, tuple[Entry, tuple[str, ...], tuple[str, ...], float]] = OrderedDict()
+        # key -> (entry, generation tokens, generation keys, expires, footprint)
+        self._items: OrderedDict[str, tuple[Entry, tuple[str, ...], tuple[str, ...], float, int]] = OrderedDict()
         self._by_gen: dict[str, set[str]] = {}
         self.bytes = 0
         self.invalidated = 0
+        # plain counts, read by the metrics endpoint at each scrape (``counts``): nothing on the hit path
+        # but an integer add
+        self.hits = self.misses = 0
+        self.evicted = {"budget": 0, "expired": 0, "flushed": 0}
 
     def get(self, key: str) -> tuple[Entry, tuple[str, ...]] | None:
         if not self.healthy:
             return None
         item = self._items.get(key)
         if item is None:
+            self.misses += 1
             return None
-        entry, tokens, _, expires = item
+        entry, tokens, _, expires, _ = item
         if expires <= self.clock():
             self._drop(key)
+            self.evicted["expired"] += 1
+            self.misses += 1
             return None
         self._items.move_to_end(key)
+        self.hits += 1
         return entry, tokens
 
     def put(self, key: str, entry: Entry, tokens: Sequence[str], gen_keys: Sequence[str], ttl: float) -> None:
         if not self.healthy or ttl <= 0:
             return
-        size = len(key) + len(entry.body) + 256
+        size = footprint(key, entry)
         if size > self.max_bytes // 8:
             return
         if key in self._items:
             self._drop(key)
         while self.bytes + size > self.max_bytes and self._items:
             self._drop(next(iter(self._items)))
-        self._items[key] = (entry, tuple(tokens), tuple(gen_keys), self.clock() + ttl)
+            self.evicted["budget"] += 1
+        self._items[key] = (entry, tuple(tokens), tuple(gen_keys), self.clock() + ttl, size)
         self.bytes += size
         for g in gen_keys:
             self._by_gen.setdefault(g, set()).add(key)
 
     def _drop(self, key: str) -> None:
-        entry, _, gen_keys, _ = self._items.pop(key)
-        self.bytes -= len(key) + len(entry.body) + 256
+        _, _, gen_keys, _, size = self._items.pop(key)
+        self.bytes -= size
         for g in gen_keys:
             keys = self._by_gen.get(g)
             if keys is not None:
@@ -84,7 +108,7 @@ class L1Cache:
         for g in gen_keys:
             if g.endswith(":epoch"):
                 dropped += len(self._items)
-                self.clear()
+                self._forget_all()
                 break
             for key in list(self._by_gen.get(g, ())):
                 if key in self._items:
@@ -94,12 +118,23 @@ class L1Cache:
         return dropped
 
     def clear(self) -> None:
+        """Forget everything: invalidation messages may have been lost."""
+        self.evicted["flushed"] += len(self._items)
+        self._forget_all()
+
+    def _forget_all(self) -> None:
         self._items.clear()
         self._by_gen.clear()
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def counts(self) -> dict:
+        """What ``katiba_cache_l1_*`` report: entries and bytes held (bytes as the budget counts them),
+        lookups answered and not, entries dropped by reason (``invalidated``: a purge's message)."""
+        return {"entries": len(self._items), "bytes": self.bytes, "hits": self.hits, "misses": self.misses,
+                "evicted": {**self.evicted, "invalidated": self.invalidated}}
 
 
 async def follow_invalidations(subscribe, l1: L1Cache, retry_after: float = 0.5) -> None:

@@ -1,0 +1,79 @@
+"""The in-process L1's byte budget (proxy/store/l1.py): ``L1_MAX_BYTES`` bounds the memory its entries
+really keep alive, measured with tracemalloc, not just their keys and bodies."""
+from __future__ import annotations
+
+import time
+import tracemalloc
+import uuid
+
+import pytest
+
+from proxy.core import memo
+from proxy.core.entry import Entry, decode_entry
+from proxy.serve.framing import entry_head
+from proxy.store.l1 import L1Cache
+
+SHAPES = [  # (headers, body bytes): a katiba profile, /auth/me, a leaderboard page, a bare answer
+    ((("content-type", "application/json"), ("content-length", "612"), ("x-request-id", "r" * 32)), 612),
+    ((("content-type", "application/json"), ("content-length", "1900"), ("vary", "Authorization"),
+      ("cache-control", "private, max-age=0"), ("x-request-id", "r" * 32)), 1900),
+    ((("content-type", "application/json"), ("content-length", "6000"), ("server", "uvicorn"),
+      ("date", "Mon, 07 Dec 2026 03:00:00 GMT"), ("x-process-time", "0.0213"), ("vary", "Origin"),
+      ("x-request-id", "r" * 32), ("etag", '"abc"')), 6000),
+    ((("content-length", "2"),), 2),
+]
+
+
+def stored(headers, body_len: int) -> tuple[str, bytes, tuple[str, ...]]:
+    """What a Redis hit hands L1: the key, the stored bytes, the guarding generation keys."""
+    uid = str(uuid.uuid4())
+    entry = Entry(200, headers, (uid * (body_len // 36 + 1))[:body_len].encode(), time.time(),
+                  (uuid.uuid4().hex[:12], "1"), "f" * 16, f'"{uid[:16]}"')
+    return f"katiba:v1:user:{uid}:profile", entry.encode(), (f"katiba:v1:gen:user:{uid}", "katiba:v1:gen:rule:r")
+
+
+@pytest.fixture
+def no_decoded_memo(monkeypatch):
+    """Decoded entries kept by L1 alone (no memo sharing them), as under a budget full of other keys."""
+    monkeypatch.setattr(memo, "_budget", [0])
+
+
+@pytest.mark.parametrize("headers,body_len", SHAPES)
+def test_an_entry_counts_what_it_keeps_alive(headers, body_len, no_decoded_memo):
+    l1 = L1Cache(1 << 40)
+    l1.healthy = True
+    items = [stored(headers, body_len) for _ in range(2000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, raw, gen_keys in items:
+            entry = decode_entry(raw)
+            l1.put(key, entry, list(entry.generations), gen_keys, 60)
+            entry_head(entry)  # rendered once by the first hit, and kept with the entry
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(l1) == len(items)
+    assert 0.85 * l1.bytes <= real <= 1.15 * l1.bytes, (real / len(items), l1.bytes / len(items))
+
+
+def test_the_budget_bounds_real_memory(no_decoded_memo):
+    budget = 2 << 20
+    l1 = L1Cache(budget)
+    l1.healthy = True
+    items = [stored(*SHAPES[i % len(SHAPES)]) for i in range(4000)]  # about 4x what fits
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, raw, gen_keys in items:
+            entry = decode_entry(raw)
+            l1.put(key, entry, list(entry.generations), gen_keys, 60)
+            entry_head(entry)
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert l1.bytes <= budget and len(l1) < len(items) / 2
+    assert real <= 1.15 * budget, real
+    newest = items[-1][0]
+    assert l1.get(newest) is not None and l1.get(items[0][0]) is None  # the oldest went first
+
