@@ -106,6 +106,17 @@ class Metrics:
                                 "Estimated bytes held by the memos of per-request work, by memo (heads, decisions, "
                                 "routes, entries); together at most MEMO_MAX_BYTES", ["memo"], registry=r,
                                 multiprocess_mode="livesum")
+        # The in-process L1 (proxy/store/l1.py), reported from its own counts by ``report_l1``.
+        self.l1_entries = Gauge("katiba_cache_l1_entries", "Entries held by the in-process L1 (rules with l1_ttl)",
+                                registry=r, multiprocess_mode="livesum")
+        self.l1_bytes = Gauge("katiba_cache_l1_bytes", "Bytes held by the in-process L1, as its budget L1_MAX_BYTES "
+                              "counts them", registry=r, multiprocess_mode="livesum")
+        self.l1_lookups = Counter("katiba_cache_l1_lookups_total", "In-process L1 lookups by result (hit; miss: "
+                                  "absent or past its l1_ttl, then asked of the store)", ["result"], registry=r)
+        self.l1_evictions = Counter("katiba_cache_l1_evictions_total", "Entries dropped from the in-process L1 by "
+                                    "reason: budget (L1_MAX_BYTES), expired (l1_ttl), invalidated (a purge's "
+                                    "message), flushed (invalidations may have been lost)", ["reason"], registry=r)
+        self._l1_reported: dict[tuple[str, str], int] = {}
         self.gc_pause = Histogram("katiba_cache_gc_pause_seconds",
                                   "Pauses of Python's garbage collector in this process, by generation (1: paced "
                                   "every GC_PACE_INTERVAL; 2: full, every GC_FULL_INTERVAL)", ["generation"],
@@ -153,6 +164,20 @@ class Metrics:
         tally.inc(children[0])
         tally.inc(children[1])
         tally.observe(children[2], seconds)
+
+    def report_l1(self, counts: dict) -> None:
+        """Bring the ``katiba_cache_l1_*`` metrics up to ``L1Cache.counts()``; its counts only grow, so the
+        counters get what grew since the last report."""
+        self.l1_entries.set(counts["entries"])
+        self.l1_bytes.set(counts["bytes"])
+        totals = {("hit", ""): counts["hits"], ("miss", ""): counts["misses"],
+                  **{("evicted", reason): n for reason, n in counts["evicted"].items()}}
+        for (kind, reason), total in totals.items():
+            grown = total - self._l1_reported.get((kind, reason), 0)
+            if grown > 0:
+                child = self.l1_evictions.labels(reason) if kind == "evicted" else self.l1_lookups.labels(kind)
+                child.inc(grown)
+                self._l1_reported[(kind, reason)] = total
 
     def families(self) -> dict[str, Any]:
         """Every metric family by name (``katiba_cache_requests``, ...), as a scrape of ``/metrics`` sees

@@ -14,7 +14,7 @@ from ..core.rules import Rules
 from ..core.rulesfile import load_rules
 from ..store import open_store
 from ..store.guard import CircuitBreaker, GuardedStore
-from ..store.l1 import follow_invalidations
+from ..store.l1 import L1Cache, follow_invalidations
 from ..upstream.client import Upstream, watch_upstream
 from . import collector, fastpath, framing, tracing
 from .config import Config
@@ -47,7 +47,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
         await proxy.store_watch.start()
         loop = asyncio.get_running_loop()
         sweeper, watcher = loop.create_task(_sweep(proxy)), loop.create_task(proxy.store_watch.watch())
-        tasks.spawn(_flush_metrics(metrics))
+        tasks.spawn(_flush_metrics(metrics, proxy.l1))
         tasks.spawn(collector.pace_collections(metrics, config.gc_pace_interval, config.gc_full_interval))
         if proxy.l1 is not None:
             tasks.spawn(follow_invalidations(guarded.inner.invalidations, proxy.l1))
@@ -73,15 +73,21 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     return app
 
 
-async def _flush_metrics(metrics: Metrics, interval: float = 1.0) -> None:
-    """Per-request figures are tallied in memory (proxy/core/metrics.py); other workers' scrapes see them
-    within ``interval``. A scrape of this process flushes first, and so does shutdown."""
+async def _flush_metrics(metrics: Metrics, l1: L1Cache | None, interval: float = 1.0) -> None:
+    """Per-request figures are tallied in memory (proxy/core/metrics.py), and the L1 keeps its own counts;
+    other workers' scrapes see them within ``interval``. A scrape of this process flushes first, and so
+    does shutdown."""
+    def flush() -> None:
+        metrics.tally.flush()
+        if l1 is not None:
+            metrics.report_l1(l1.counts())
+
     try:
         while True:
             await asyncio.sleep(interval)
-            metrics.tally.flush()
+            flush()
     finally:
-        metrics.tally.flush()
+        flush()
 
 
 async def _sweep(proxy: RequestPath, interval: float = 5.0) -> None:

@@ -83,6 +83,8 @@ class Endpoints:
             self.path.metrics.evictions.set(stats["evictions"])
         for name, held in memo.usage().items():
             self.path.metrics.memo_bytes.labels(name).set(held)
+        if self.path.l1 is not None:
+            self.path.metrics.report_l1(self.path.l1.counts())
         return web.Response(body=self.path.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def _healthz(self, request: web.Request) -> web.Response:

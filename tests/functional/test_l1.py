@@ -97,3 +97,42 @@ async def test_a_lost_channel_flushes_l1_until_resubscribed(make_proxy, redis_se
     reply = await proxy.get(PROFILE, user)
     assert reply.x_cache == "HIT" and "detail=l1" not in reply.cache_status
     assert redis_server.command_count("mget") == before + 1  # asked the store: L1 started empty
+
+
+async def test_l1_metrics_count_lookups_budget_evictions_and_invalidations(make_proxy, tmp_path):
+    """An operator sizes L1_MAX_BYTES from ``katiba_cache_l1_*``: what L1 holds, how often it answers,
+    and why entries left it."""
+    rules = l1_rules(tmp_path)
+    proxy, other = await make_proxy(rules_path=rules), await make_proxy(rules_path=rules)
+    await subscribed(proxy, other)
+    l1 = proxy.proxy.l1
+    users = [new_user() for _ in range(10)]
+    for user in users[:1]:
+        assert (await proxy.get(PROFILE, user)).x_cache == "MISS"
+        assert (await proxy.get(PROFILE, user)).x_cache == "HIT"  # from Redis, now in L1
+    one = l1.bytes
+    l1.max_bytes = 8 * one + one // 2  # room for 8 such entries (an entry over 1/8 of it is never kept)
+    for user in users[1:]:
+        await proxy.get(PROFILE, user)
+        await proxy.get(PROFILE, user)
+    assert await proxy.metric("katiba_cache_l1_entries") == 8
+    assert await proxy.metric("katiba_cache_l1_bytes") == l1.bytes <= l1.max_bytes
+    assert await proxy.metric("katiba_cache_l1_evictions_total", reason="budget") == 2  # the two oldest
+    assert await proxy.metric("katiba_cache_l1_lookups_total", result="miss") == 20  # each user's MISS, then HIT from Redis
+    assert await proxy.metric("katiba_cache_l1_lookups_total", result="hit") == 0
+
+    assert "detail=l1" in (await proxy.get(PROFILE, users[-1])).cache_status
+    evicted = await proxy.get(PROFILE, users[0])
+    assert evicted.x_cache == "HIT" and "detail=l1" not in evicted.cache_status  # back from Redis
+    assert await proxy.metric("katiba_cache_l1_lookups_total", result="hit") == 1
+    assert await proxy.metric("katiba_cache_l1_lookups_total", result="miss") == 21
+    assert await proxy.metric("katiba_cache_l1_evictions_total", reason="budget") == 3
+
+    write = await other.request("PUT", PROFILE, users[-1], json={"display_name": "Elsewhere", "bio": ""})
+    assert write.status == 200
+
+    async def evicted_by_message() -> bool:
+        return await proxy.metric("katiba_cache_l1_evictions_total", reason="invalidated") == 1
+
+    await until(evicted_by_message, "the other instance's purge counted as an invalidation")
+    assert await proxy.metric("katiba_cache_l1_entries") == 7
