@@ -34,6 +34,13 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x * 100:.1f}%"
 
 
+def l1_share_cell(row: dict) -> str:
+    """(f)'s L1 share: counted by the proxy when the run has it, else the older runs' estimate."""
+    if row.get("l1_share") is not None:
+        return _pct(row["l1_share"])
+    return f"{_pct(row['l1_share_estimate'])} (est.)" if row.get("l1_share_estimate") is not None else "-"
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -480,8 +487,9 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
         f"walked and fills its L1 from the load), a {_f(ks['warmup_s'], 0)} s unmeasured run per target, then "
         f"{ks['rounds']} interleaved rounds of {_f(ks['duration_s'], 0)} s (best kept). `hit share`: the "
         "proxy's `katiba_cache_requests_total` for the two rules (L1 hits are hits; nginx: 1 - backend "
-        "requests / requests, each of its misses being one backend request); `L1 share`: an estimate, 1 - (Redis commands per request of `redis+l1`) "
-        "/ (of `redis`). Beside each level, `redis-benchmark -t get -r N -c 50 -P 1` against a separate "
+        "requests / requests, each of its misses being one backend request); `L1 share`: the share of L1 "
+        "lookups answered from L1 (`katiba_cache_l1_lookups_total`; in runs before that metric, marked est.: "
+        "1 - (Redis commands per request of `redis+l1`) / (of `redis`)). Beside each level, `redis-benchmark -t get -r N -c 50 -P 1` against a separate "
         "redis-server (core 0; client on core 1) holding N keys with values of a stored entry's size "
         f"({ks.get('entry_bytes')} B: metadata and body): the p99 Redis itself shows at that keyspace.\n")
     rows = []
@@ -491,15 +499,26 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
             rows.append([f"{lv['keys']:,}", f"{lv['users']:,} x 2 x {lv['variants']}", target_label(r["target"]),
                          _f(r["rps"], 0), _f(r.get("ratio_vs_nginx"), 3), _lat(r, "50"), _lat(r, "99"),
                          _pct(r.get("hit_share")) if r.get("hit_share") is not None else "-",
-                         _pct(r.get("l1_share_estimate")) if r.get("l1_share_estimate") is not None else "-",
+                         l1_share_cell(r),
                          r.get("backend_requests"), _f(r.get("server_cpu"), 2), _f(r.get("client_cpu"), 2),
                          _f(r.get("cpu_pressure_avg10"), 0), ", ".join(f"{x:,.0f}" for x in r.get("all_rounds_rps", []))])
         rows.append([f"{lv['keys']:,}", "", "redis-benchmark GET", _f(rb["rps"], 0), "", _f(rb["p50_ms"], 3),
                      _f(rb["p99_ms"], 3), "", "", "", "", "", "", ""])
+    l1_lines = []
+    for lv in levels:
+        row = next((r for r in lv["rows"] if r["target"] == "redis+l1" and r.get("l1")), None)
+        if row:
+            l1 = row["l1"]
+            evicted = ", ".join(f"{k.removeprefix('evicted_')} {int(v):,}" for k, v in l1.items()
+                                if k.startswith("evicted_")) or "none"
+            l1_lines.append(f"{lv['keys']:,} keys: {int(l1.get('entries') or 0):,} entries, "
+                            f"{(l1.get('bytes') or 0) / 2**20:.0f} MiB counted, evicted in the kept round: {evicted}")
     add(_table(["keys", "users x paths x variants", "target", "req/s", "ratio vs nginx", "p50 ms", "p99 ms",
-                "hit share", "L1 share (est.)", "backend req", "server cpu", "wrk cpu", "cpu pressure %",
+                "hit share", "L1 share", "backend req", "server cpu", "wrk cpu", "cpu pressure %",
                 "req/s per round"], rows))
     add("")
+    if l1_lines:
+        add("`redis+l1`'s L1 after its kept round (`katiba_cache_l1_*`): " + "; ".join(l1_lines) + ".\n")
     add("Prefill (every key once, hottest users first; `covered`: share of the level's keys stored before the "
         "rounds; at a level with variants, the Redis store reads the base keys (user, path) through the proxy "
         "and copies each entry, server-side in Lua, under its variant keys, rendered as the proxy renders them "

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import redis
 
-from .context import CLIENT_CORES, SERVER_CORES, Bench, metric_delta
+from .context import CLIENT_CORES, SERVER_CORES, Bench, gauge, metric_delta
 from .procs import NGINX_HEAD, Service, log, pinned, rules_with, start_nginx, start_proxy, start_redis
 from .workload import mint
 from .wrk import Run, run_wrk
@@ -193,6 +193,18 @@ def _redis_commands(client: redis.Redis) -> int:
     return int(client.info("stats")["total_commands_processed"])
 
 
+def _commands_by_name(client: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}
+
+
+def _l1_counts(bench: Bench, svc: Service) -> dict[str, float]:
+    """The proxy's ``katiba_cache_l1_*`` counters: lookups by result and evictions by reason."""
+    out = {f"lookups_{res}": v for (_, res), v in bench.metrics(svc, "katiba_cache_l1_lookups", "result").items()}
+    out.update({f"evicted_{reason}": v
+                for (_, reason), v in bench.metrics(svc, "katiba_cache_l1_evictions", "reason").items()})
+    return out
+
+
 def _results(delta: dict) -> dict[str, int]:
     """katiba_cache_requests_total deltas of the two rules, by result (hit, miss, stale, ...)."""
     out: dict[str, int] = {}
@@ -221,6 +233,8 @@ def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, 
     before = bench.metrics(svc) if proxy else {}
     backend0 = bench.standin_stats()["requests"]
     cmds0 = _redis_commands(client) if client is not None else 0
+    by_name0 = _commands_by_name(client) if client is not None else {}
+    l1_0 = _l1_counts(bench, svc) if name == "redis+l1" else {}
     run = run_wrk(svc.url + PATHS[0], script="keyspace.lua", connections=connections, duration=duration,
                   env={"BENCH_DATA": str(data), "BENCH_SEED": str(seed)}, cores=CLIENT_CORES,
                   server_pids=pids, label=label)
@@ -229,6 +243,13 @@ def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, 
     if client is not None:
         run.extra["redis_commands_per_request"] = round((_redis_commands(client) - cmds0) / run.requests, 4) \
             if run.requests else None
+        grown = metric_delta(by_name0, _commands_by_name(client))
+        run.extra["redis_commands_by_name"] = {k: int(v) for k, v in sorted(grown.items(), key=lambda kv: -kv[1])}
+    if name == "redis+l1":
+        l1 = run.extra["l1"] = {k: int(v) for k, v in metric_delta(l1_0, _l1_counts(bench, svc)).items()}
+        looked = l1.get("lookups_hit", 0) + l1.get("lookups_miss", 0)
+        run.extra["l1_share"] = round(l1.get("lookups_hit", 0) / looked, 4) if looked else None
+        l1.update(entries=gauge(bench, svc, "katiba_cache_l1_entries"), bytes=gauge(bench, svc, "katiba_cache_l1_bytes"))
     if proxy:
         results = _results(metric_delta(before, bench.metrics(svc)))
         total = sum(results.values())
