@@ -60,8 +60,20 @@ class Entry:
         return _HEAD.pack(_MAGIC, version, len(meta)) + meta + self.body
 
 
+# What a decoded entry keeps alive in the memo, by tracemalloc (tests/unit/test_memo.py checks it): the
+# stored bytes (the memo's key), the body copied out of them, the Entry with its strings, and the head its
+# first hit renders (proxy/serve/framing.py): each header's bytes twice and two tuples' worth of objects.
+DECODED_OVERHEAD = 720
+HEADER_OVERHEAD = 152
+
+
+def header_footprint(entry: Entry) -> int:
+    """Bytes a decoded entry's headers keep alive once its head is rendered (the memo's and L1's counts)."""
+    return sum(2 * (len(name) + len(value)) + HEADER_OVERHEAD for name, value in entry.headers)
+
+
 def _decoded_size(raw: bytes, entry: Entry) -> int:
-    return len(raw) + len(entry.body) + 384  # the key, the body (a copy), the Entry and its header tuples
+    return len(raw) + len(entry.body) + DECODED_OVERHEAD + header_footprint(entry)
 
 
 # Decoded entries by their stored bytes: a hot key is parsed once, not on every hit (entries are

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Sequence
 
-from ..core.entry import Entry
+from ..core.entry import Entry, header_footprint
 
 log = logging.getLogger("proxy.l1")
 
@@ -31,13 +31,11 @@ CHANNEL = "katiba-cache:invalidations"
 # head). ``L1_MAX_BYTES`` is a budget of real memory: counting key and body alone (as this did) let a
 # 64 MiB L1 of small API bodies hold about three times that.
 ENTRY_OVERHEAD = 1250
-HEADER_OVERHEAD = 152
 
 
 def footprint(key: str, entry: Entry) -> int:
     """Bytes ``entry`` keeps alive in L1 under ``key`` (an estimate within a few percent)."""
-    return len(key) + len(entry.body) + ENTRY_OVERHEAD + sum(2 * (len(name) + len(value)) + HEADER_OVERHEAD
-                                                              for name, value in entry.headers)
+    return len(key) + len(entry.body) + ENTRY_OVERHEAD + header_footprint(entry)
 
 
 class L1Cache:

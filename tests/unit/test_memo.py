@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import jwt
+import pytest
 
 from proxy.core import entry as entry_module
 from proxy.core import memo as memo_module
@@ -15,6 +16,8 @@ from proxy.core.policy import Lookup, RequestView, classify
 from proxy.core.rulesfile import load_rules
 from proxy.serve import framing
 from tests.functional.conftest import RULES_PATH, SECRET, mint
+from tests.unit.entry_shapes import SHAPES as ENTRY_SHAPES
+from tests.unit.entry_shapes import stored as stored_entry
 
 
 def test_a_full_memo_forgets_its_oldest_entry_only():
@@ -102,6 +105,28 @@ def test_decoded_entries_past_the_byte_budget_forget_the_oldest(monkeypatch):
     assert raws[0] not in entry_module._DECODED and raws[3] in entry_module._DECODED
     assert decode_entry(raws[3]) is decoded[3]  # kept: the same object
     assert decode_entry(raws[0]) == decoded[0] and decode_entry(raws[0]) is not decoded[0]  # parsed again
+
+
+@pytest.mark.parametrize("headers,body_len", ENTRY_SHAPES)
+def test_a_decoded_entry_counts_what_it_keeps_alive(headers, body_len, monkeypatch):
+    """MEMO_MAX_BYTES is sized from what each memo counts: a decoded entry counted its stored bytes, its
+    body and 384 bytes, about two thirds of what it kept alive once its head was rendered."""
+    import tracemalloc
+
+    monkeypatch.setattr(memo_module, "_budget", [1 << 40])
+    monkeypatch.setattr(entry_module, "_DECODED", SizedMemo("entries", 1.0, entry_module._decoded_size))
+    stored = [bytearray(stored_entry(headers, body_len)[1]) for _ in range(2000)]  # as read off a socket
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for raw in stored:
+            framing.entry_head(decode_entry(bytes(raw)))  # the memo keeps the bytes; the first hit renders
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    counted = entry_module._DECODED.size
+    assert len(entry_module._DECODED) == len(stored)
+    assert 0.9 * counted <= real <= 1.1 * counted, (real / len(stored), counted / len(stored))
 
 
 def test_framed_heads_past_the_budget_keep_the_recent_ones(monkeypatch):
