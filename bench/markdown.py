@@ -489,7 +489,8 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
         "proxy's `katiba_cache_requests_total` for the two rules (L1 hits are hits; nginx: 1 - backend "
         "requests / requests, each of its misses being one backend request); `L1 share`: the share of L1 "
         "lookups answered from L1 (`katiba_cache_l1_lookups_total`; in runs before that metric, marked est.: "
-        "1 - (Redis commands per request of `redis+l1`) / (of `redis`)). Beside each level, `redis-benchmark -t get -r N -c 50 -P 1` against a separate "
+        "1 - (Redis commands per request of `redis+l1`) / (of `redis`)). Beside each level, "
+        "`redis-benchmark -t get -r N -c 50 -P 1` against a separate "
         "redis-server (core 0; client on core 1) holding N keys with values of a stored entry's size "
         f"({ks.get('entry_bytes')} B: metadata and body): the p99 Redis itself shows at that keyspace.\n")
     rows = []

@@ -249,7 +249,8 @@ def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, 
         l1 = run.extra["l1"] = {k: int(v) for k, v in metric_delta(l1_0, _l1_counts(bench, svc)).items()}
         looked = l1.get("lookups_hit", 0) + l1.get("lookups_miss", 0)
         run.extra["l1_share"] = round(l1.get("lookups_hit", 0) / looked, 4) if looked else None
-        l1.update(entries=gauge(bench, svc, "katiba_cache_l1_entries"), bytes=gauge(bench, svc, "katiba_cache_l1_bytes"))
+        l1.update(entries=gauge(bench, svc, "katiba_cache_l1_entries"),
+                  bytes=gauge(bench, svc, "katiba_cache_l1_bytes"))
     if proxy:
         results = _results(metric_delta(before, bench.metrics(svc)))
         total = sum(results.values())

@@ -67,3 +67,21 @@ def test_the_final_line_adds_the_ceiling_then_the_keyspace_ratio_at_the_end():
     assert line.split(" ") == ["hit_rps_ratio_vs_nginx=n/a", "l1_hit_rps_ratio_vs_nginx=n/a", "miss_overhead_ms=n/a",
                                "katiba_hit_rate=0.74", "katiba_ceiling=0.76", "keyspace_hit_rps_ratio_vs_nginx=0.61"]
     assert final_line(headline({})).endswith("katiba_ceiling=n/a keyspace_hit_rps_ratio_vs_nginx=n/a")
+
+
+def test_the_report_gives_the_l1_share_the_proxy_counted_and_why_it_missed():
+    """(f)'s table shows the L1 share from katiba_cache_l1_lookups_total when the run has it (the 03:34
+    run of 2026-12-07, kept in bench/results/partial), the old estimate only for older runs, marked."""
+    import json
+    from pathlib import Path
+
+    from bench.markdown import _keyspace_section, l1_share_cell
+
+    run = json.loads((Path(__file__).parents[2] / "bench/results/partial/keyspace-2026-12-07T0334.json").read_text())
+    lines: list[str] = []
+    _keyspace_section(lines.append, run, None)
+    text = "\n".join(lines)
+    row = next(line for line in text.splitlines() if line.startswith("| 100,000 | 50,000 x 2 x 1 | redis+l1 |"))
+    assert "| 90.0% |" in row and "est." not in row
+    assert "100,000 keys: 100,000 entries, 253 MiB counted, evicted in the kept round: expired 9,312" in text
+    assert l1_share_cell({"l1_share_estimate": 0.897}) == "89.7% (est.)"
