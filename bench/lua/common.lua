@@ -3,6 +3,9 @@
 --   pacer(rate)         returns a delay() that spreads this thread's sends evenly at `rate` per second
 --                       (fixed schedule; a late slot is sent at once, debts are not accumulated)
 --   write_report(s, l, extra)  the run's summary and latency percentiles as JSON into $BENCH_OUT
+--   get(path, authorization)   a GET with Host, then Authorization: always the same bytes for the same
+--                       request, in every thread (wrk.format orders fields by a Lua table's pairs(),
+--                       which differed between wrk's threads and runs)
 -- Environment: BENCH_OUT (report path, required), BENCH_RATE (total requests/s, optional, paced runs),
 --              BENCH_THREADS (wrk -t, to split BENCH_RATE), BENCH_MAX (requests per thread, optional).
 local ffi = require("ffi")
@@ -36,6 +39,17 @@ end
 
 -- Stop this thread and leave a marker file ($BENCH_OUT.done.<id>): wrk itself sleeps for the whole
 -- duration, so the harness interrupts it (SIGINT) once every thread has left its marker.
+-- A real client sends its fields in one order; wrk.format's order changed with each Lua state's string
+-- hashing, so one user's request could come as two different heads (one per order), which the proxy
+-- frames and memoises as two (bench (f), 2026-12-07: 124k heads for 100k keys).
+function M.get(path, authorization)
+  local host = wrk.headers["Host"]
+  if host == nil then  -- wrk's own check of request() in its main state, before any thread's init
+    return wrk.format("GET", path, {Authorization = authorization})
+  end
+  return "GET " .. path .. " HTTP/1.1\r\nHost: " .. host .. "\r\nAuthorization: " .. authorization .. "\r\n\r\n"
+end
+
 function M.finish()
   local f = io.open(os.getenv("BENCH_OUT") .. ".done." .. tostring({}):gsub("[^%w]", ""), "w")
   if f then f:close() end

@@ -96,14 +96,14 @@ function request()
     item = data.reads[idx % #data.reads + 1]
     last_route = item.name
     sent_at = common.now_us()
-    return wrk.format("GET", item.path, {Authorization = "Bearer " .. data.tokens[u]})
+    return common.get(item.path, "Bearer " .. data.tokens[u])
   end
   if pending then
     u, item = pending[1], pending[2]
     pending = nil
     last_route, last_write = item.name, nil
     sent_at = common.now_us()
-    return wrk.format("GET", item.path, {Authorization = "Bearer " .. data.tokens[u]})
+    return common.get(item.path, "Bearer " .. data.tokens[u])
   end
   u = search(data.cdf, math.random())
   local headers = {Authorization = "Bearer " .. data.tokens[u]}

@@ -57,7 +57,7 @@ end
 local function format(u, p, v)
   local path = paths[p]
   if variants > 1 then path = path .. "?v=" .. (v - 1) end
-  return wrk.format("GET", path, {Authorization = tokens[u]})
+  return common.get(path, tokens[u])
 end
 
 -- per-thread counters of the prefill (numbers: wrk's thread:get carries them back to done())
