@@ -115,6 +115,9 @@ function request()
   else
     last_write = nil
     item = data.reads[search(read_cdf, math.random())]
+    last_route = item.name
+    sent_at = common.now_us()
+    return common.get(item.path, headers.Authorization)
   end
   last_route = item.name
   sent_at = common.now_us()
