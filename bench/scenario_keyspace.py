@@ -307,15 +307,14 @@ def scenario(bench: Bench) -> dict:
     rules_l1 = rules_with(bench.tmp, "rules-keyspace-l1.yaml", {r: [*vary, f"l1_ttl: {L1_TTL}"] for r in RULES})
     rds = bench["redis"]
     standin = bench["standin"].url
-    proxies = {
-        "redis": start_proxy(bench.tmp, "keyspace-redis", standin, bench.secret, bench.admin_token,
-                             redis_url=rds.url, cores=SERVER_CORES, rules=rules_plain),
-        "redis+l1": start_proxy(bench.tmp, "keyspace-redis-l1", standin, bench.secret, bench.admin_token,
-                                redis_url=rds.url, cores=SERVER_CORES, rules=rules_l1,
-                                settings={"L1_MAX_BYTES": str(s.keyspace_l1_max_bytes)}),
-    }
-    bench.services["proxy-keyspace-redis"] = proxies["redis"]
-    bench.services["proxy-keyspace-redis-l1"] = proxies["redis+l1"]
+    # Each in bench.services as soon as it runs: if the next one fails to start, bench.close() stops it.
+    proxies = {}
+    proxies["redis"] = bench.services["proxy-keyspace-redis"] = start_proxy(
+        bench.tmp, "keyspace-redis", standin, bench.secret, bench.admin_token, redis_url=rds.url,
+        cores=SERVER_CORES, rules=rules_plain)
+    proxies["redis+l1"] = bench.services["proxy-keyspace-redis-l1"] = start_proxy(
+        bench.tmp, "keyspace-redis-l1", standin, bench.secret, bench.admin_token, redis_url=rds.url,
+        cores=SERVER_CORES, rules=rules_l1, settings={"L1_MAX_BYTES": str(s.keyspace_l1_max_bytes)})
     nginx = bench.services["nginx-keyspace"] = start_nginx(bench.tmp, standin, workers=1, cores=SERVER_CORES,
                                                            template=NGINX_KEYSPACE_CONF)
     svcs = {"nginx": nginx, **proxies}
