@@ -131,13 +131,17 @@ class Bench:
     def standin_reset(self) -> None:
         self.http("POST", self["standin"].url + "/_standin/reset-stats")
 
+    def scrape(self, proxy: Service) -> str:
+        """The proxy's /metrics text, for several ``metrics``/``gauge`` readings of one moment."""
+        return self.http("GET", proxy.url + "/metrics")[2].decode()
+
     def metrics(self, proxy: Service, family: str = "katiba_cache_requests",
-                label: str = "result") -> dict[tuple[str, str], float]:
+                label: str = "result", text: str | None = None) -> dict[tuple[str, str], float]:
         """A counter of the proxy's /metrics by (rule, ``label``): katiba_cache_requests_total by result
-        by default; ``family="katiba_cache_coalesced_waiters", label=""`` gives (rule, "")."""
-        _, _, body = self.http("GET", proxy.url + "/metrics")
+        by default; ``family="katiba_cache_coalesced_waiters", label=""`` gives (rule, ""). ``text``: a
+        ``scrape`` already made."""
         out: dict[tuple[str, str], float] = {}
-        for fam in text_string_to_metric_families(body.decode()):
+        for fam in text_string_to_metric_families(text if text is not None else self.scrape(proxy)):
             if fam.name != family:
                 continue
             for sample in fam.samples:
@@ -147,10 +151,10 @@ class Bench:
         return out
 
 
-def gauge(bench: "Bench", proxy: Service, name: str) -> float | None:
-    """One unlabelled gauge of the proxy's /metrics (e.g. ``katiba_cache_l1_entries``); None when absent."""
-    _, _, body = bench.http("GET", proxy.url + "/metrics")
-    for fam in text_string_to_metric_families(body.decode()):
+def gauge(text: str, name: str) -> float | None:
+    """One unlabelled gauge of a /metrics text (``Bench.scrape``), e.g. ``katiba_cache_l1_entries``; None when
+    absent."""
+    for fam in text_string_to_metric_families(text):
         for sample in fam.samples:
             if sample.name == name:
                 return sample.value

@@ -189,20 +189,19 @@ def _delay(bench: Bench, ms: float | None = None) -> float:
     return json.loads(body)["delay_ms"]
 
 
-def _redis_commands(client: redis.Redis) -> int:
-    return int(client.info("stats")["total_commands_processed"])
-
-
 def _commands_by_name(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}
 
 
-def _l1_counts(bench: Bench, svc: Service) -> dict[str, float]:
-    """The proxy's ``katiba_cache_l1_*`` counters: lookups by result and evictions by reason."""
-    out = {f"lookups_{res}": v for (_, res), v in bench.metrics(svc, "katiba_cache_l1_lookups", "result").items()}
-    out.update({f"evicted_{reason}": v
-                for (_, reason), v in bench.metrics(svc, "katiba_cache_l1_evictions", "reason").items()})
-    return out
+def _l1_state(bench: Bench, svc: Service) -> tuple[dict[str, float], dict[str, float | None]]:
+    """The proxy's ``katiba_cache_l1_*``, from one scrape: the counters (lookups by result, evictions by
+    reason) and the gauges (entries, bytes)."""
+    text = bench.scrape(svc)
+    counters = {f"lookups_{res}": v
+                for (_, res), v in bench.metrics(svc, "katiba_cache_l1_lookups", "result", text).items()}
+    counters.update({f"evicted_{reason}": v
+                     for (_, reason), v in bench.metrics(svc, "katiba_cache_l1_evictions", "reason", text).items()})
+    return counters, {"entries": gauge(text, "katiba_cache_l1_entries"), "bytes": gauge(text, "katiba_cache_l1_bytes")}
 
 
 def _results(delta: dict) -> dict[str, int]:
@@ -232,25 +231,24 @@ def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, 
     proxy = name != "nginx"
     before = bench.metrics(svc) if proxy else {}
     backend0 = bench.standin_stats()["requests"]
-    cmds0 = _redis_commands(client) if client is not None else 0
     by_name0 = _commands_by_name(client) if client is not None else {}
-    l1_0 = _l1_counts(bench, svc) if name == "redis+l1" else {}
+    l1_0 = _l1_state(bench, svc)[0] if name == "redis+l1" else {}
     run = run_wrk(svc.url + PATHS[0], script="keyspace.lua", connections=connections, duration=duration,
                   env={"BENCH_DATA": str(data), "BENCH_SEED": str(seed)}, cores=CLIENT_CORES,
                   server_pids=pids, label=label)
     run.extra["target"] = name
     run.extra["backend_requests"] = backend = bench.standin_stats()["requests"] - backend0
     if client is not None:
-        run.extra["redis_commands_per_request"] = round((_redis_commands(client) - cmds0) / run.requests, 4) \
-            if run.requests else None
         grown = metric_delta(by_name0, _commands_by_name(client))
         run.extra["redis_commands_by_name"] = {k: int(v) for k, v in sorted(grown.items(), key=lambda kv: -kv[1])}
+        run.extra["redis_commands_per_request"] = round(sum(grown.values()) / run.requests, 4) \
+            if run.requests else None
     if name == "redis+l1":
-        l1 = run.extra["l1"] = {k: int(v) for k, v in metric_delta(l1_0, _l1_counts(bench, svc)).items()}
+        counters, gauges = _l1_state(bench, svc)
+        l1 = run.extra["l1"] = {k: int(v) for k, v in metric_delta(l1_0, counters).items()}
         looked = l1.get("lookups_hit", 0) + l1.get("lookups_miss", 0)
         run.extra["l1_share"] = round(l1.get("lookups_hit", 0) / looked, 4) if looked else None
-        l1.update(entries=gauge(bench, svc, "katiba_cache_l1_entries"),
-                  bytes=gauge(bench, svc, "katiba_cache_l1_bytes"))
+        l1.update(gauges)
     if proxy:
         results = _results(metric_delta(before, bench.metrics(svc)))
         total = sum(results.values())
