@@ -512,8 +512,10 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
             l1 = row["l1"]
             evicted = ", ".join(f"{k.removeprefix('evicted_')} {int(v):,}" for k, v in l1.items()
                                 if k.startswith("evicted_")) or "none"
+            renewed = f", copies past `l1_ttl` renewed unchanged {int(l1['renewed']):,}" if "renewed" in l1 else ""
             l1_lines.append(f"{lv['keys']:,} keys: {int(l1.get('entries') or 0):,} entries, "
-                            f"{(l1.get('bytes') or 0) / 2**20:.0f} MiB counted, evicted in the kept round: {evicted}")
+                            f"{(l1.get('bytes') or 0) / 2**20:.0f} MiB counted, evicted in the kept round: {evicted}"
+                            f"{renewed}")
     add(_table(["keys", "users x paths x variants", "target", "req/s", "ratio vs nginx", "p50 ms", "p99 ms",
                 "hit share", "L1 share", "backend req", "server cpu", "wrk cpu", "cpu pressure %",
                 "req/s per round"], rows))

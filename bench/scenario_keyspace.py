@@ -195,12 +195,13 @@ def _commands_by_name(client: redis.Redis) -> dict[str, int]:
 
 def _l1_state(bench: Bench, svc: Service) -> tuple[dict[str, float], dict[str, float | None]]:
     """The proxy's ``katiba_cache_l1_*``, from one scrape: the counters (lookups by result, evictions by
-    reason) and the gauges (entries, bytes)."""
+    reason, renewals) and the gauges (entries, bytes)."""
     text = bench.scrape(svc)
     counters = {f"lookups_{res}": v
                 for (_, res), v in bench.metrics(svc, "katiba_cache_l1_lookups", "result", text).items()}
     counters.update({f"evicted_{reason}": v
                      for (_, reason), v in bench.metrics(svc, "katiba_cache_l1_evictions", "reason", text).items()})
+    counters["renewed"] = gauge(text, "katiba_cache_l1_renewals_total") or 0.0
     return counters, {"entries": gauge(text, "katiba_cache_l1_entries"), "bytes": gauge(text, "katiba_cache_l1_bytes")}
 
 

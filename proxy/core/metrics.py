@@ -116,6 +116,9 @@ class Metrics:
         self.l1_evictions = Counter("katiba_cache_l1_evictions_total", "Entries dropped from the in-process L1 by "
                                     "reason: budget (L1_MAX_BYTES), expired (l1_ttl), invalidated (a purge's "
                                     "message), flushed (invalidations may have been lost)", ["reason"], registry=r)
+        self.l1_renewals = Counter("katiba_cache_l1_renewals_total", "In-process L1 copies past their l1_ttl "
+                                   "renewed because the store still held the same entry under the same "
+                                   "generations (a store round trip, no decoding)", registry=r)
         self._l1_reported: dict[tuple[str, str], int] = {}
         self.gc_pause = Histogram("katiba_cache_gc_pause_seconds",
                                   "Pauses of Python's garbage collector in this process, by generation (1: paced "
@@ -170,12 +173,13 @@ class Metrics:
         counters get what grew since the last report."""
         self.l1_entries.set(counts["entries"])
         self.l1_bytes.set(counts["bytes"])
-        totals = {("hit", ""): counts["hits"], ("miss", ""): counts["misses"],
+        totals = {("hit", ""): counts["hits"], ("miss", ""): counts["misses"], ("renewed", ""): counts["renewed"],
                   **{("evicted", reason): n for reason, n in counts["evicted"].items()}}
         for (kind, reason), total in totals.items():
             grown = total - self._l1_reported.get((kind, reason), 0)
             if grown > 0:
-                child = self.l1_evictions.labels(reason) if kind == "evicted" else self.l1_lookups.labels(kind)
+                child = (self.l1_evictions.labels(reason) if kind == "evicted" else self.l1_renewals
+                         if kind == "renewed" else self.l1_lookups.labels(kind))
                 child.inc(grown)
                 self._l1_reported[(kind, reason)] = total
 

@@ -249,10 +249,14 @@ class RequestPath:
     def looked_up(self, d: Lookup, raw: bytes | None, tokens: list, path_qs: str) -> tuple[Entry | None, policy.Verdict]:
         """Judge what the store gave for ``d``; a fresh entry also goes to L1; warm rules count demand."""
         rule = d.rule
-        entry = decode_entry(raw)
+        l1 = self.l1 if self.l1 is not None and rule.l1_ttl and not d.revalidate else None
+        entry = (l1 is not None and l1.decoded(d.key, raw)) or decode_entry(raw)
         verdict = policy.judge(entry, tokens, rule, self.clock())
-        if self.l1 is not None and rule.l1_ttl and not d.revalidate and verdict.usable == "fresh":
-            self.l1.put(d.key, entry, tokens, d.gen_keys, min(rule.l1_ttl, rule.ttl - verdict.age))
+        if l1 is not None:
+            if verdict.usable == "fresh":
+                l1.put(d.key, entry, tokens, d.gen_keys, min(rule.l1_ttl, rule.ttl - verdict.age), raw)
+            else:
+                l1.discard(d.key)
         if rule.warm or rule.refresh_after_purge:
             self.warmer.note_read(d, path_qs)
         return entry, verdict

@@ -137,3 +137,111 @@ async def test_l1_metrics_count_lookups_budget_evictions_and_invalidations(make_
 
     await until(evicted_by_message, "the other instance's purge counted as an invalidation")
     assert await proxy.metric("katiba_cache_l1_entries") == 7
+
+
+def lapse(proxy) -> list[float]:
+    """Drive ``proxy``'s L1 clock by hand: ``now[0] += 61`` takes every copy past ``l1_ttl`` (60 s)."""
+    l1 = proxy.proxy.l1
+    now = [l1.clock()]
+    l1.clock = lambda: now[0]
+    return now
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Stored entries decoded from bytes, counted. ``no_memo()`` once the proxy is built (which sets the memo
+    budget) turns the decoded-entry memo off, so that only L1 can spare a decoding."""
+    from proxy.core import entry as entry_module, memo
+
+    monkeypatch.setattr(memo, "_budget", [memo.budget()])  # restored after the test
+    calls = [0]
+    decode = entry_module._decode
+
+    def counted(raw, version):
+        calls[0] += 1
+        return decode(raw, version)
+
+    monkeypatch.setattr(entry_module, "_decode", counted)
+    return calls
+
+
+async def in_l1(proxy, user: str) -> None:
+    assert (await proxy.get(PROFILE, user)).x_cache == "MISS"
+    assert (await proxy.get(PROFILE, user)).x_cache == "HIT"  # from Redis, now also in L1
+    assert "detail=l1" in (await proxy.get(PROFILE, user)).cache_status
+
+
+async def test_an_unchanged_copy_past_l1_ttl_is_renewed_without_decoding_it_again(make_proxy, redis_server,
+                                                                                   tmp_path, decodes):
+    """Past ``l1_ttl`` L1 asks the store again, as it must; when the store still holds the very bytes L1's copy
+    came from, under the same generations, that copy is renewed: no decoding, no new head to render."""
+    from proxy.core import memo
+
+    proxy = await make_proxy(rules_path=l1_rules(tmp_path))
+    memo.set_budget(0)
+    await subscribed(proxy)
+    now = lapse(proxy)
+    user = new_user()
+    await in_l1(proxy, user)
+    held, mgets, decoded = proxy.proxy.l1.get(next(iter(proxy.proxy.l1._items)))[0], \
+        redis_server.command_count("mget"), decodes[0]
+    now[0] += 61
+    reply = await proxy.get(PROFILE, user)
+    assert reply.x_cache == "HIT" and "detail=l1" not in reply.cache_status
+    assert redis_server.command_count("mget") == mgets + 1  # the store was asked
+    assert decodes[0] == decoded  # and its answer was the copy L1 holds
+    assert await proxy.metric("katiba_cache_l1_renewals_total") == 1
+    assert await proxy.metric("katiba_cache_l1_evictions_total", reason="expired") == 0
+    again = await proxy.get(PROFILE, user)
+    assert "detail=l1" in again.cache_status and again.body == reply.body
+    assert redis_server.command_count("mget") == mgets + 1
+    assert proxy.proxy.l1.get(next(iter(proxy.proxy.l1._items)))[0] is held
+
+
+async def test_a_copy_past_l1_ttl_whose_purge_message_was_lost_is_not_renewed(make_proxy, redis_server, backend,
+                                                                              tmp_path):
+    """A purge whose message never reached this instance (the bump alone, nothing published) is seen at the
+    latest ``l1_ttl`` later: renewal checks the generations, and the answer comes from the backend."""
+    proxy = await make_proxy(rules_path=l1_rules(tmp_path))
+    await subscribed(proxy)
+    now = lapse(proxy)
+    user = new_user()
+    await in_l1(proxy, user)
+    assert (await backend.call("PUT", PROFILE, user, {"display_name": "Changed", "bio": ""})).status == 200
+    generations = [k for k in redis_server.admin.keys(f"*{user}*") if ":gen:" in k]
+    assert len(generations) == 2  # the user's namespace and the profile's
+    for generation in generations:
+        redis_server.admin.set(generation, "bumped-without-a-message", keepttl=True)
+    assert "detail=l1" in (await proxy.get(PROFILE, user)).cache_status  # inside l1_ttl: the bound allows it
+    now[0] += 61
+    reply = await proxy.get(PROFILE, user)
+    assert reply.x_cache == "MISS" and reply.json["body"]["display_name"] == "Changed"
+    assert await proxy.metric("katiba_cache_l1_renewals_total") == 0
+
+
+async def test_a_copy_past_l1_ttl_whose_stored_entry_was_replaced_is_not_renewed(make_proxy, redis_server,
+                                                                                 tmp_path):
+    """The store's entry replaced under the same generations (as another instance's staleness auditor does):
+    past ``l1_ttl`` the store's new copy is served, not L1's old one."""
+    from dataclasses import replace
+
+    import redis
+
+    from proxy.core.entry import decode_entry
+
+    proxy = await make_proxy(rules_path=l1_rules(tmp_path))
+    await subscribed(proxy)
+    now = lapse(proxy)
+    user = new_user()
+    await in_l1(proxy, user)
+    [key] = [k for k in redis_server.admin.keys(f"*{user}*") if ":gen:" not in k]
+    raw_client = redis.Redis(port=redis_server.port)  # the admin client decodes replies as text
+    entry = decode_entry(raw_client.get(key))
+    body = entry.body.replace(b'"version"', b'"versioN"')
+    assert body != entry.body
+    raw_client.set(key, replace(entry, body=body).encode(), keepttl=True)
+    raw_client.close()
+    now[0] += 61
+    reply = await proxy.get(PROFILE, user)
+    assert reply.x_cache == "HIT" and reply.body == body
+    assert await proxy.metric("katiba_cache_l1_renewals_total") == 0
