@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .procs import Service, cpu_pressure, log  # noqa: F401 (re-exported)
+from .procs import Service, log
 
 SERVER_CORES = "0"  # the 1-core comparisons: every server process on core 0 ...
 CLIENT_CORES = "1"  # ... and the load generator on core 1

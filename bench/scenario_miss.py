@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .context import CLIENT_CORES, SERVER_CORES, Bench, metric_delta
+from .context import CLIENT_CORES, Bench, metric_delta
 from .procs import Service, log
 from .workload import mint
 from .wrk import Run, run_wrk
