@@ -23,6 +23,24 @@ from tests.functional.conftest import SECRET, Reply
 OTHER_SECRET = "an-attackers-own-secret-0123456789abcdef"
 
 
+def board_rules(prefix: str, more: str = "") -> str:
+    """A rules file under ``prefix`` whose first rule caches the leaderboard (a global key, keyed by
+    ``limit`` and ``offset``), followed by ``more`` rules (YAML list items, indented as these are)."""
+    return f"""\
+version: 1
+prefix: "{prefix}"
+defaults:
+  auth: required
+  cache_when: {{status: [200], json: {{path: header.responseCode, between: [200, 299]}}}}
+  drop_headers: [X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset]
+rules:
+  - name: board
+    match: GET /api/v1/achievements/leaderboard
+    key: "achievements:global:leaderboard"
+    vary_query: [limit, offset]
+""" + more
+
+
 # ----------------------------------------------------------------------------------------- tokens
 
 def b64(data: bytes) -> str:

@@ -15,21 +15,10 @@ import asyncio
 import pytest
 
 from tests.functional.conftest import API, new_user, sample
+from tests.security.helpers import board_rules
 
 BOARD = f"{API}/achievements/leaderboard"
-RULES = """\
-version: 1
-prefix: "sec18c"
-defaults:
-  auth: required
-  cache_when: {status: [200], json: {path: header.responseCode, between: [200, 299]}}
-  drop_headers: [X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset]
-rules:
-  - name: board
-    match: GET /api/v1/achievements/leaderboard
-    key: "achievements:global:leaderboard"
-    vary_query: [limit, offset]
-"""
+RULES = board_rules("sec18c")
 PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp-path"])
 
 

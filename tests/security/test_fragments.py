@@ -12,28 +12,18 @@ from __future__ import annotations
 import pytest
 
 from tests.functional.conftest import API, mint, new_user
+from tests.security.helpers import board_rules
 from tests.security.keepalive import one_exchange
 
 BOARD = f"{API}/achievements/leaderboard"
-RULES = """\
-version: 1
-prefix: "sec18f"
-defaults:
-  auth: required
-  cache_when: {status: [200], json: {path: header.responseCode, between: [200, 299]}}
-  drop_headers: [X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset]
-rules:
-  - name: board
-    match: GET /api/v1/achievements/leaderboard
-    key: "achievements:global:leaderboard"
-    vary_query: [limit, offset]
+RULES = board_rules("sec18f", """\
   - name: types
     match: GET /api/v1/achievements/types
     key: "achievements:global:types"
   - name: achievement
     match: GET /api/v1/achievements/{achievement_id}
     key: "achievements:{user_id}:achievement:{achievement_id}"
-"""
+""")
 PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp-path"])
 
 

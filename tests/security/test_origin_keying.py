@@ -19,29 +19,19 @@ from aiohttp import web
 
 from proxy.upstream.client import UpstreamConfig
 from tests.functional.conftest import API, mint, new_user
+from tests.security.helpers import board_rules
 from tests.security.keepalive import one_exchange
 
 BOARD = f"{API}/achievements/leaderboard"
 RECENT = f"{API}/achievements/recent"
-RULES = """\
-version: 1
-prefix: "sec18"
-defaults:
-  auth: required
-  cache_when: {status: [200], json: {path: header.responseCode, between: [200, 299]}}
-  drop_headers: [X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset]
-rules:
-  - name: board
-    match: GET /api/v1/achievements/leaderboard
-    key: "achievements:global:leaderboard"
-    vary_query: [limit, offset]
+RULES = board_rules("sec18", """\
   - name: recent
     match: GET /api/v1/achievements/recent
     key: "achievements:global:recent"
     vary_query: [limit]
     ttl: 60
     warm: true
-"""
+""")
 PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp-path"])
 APP = "https://app.example.com"
 

@@ -18,7 +18,7 @@ import asyncio
 import pytest
 
 from proxy.store.memory import MemoryStore
-from tests.functional.conftest import API, auth, mint, new_user
+from tests.functional.conftest import API, mint, new_user
 
 PROFILE = f"{API}/users/profile"
 AWARD = f"{API}/achievements/award"
