@@ -79,7 +79,7 @@ class L1Cache:
         Bytes are told apart by their hash. Two different entries of one key with one hash could only
         stand in for each other where the caller's judgement (same generations, within the rule's ttl)
         lets either be served anyway."""
-        item = self._items.get(key)
+        item = self._items.get(key) if self.healthy else None
         if item is None or stored is None or item[5] != hash(stored):
             return None
         return item[0]

@@ -82,5 +82,8 @@ def test_a_copy_past_its_ttl_is_renewed_only_from_the_bytes_it_came_from():
     replaced = decode_entry(other)
     l1.put(key, replaced, replaced.generations, gen_keys, 60, other)  # the store holds another entry now
     assert l1.get(key)[0] is replaced and (l1.renewed, l1.evicted["expired"], len(l1)) == (1, 2, 1)
+    l1.healthy = False  # invalidations may be lost: nothing L1 holds stands in for the store's answer
+    assert l1.decoded(key, other) is None
+    l1.healthy = True
     now[0] += 61
     assert l1.invalidate([gen_keys[0]]) == 1 and l1.decoded(key, other) is None
