@@ -149,8 +149,8 @@ def lapse(proxy) -> list[float]:
 
 @pytest.fixture
 def decodes(monkeypatch):
-    """Stored entries decoded from bytes, counted. ``no_memo()`` once the proxy is built (which sets the memo
-    budget) turns the decoded-entry memo off, so that only L1 can spare a decoding."""
+    """Stored entries decoded from bytes, counted. ``memo.set_budget(0)`` once the proxy is built (which sets
+    the memo budget) turns the decoded-entry memo off, so that only L1 can spare a decoding."""
     from proxy.core import entry as entry_module, memo
 
     monkeypatch.setattr(memo, "_budget", [memo.budget()])  # restored after the test
@@ -163,6 +163,12 @@ def decodes(monkeypatch):
 
     monkeypatch.setattr(entry_module, "_decode", counted)
     return calls
+
+
+def entry_key(redis_server, user: str) -> str:
+    """The Redis key of ``user``'s one stored entry (the others under their id are generations)."""
+    [key] = [k for k in redis_server.admin.keys(f"*{user}*") if ":gen:" not in k]
+    return key
 
 
 async def in_l1(proxy, user: str) -> None:
@@ -183,8 +189,8 @@ async def test_an_unchanged_copy_past_l1_ttl_is_renewed_without_decoding_it_agai
     now = lapse(proxy)
     user = new_user()
     await in_l1(proxy, user)
-    held, mgets, decoded = proxy.proxy.l1.get(next(iter(proxy.proxy.l1._items)))[0], \
-        redis_server.command_count("mget"), decodes[0]
+    key = entry_key(redis_server, user)
+    held, mgets, decoded = proxy.proxy.l1.get(key)[0], redis_server.command_count("mget"), decodes[0]
     now[0] += 61
     reply = await proxy.get(PROFILE, user)
     assert reply.x_cache == "HIT" and "detail=l1" not in reply.cache_status
@@ -195,7 +201,7 @@ async def test_an_unchanged_copy_past_l1_ttl_is_renewed_without_decoding_it_agai
     again = await proxy.get(PROFILE, user)
     assert "detail=l1" in again.cache_status and again.body == reply.body
     assert redis_server.command_count("mget") == mgets + 1
-    assert proxy.proxy.l1.get(next(iter(proxy.proxy.l1._items)))[0] is held
+    assert proxy.proxy.l1.get(key)[0] is held
 
 
 async def test_a_copy_past_l1_ttl_whose_purge_message_was_lost_is_not_renewed(make_proxy, redis_server, backend,
@@ -234,7 +240,7 @@ async def test_a_copy_past_l1_ttl_whose_stored_entry_was_replaced_is_not_renewed
     now = lapse(proxy)
     user = new_user()
     await in_l1(proxy, user)
-    [key] = [k for k in redis_server.admin.keys(f"*{user}*") if ":gen:" not in k]
+    key = entry_key(redis_server, user)
     raw_client = redis.Redis(port=redis_server.port)  # the admin client decodes replies as text
     entry = decode_entry(raw_client.get(key))
     body = entry.body.replace(b'"version"', b'"versioN"')
