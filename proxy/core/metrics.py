@@ -173,15 +173,16 @@ class Metrics:
         counters get what grew since the last report."""
         self.l1_entries.set(counts["entries"])
         self.l1_bytes.set(counts["bytes"])
-        totals = {("hit", ""): counts["hits"], ("miss", ""): counts["misses"], ("renewed", ""): counts["renewed"],
-                  **{("evicted", reason): n for reason, n in counts["evicted"].items()}}
-        for (kind, reason), total in totals.items():
-            grown = total - self._l1_reported.get((kind, reason), 0)
+        totals = {("lookups", "hit"): counts["hits"], ("lookups", "miss"): counts["misses"],
+                  ("renewals", ""): counts["renewed"],
+                  **{("evictions", reason): n for reason, n in counts["evicted"].items()}}
+        counters = {"lookups": self.l1_lookups, "renewals": self.l1_renewals, "evictions": self.l1_evictions}
+        for (family, label), total in totals.items():
+            grown = total - self._l1_reported.get((family, label), 0)
             if grown > 0:
-                child = (self.l1_evictions.labels(reason) if kind == "evicted" else self.l1_renewals
-                         if kind == "renewed" else self.l1_lookups.labels(kind))
-                child.inc(grown)
-                self._l1_reported[(kind, reason)] = total
+                counter = counters[family]
+                (counter.labels(label) if label else counter).inc(grown)
+                self._l1_reported[(family, label)] = total
 
     def families(self) -> dict[str, Any]:
         """Every metric family by name (``katiba_cache_requests``, ...), as a scrape of ``/metrics`` sees
