@@ -49,7 +49,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
     from aiohttp import web
 
     from ..serve.app import PROXY_KEY
-    from ..serve.collector import GC_THRESHOLDS
+    from ..serve.collector import thresholds
     from . import allocator
 
     proxy = app[PROXY_KEY]
@@ -78,7 +78,7 @@ async def _serve_app(app, config, rules, started: asyncio.Event | None, stop: as
                                   **allocator.describe()})
     gc.collect()
     gc.freeze()  # the start-up objects never die: keep them out of every later collection
-    gc.set_threshold(*GC_THRESHOLDS)  # and young collections paced by serve/collector.py
+    gc.set_threshold(*thresholds(config.gc_pace_interval))  # collections paced by serve/collector.py
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,10 +12,12 @@ as Python orders them, left the middle one with ten ticks' survivors: 10 to 70 m
 
 The oldest generation holds every memo entry and verified token that outlived two ticks, and a full
 collection walks all of it and everything it points at: 0.4 to 1.2 s at 100k keys. Python would start one
-whenever a quarter of it is new since the last, which memo churn makes about once a minute. The server
-runs one every ``full_interval`` instead (600 s by default): the only garbage that waits for it is cycles
-that outlived two ticks, few here since requests' objects die by reference counting. Python may still
-start one of its own after a burst of allocations (more than the first threshold within one tick).
+whenever a quarter of it is new since the last, which growing memos (a warm-up, new users, an L1
+refilling) make every few seconds. The server runs one every ``full_interval`` instead (600 s by default)
+and, while it paces, lets Python start none (``thresholds``): the only garbage that waits for it is
+cycles that outlived two ticks, few here since requests' objects die by reference counting. Python may
+still start young and middle collections of its own after a burst of allocations (more than the first
+threshold within one tick).
 
 Every collection's pause (these and Python's own) is observed into ``katiba_cache_gc_pause_seconds``.
 """
@@ -31,8 +33,15 @@ from ..core.metrics import Metrics
 # a full collection about every second under load with many keys: objects the memos keep live long enough
 # to reach the oldest generation, and each full collection walks all of them. Request objects die by
 # reference counting whatever the thresholds; only cycles wait for a collection, and those are few and
-# short-lived here. Full collections come a hundred middle ones apart, not ten.
+# short-lived here. Unpaced, full collections come a hundred middle ones apart, not ten; paced, the
+# third threshold is never reached (each middle collection adds one to its count): the pacer runs them.
 GC_THRESHOLDS = (10_000, 10, 100)
+_NEVER = 2**31 - 1  # the largest threshold Python takes (a C int); ten ticks a second reach it in 6 years
+
+
+def thresholds(pace_interval: float) -> tuple[int, int, int]:
+    """``gc.set_threshold``'s arguments for a server pacing its collections every ``pace_interval`` s (0: not)."""
+    return GC_THRESHOLDS if pace_interval <= 0 else (*GC_THRESHOLDS[:2], _NEVER)
 
 DEFAULT_INTERVAL = 0.1
 DEFAULT_FULL_INTERVAL = 600.0
