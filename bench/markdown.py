@@ -522,6 +522,13 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
     add("")
     if l1_lines:
         add("`redis+l1`'s L1 after its kept round (`katiba_cache_l1_*`): " + "; ".join(l1_lines) + ".\n")
+    cpu_lines = [f"{lv['keys']:,} keys: " + ", ".join(
+        f"{target_label(r['target'])} {r['cpu_us_per_request']['proxy']:.1f} + {r['cpu_us_per_request']['redis']:.1f}"
+        for r in lv["rows"] if r.get("cpu_us_per_request")) for lv in levels
+        if any(r.get("cpu_us_per_request") for r in lv["rows"])]
+    if cpu_lines:
+        add("CPU per request in the kept round, us, the proxy + its redis-server (both on core 0, so one's "
+            "time is the other's wait): " + "; ".join(cpu_lines) + ".\n")
     add("Prefill (every key once, hottest users first; `covered`: share of the level's keys stored before the "
         "rounds; at a level with variants, the Redis store reads the base keys (user, path) through the proxy "
         "and copies each entry, server-side in Lua, under its variant keys, rendered as the proxy renders them "

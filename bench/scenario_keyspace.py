@@ -239,6 +239,9 @@ def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, 
                   server_pids=pids, label=label)
     run.extra["target"] = name
     run.extra["backend_requests"] = backend = bench.standin_stats()["requests"] - backend0
+    if run.requests and len(pids) == 2:  # a proxy and its redis-server, sharing core 0: who spent it
+        run.extra["cpu_us_per_request"] = {role: round(run.server_cpu_s_by_pid[pid] / run.requests * 1e6, 2)
+                                           for role, pid in zip(("proxy", "redis"), pids)}
     if client is not None:
         grown = metric_delta(by_name0, _commands_by_name(client))
         run.extra["redis_commands_by_name"] = {k: int(v) for k, v in sorted(grown.items(), key=lambda kv: -kv[1])}

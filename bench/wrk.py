@@ -32,6 +32,7 @@ class Run:
     bytes_per_response: float
     client_cpu: float | None = None  # share of one core used by the load generator
     server_cpu: float | None = None  # share of one core used by the server process tree
+    server_cpu_s_by_pid: dict[int, float] = field(default_factory=dict)  # CPU seconds of each of ``server_pids``' trees
     routes: dict = field(default_factory=dict)  # katiba: per-route raw data
     extra: dict = field(default_factory=dict)
 
@@ -71,7 +72,7 @@ def run_wrk(url: str, *, script: str, connections: int, duration: float, threads
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
     cmd.append(url)
-    server_before = sum(tree_cpu(p) for p in server_pids)
+    server_before = {p: tree_cpu(p) for p in server_pids}
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = started + duration + 60
@@ -95,7 +96,8 @@ def run_wrk(url: str, *, script: str, connections: int, duration: float, threads
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    server_cpu = (sum(tree_cpu(p) for p in server_pids) - server_before) / elapsed if server_pids else None
+    spent = {p: tree_cpu(p) - before for p, before in server_before.items()}
+    server_cpu = sum(spent.values()) / elapsed if server_pids else None
     try:
         report = json.loads(Path(out_path).read_text())
     except (OSError, ValueError):
@@ -109,7 +111,7 @@ def run_wrk(url: str, *, script: str, connections: int, duration: float, threads
     return Run(label=label, requests=requests, duration_s=duration_s, rps=requests / duration_s if duration_s else 0.0,
                percentiles_ms={_pkey(p): v / 1000 for p, v in report["percentiles_us"]},
                errors=report["errors"], bytes_per_response=report["bytes"] / requests if requests else 0.0,
-               client_cpu=client_cpu, server_cpu=server_cpu, routes=routes,
+               client_cpu=client_cpu, server_cpu=server_cpu, server_cpu_s_by_pid=spent, routes=routes,
                extra={"cpu_pressure_avg10": cpu_pressure(), **{k: v for k, v in report.items() if k not in REPORT_KEYS}})
 
 

@@ -85,3 +85,26 @@ def test_the_report_gives_the_l1_share_the_proxy_counted_and_why_it_missed():
     assert "| 90.0% |" in row and "est." not in row
     assert "100,000 keys: 100,000 entries, 253 MiB counted, evicted in the kept round: expired 9,312" in text
     assert l1_share_cell({"l1_share_estimate": 0.897}) == "89.7% (est.)"
+
+
+def test_the_report_splits_each_proxy_targets_cpu_between_the_proxy_and_its_redis_server():
+    """The proxy and its redis-server share core 0: the (f) report says which spent the time per request,
+    for runs that measured it (older runs have no such line)."""
+    import json
+    from pathlib import Path
+
+    from bench.markdown import _keyspace_section
+
+    run = json.loads((Path(__file__).parents[2] / "bench/results/partial/keyspace-2026-12-07T0334.json").read_text())
+    old: list[str] = []
+    _keyspace_section(old.append, run, None)
+    assert not any("CPU per request" in line for line in old)
+
+    for level, split in zip(run["levels"], ({"proxy": 19.84, "redis": 3.1}, {"proxy": 31.0, "redis": 9.25})):
+        next(r for r in level["rows"] if r["target"] == "redis")["cpu_us_per_request"] = split
+    lines: list[str] = []
+    _keyspace_section(lines.append, run, None)
+    line = next(line for line in lines if "CPU per request" in line)
+    levels = [f"{lv['keys']:,}" for lv in run["levels"]]
+    assert f"{levels[0]} keys: redis 19.8 + 3.1" in line
+    assert f"{levels[1]} keys: redis 31.0 + 9.2" in line
