@@ -103,3 +103,5 @@ async def pace_collections(metrics: Metrics, interval: float = DEFAULT_INTERVAL,
     finally:
         gc.callbacks.remove(recorder)
         recorder.report(metrics)
+        if gc.get_threshold()[2] == _NEVER:  # no pacer any more: Python's own full collections come back
+            gc.set_threshold(*GC_THRESHOLDS)

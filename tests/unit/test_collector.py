@@ -3,13 +3,15 @@ new ones, Python alone lets the young generation grow without bound; a paced you
 and each collection's pause is observed into ``katiba_cache_gc_pause_seconds``."""
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections import OrderedDict
 
 import pytest
 
 from proxy.core.metrics import Metrics
-from proxy.serve.collector import DEFAULT_INTERVAL, GC_THRESHOLDS, CollectionPacer, PauseRecorder, thresholds
+from proxy.serve.collector import (DEFAULT_INTERVAL, GC_THRESHOLDS, CollectionPacer, PauseRecorder, pace_collections,
+                                   thresholds)
 
 MEMO = 60_000  # entries of a memo at its byte budget: each new one replaces the oldest
 TICK = 5_000  # entries replaced between two paced collections
@@ -88,6 +90,18 @@ def test_between_full_intervals_python_starts_no_full_collection_of_its_own(serv
         gc.callbacks.remove(seen)
     assert 0 in generations  # the burst started one of Python's own collections
     assert 2 not in generations
+
+
+async def test_once_the_pacer_stops_python_runs_full_collections_again(serving_thresholds):
+    """Nothing else would ever collect the oldest generation: a process whose pacer ended (a server
+    shutting down, or the task failing) must not keep its old cycles for good."""
+    assert gc.get_threshold() == thresholds(DEFAULT_INTERVAL) != GC_THRESHOLDS
+    pacer = asyncio.ensure_future(pace_collections(Metrics(), interval=0.001))
+    await asyncio.sleep(0.01)
+    assert gc.get_threshold() == thresholds(DEFAULT_INTERVAL)  # pacing: the oldest generation is its own
+    pacer.cancel()
+    await asyncio.gather(pacer, return_exceptions=True)
+    assert gc.get_threshold() == GC_THRESHOLDS
 
 
 def test_a_full_collection_every_full_interval(serving_thresholds):
