@@ -67,7 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
             "runs itself, so that each pause stays short with many keys (proxy/serve/collector.py); 0: Python's "
             "own schedule"),
     Setting("GC_FULL_INTERVAL", "600", "seconds between the full garbage collections the server runs itself "
-            "(with GC_PACE_INTERVAL > 0): each walks every long-lived object, about a second at 100k keys"),
+            "(with GC_PACE_INTERVAL > 0, Python starts none of its own): each walks every long-lived object, about "
+            "a second at 100k keys"),
     Setting("CACHE_AUDIT_SAMPLE", "", "share of cache hits the staleness auditor fetches again and compares "
             "(0 to 1; 0: off); replaces rules.yaml's audit.sample, read at each rules load",
             shown_default="rules.yaml audit.sample (shipped: 0.01)", read_by="rules"),
