@@ -526,6 +526,18 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
         f"{target_label(r['target'])} {r['cpu_us_per_request']['proxy']:.1f} + {r['cpu_us_per_request']['redis']:.1f}"
         for r in lv["rows"] if r.get("cpu_us_per_request")) for lv in levels
         if any(r.get("cpu_us_per_request") for r in lv["rows"])]
+    half_lines = [f"{lv['keys']:,} keys: " + ", ".join(
+        f"{target_label(r['target'])} {r['half_load']['p99_ms']:.2f} ms at {r['half_load']['rps']:,.0f}/s"
+        for r in lv["rows"] if r.get("half_load")) for lv in levels if any(r.get("half_load") for r in lv["rows"])]
+    if half_lines:
+        first, last = levels[0], levels[-1]
+        steps = ", ".join(
+            f"{target_label(a['target'])} {b['half_load']['p99_ms'] / a['half_load']['p99_ms']:.2f}x"
+            for a, b in zip(first["rows"], last["rows"])
+            if a.get("half_load") and b.get("half_load") and a["half_load"]["p99_ms"])
+        add("p99 at half of each target's own best throughput at that level (8 s, sends paced on a fixed "
+            "schedule: latency apart from capacity): " + "; ".join(half_lines) + f". From {first['keys']:,} to "
+            f"{last['keys']:,} keys: {steps}.\n")
     if cpu_lines:
         add("CPU per request in the kept round, us, the proxy + its redis-server (both on core 0, so one's "
             "time is the other's wait): " + "; ".join(cpu_lines) + ".\n")

@@ -23,7 +23,9 @@ from them (nginx: its fill tier; Redis: ``copy_variants``); an unmeasured warm-u
 rounds (nginx, redis, redis+l1, nginx, ...), each target's best round kept. Hit share comes from the
 proxies' ``katiba_cache_requests_total`` deltas (L1 hits are hits); the share answered from L1 is
 estimated from Redis' ``total_commands_processed`` per request against the ``redis`` target's; nginx's
-is 1 - backend requests / requests (no cache lock: each of its misses is one backend request). Beside each level: ``redis-benchmark -t get -r N
+is 1 - backend requests / requests (no cache lock: each of its misses is one backend request). After the
+rounds, each target once more at half of its own best round's throughput (paced sends): the p99 apart from
+capacity, since at saturation p99 follows throughput. Beside each level: ``redis-benchmark -t get -r N
 -c 50 -P 1`` against a separate redis-server (core 0, client on core 1) holding N keys of the hottest
 user's stored entry's size: the p99 Redis itself shows at that keyspace.
 """
@@ -228,7 +230,7 @@ def prefill(bench: Bench, svc: Service, data: Path, keys: int, limit_s: float, p
 
 
 def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, connections: int,
-            pids: tuple[int, ...], client: redis.Redis | None, seed: int, label: str) -> Run:
+            pids: tuple[int, ...], client: redis.Redis | None, seed: int, label: str, rate: float = 0.0) -> Run:
     proxy = name != "nginx"
     before = bench.metrics(svc) if proxy else {}
     backend0 = bench.standin_stats()["requests"]
@@ -236,7 +238,7 @@ def measure(bench: Bench, name: str, svc: Service, data: Path, duration: float, 
     l1_0 = _l1_state(bench, svc)[0] if name == "redis+l1" else {}
     run = run_wrk(svc.url + PATHS[0], script="keyspace.lua", connections=connections, duration=duration,
                   env={"BENCH_DATA": str(data), "BENCH_SEED": str(seed)}, cores=CLIENT_CORES,
-                  server_pids=pids, label=label)
+                  server_pids=pids, label=label, rate=rate)
     run.extra["target"] = name
     run.extra["backend_requests"] = backend = bench.standin_stats()["requests"] - backend0
     if run.requests and len(pids) == 2:  # a proxy and its redis-server, sharing core 0: who spent it
@@ -387,6 +389,15 @@ def scenario(bench: Bench) -> dict:
                 row.update(target=name, all_rounds_rps=[round(r.rps, 1) for r in runs[name]],
                            ratio_vs_nginx=round(run.rps / ref, 3) if ref else None)
                 rows.append(row)
+            for name in TARGETS:  # latency apart from capacity: each at half of its own best throughput
+                rate = best[name].rps / 2
+                half = measure(bench, name, svcs[name], data, s.keyspace_duration, s.keyspace_connections,
+                               pids[name], None, 50, f"{name}/{keys}/half", rate=rate)
+                row = next(r for r in rows if r["target"] == name)
+                row["half_load"] = {"target_rps": round(rate, 1), "rps": round(half.rps, 1),
+                                    "p50_ms": round(half.p(50), 3), "p99_ms": round(half.p(99), 3)}
+                log(f"  (f) {keys:>9,} keys half load {name:9s} {half.rps:8.0f} req/s (asked {rate:.0f})  "
+                    f"p50 {half.p(50):6.2f} ms  p99 {half.p(99):7.2f} ms")
             by = {r["target"]: r for r in rows}
             per_req = (by["redis"].get("redis_commands_per_request"), by["redis+l1"].get("redis_commands_per_request"))
             if per_req[0] and per_req[1] is not None:

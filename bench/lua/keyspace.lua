@@ -6,7 +6,8 @@
 -- bench/workload.py's zipf_cdf does (weight 1 / rank^s, normalised).
 --
 -- Measured runs define no response() (wrk then skips the Lua call and the header parsing per
--- response: the load generator stays as cheap as it can); path 50/50, variant uniform.
+-- response: the load generator stays as cheap as it can); path 50/50, variant uniform. BENCH_RATE
+-- (total/s) paces them on a fixed schedule (the half-load runs).
 -- BENCH_PREFILL=1: each (user, path, variant) once, in rank order (hottest users first), threads taking
 -- turns; a thread stops after its share, or at the run's time bound (BENCH_PREFILL_KEYS limits the
 -- walk to the first keys). Prefill runs count statuses and X-Cache answers into the report.
@@ -91,6 +92,10 @@ if prefill then
 else
   function request()
     return format(search(math.random()), math.random(#paths), math.random(variants))
+  end
+  local rate = tonumber(os.getenv("BENCH_RATE") or "0")
+  if rate > 0 then  -- the half-load runs: sends paced at that total rate
+    delay = common.pacer(rate / threads)
   end
 end
 

@@ -108,3 +108,22 @@ def test_the_report_splits_each_proxy_targets_cpu_between_the_proxy_and_its_redi
     levels = [f"{lv['keys']:,}" for lv in run["levels"]]
     assert f"{levels[0]} keys: redis 19.8 + 3.1" in line
     assert f"{levels[1]} keys: redis 31.0 + 9.2" in line
+
+
+def test_the_report_gives_each_levels_p99_at_half_load_and_its_step():
+    """At saturation p99 follows throughput; the half-load runs give it apart from capacity, with the step
+    from the smallest level to the largest."""
+    import json
+    from pathlib import Path
+
+    from bench.markdown import _keyspace_section
+
+    run = json.loads((Path(__file__).parents[2] / "bench/results/partial/keyspace-2026-12-07T0334.json").read_text())
+    for level, p99 in zip(run["levels"], (1.2, 1.5, 3.0)):
+        for row in level["rows"]:
+            row["half_load"] = {"target_rps": 10000.0, "rps": 9990.0, "p50_ms": 0.5, "p99_ms": p99}
+    lines: list[str] = []
+    _keyspace_section(lines.append, run, None)
+    line = next(line for line in lines if line.startswith("p99 at half of each target's"))
+    assert "1,000 keys: nginx 1.20 ms at 9,990/s" in line
+    assert line.rstrip().endswith("From 1,000 to 1,000,000 keys: nginx 2.50x, redis 2.50x, redis+l1 2.50x.")
