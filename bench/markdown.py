@@ -459,6 +459,13 @@ def _read_heavy_section(add, rh: dict) -> None:
     add("")
 
 
+def _per_level(levels: list[dict], field: str, show) -> list[str]:
+    """"<keys> keys: <target> <show(row[field])>, ..." for each (f) level where some row has ``field``."""
+    return [f"{lv['keys']:,} keys: " + ", ".join(f"{target_label(r['target'])} {show(r[field])}"
+                                                 for r in lv["rows"] if r.get(field))
+            for lv in levels if any(r.get(field) for r in lv["rows"])]
+
+
 def _keyspace_section(add, ks: dict, plot: str | None) -> None:
     """(f): throughput, latency and hit share against the number of keys, with Redis' own p99 beside."""
     levels = ks["levels"]
@@ -522,13 +529,8 @@ def _keyspace_section(add, ks: dict, plot: str | None) -> None:
     add("")
     if l1_lines:
         add("`redis+l1`'s L1 after its kept round (`katiba_cache_l1_*`): " + "; ".join(l1_lines) + ".\n")
-    cpu_lines = [f"{lv['keys']:,} keys: " + ", ".join(
-        f"{target_label(r['target'])} {r['cpu_us_per_request']['proxy']:.1f} + {r['cpu_us_per_request']['redis']:.1f}"
-        for r in lv["rows"] if r.get("cpu_us_per_request")) for lv in levels
-        if any(r.get("cpu_us_per_request") for r in lv["rows"])]
-    half_lines = [f"{lv['keys']:,} keys: " + ", ".join(
-        f"{target_label(r['target'])} {r['half_load']['p99_ms']:.2f} ms at {r['half_load']['rps']:,.0f}/s"
-        for r in lv["rows"] if r.get("half_load")) for lv in levels if any(r.get("half_load") for r in lv["rows"])]
+    cpu_lines = _per_level(levels, "cpu_us_per_request", lambda cpu: f"{cpu['proxy']:.1f} + {cpu['redis']:.1f}")
+    half_lines = _per_level(levels, "half_load", lambda half: f"{half['p99_ms']:.2f} ms at {half['rps']:,.0f}/s")
     if half_lines:
         first, last = levels[0], levels[-1]
         steps = ", ".join(
