@@ -3,14 +3,32 @@ variant copies of its Redis prefill (they must sit under the keys the proxy look
 line's keys (their order is a convention: new keys only at the end)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import redis
 
+from bench.markdown import _keyspace_section, l1_share_cell
 from bench.procs import rules_with
 from bench.report import final_line, headline
 from bench.scenario_keyspace import PATHS, RULES, VARIANT_PARAM, copy_variants, shape
 from proxy.core.identity import Identity
 from proxy.core.policy import Lookup, RequestView, classify
 from proxy.core.rulesfile import load_rules
+
+KEPT_RUN = Path(__file__).parents[2] / "bench/results/partial/keyspace-2026-12-07T0334.json"
+
+
+def kept_run() -> dict:
+    """(f)'s full run of 2026-12-07 03:34, as kept in bench/results/partial."""
+    return json.loads(KEPT_RUN.read_text())
+
+
+def report_lines(run: dict) -> list[str]:
+    """The lines BENCHMARKS.md's (f) section gives for ``run``."""
+    lines: list[str] = []
+    _keyspace_section(lines.append, run, None)
+    return lines
 
 
 def test_a_level_is_users_times_paths_then_variants_per_user():
@@ -72,15 +90,7 @@ def test_the_final_line_adds_the_ceiling_then_the_keyspace_ratio_at_the_end():
 def test_the_report_gives_the_l1_share_the_proxy_counted_and_why_it_missed():
     """(f)'s table shows the L1 share from katiba_cache_l1_lookups_total when the run has it (the 03:34
     run of 2026-12-07, kept in bench/results/partial), the old estimate only for older runs, marked."""
-    import json
-    from pathlib import Path
-
-    from bench.markdown import _keyspace_section, l1_share_cell
-
-    run = json.loads((Path(__file__).parents[2] / "bench/results/partial/keyspace-2026-12-07T0334.json").read_text())
-    lines: list[str] = []
-    _keyspace_section(lines.append, run, None)
-    text = "\n".join(lines)
+    text = "\n".join(report_lines(kept_run()))
     row = next(line for line in text.splitlines() if line.startswith("| 100,000 | 50,000 x 2 x 1 | redis+l1 |"))
     assert "| 90.0% |" in row and "est." not in row
     assert "100,000 keys: 100,000 entries, 253 MiB counted, evicted in the kept round: expired 9,312" in text
@@ -90,21 +100,12 @@ def test_the_report_gives_the_l1_share_the_proxy_counted_and_why_it_missed():
 def test_the_report_splits_each_proxy_targets_cpu_between_the_proxy_and_its_redis_server():
     """The proxy and its redis-server share core 0: the (f) report says which spent the time per request,
     for runs that measured it (older runs have no such line)."""
-    import json
-    from pathlib import Path
-
-    from bench.markdown import _keyspace_section
-
-    run = json.loads((Path(__file__).parents[2] / "bench/results/partial/keyspace-2026-12-07T0334.json").read_text())
-    old: list[str] = []
-    _keyspace_section(old.append, run, None)
-    assert not any("CPU per request" in line for line in old)
+    run = kept_run()
+    assert not any("CPU per request" in line for line in report_lines(run))
 
     for level, split in zip(run["levels"], ({"proxy": 19.84, "redis": 3.1}, {"proxy": 31.0, "redis": 9.25})):
         next(r for r in level["rows"] if r["target"] == "redis")["cpu_us_per_request"] = split
-    lines: list[str] = []
-    _keyspace_section(lines.append, run, None)
-    line = next(line for line in lines if "CPU per request" in line)
+    line = next(line for line in report_lines(run) if "CPU per request" in line)
     levels = [f"{lv['keys']:,}" for lv in run["levels"]]
     assert f"{levels[0]} keys: redis 19.8 + 3.1" in line
     assert f"{levels[1]} keys: redis 31.0 + 9.2" in line
@@ -113,17 +114,18 @@ def test_the_report_splits_each_proxy_targets_cpu_between_the_proxy_and_its_redi
 def test_the_report_gives_each_levels_p99_at_half_load_and_its_step():
     """At saturation p99 follows throughput; the half-load runs give it apart from capacity, with the step
     from the smallest level to the largest."""
-    import json
-    from pathlib import Path
-
-    from bench.markdown import _keyspace_section
-
-    run = json.loads((Path(__file__).parents[2] / "bench/results/partial/keyspace-2026-12-07T0334.json").read_text())
+    run = kept_run()
     for level, p99 in zip(run["levels"], (1.2, 1.5, 3.0)):
         for row in level["rows"]:
             row["half_load"] = {"target_rps": 10000.0, "rps": 9990.0, "p50_ms": 0.5, "p99_ms": p99}
-    lines: list[str] = []
-    _keyspace_section(lines.append, run, None)
-    line = next(line for line in lines if line.startswith("p99 at half of each target's"))
+    line = next(line for line in report_lines(run) if line.startswith("p99 at half of each target's"))
+    assert line.startswith("p99 at half of each target's own best throughput at that level (8 s,")
     assert "1,000 keys: nginx 1.20 ms at 9,990/s" in line
     assert line.rstrip().endswith("From 1,000 to 1,000,000 keys: nginx 2.50x, redis 2.50x, redis+l1 2.50x.")
+
+    largest = run["levels"][-1]["rows"]
+    largest.reverse()  # each target's step is its own, whatever the order of the rows
+    for target, p99 in (("nginx", 1.8), ("redis", 2.4)):
+        next(r for r in largest if r["target"] == target)["half_load"]["p99_ms"] = p99
+    line = next(line for line in report_lines(run) if line.startswith("p99 at half of each target's"))
+    assert line.rstrip().endswith("From 1,000 to 1,000,000 keys: nginx 1.50x, redis 2.00x, redis+l1 2.50x.")
