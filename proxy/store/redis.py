@@ -62,6 +62,7 @@ DEFAULT_MAX_CONNECTIONS = 64
 PIPELINED_MAX_VALUE = 64 << 10
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+_UNKNOWN_MASTER = ("", 0)  # the sentinels' answer before any was had (RedisStore._follow_named_master)
 _SCHEMES = ("redis://", "rediss://")
 
 _unavailable = raising_unavailable(STORE_FAILURES, as_unavailable)  # any Redis, socket or timeout failure
@@ -360,16 +361,22 @@ class RedisStore:
         before, so that all of them reconnect to the new one. redis-py asks the sentinels only when it
         opens a connection, and an old master that was not demoted (cut off from the sentinels, or not yet
         reconfigured) keeps its clients and takes their writes: purges that the other proxies never see.
-        Sentinels out of reach change nothing: the master in use is kept."""
+        Sentinels out of reach change nothing: the master in use is kept. Sentinels never reached yet leave
+        no master to compare with, while connections are made all the same: the first master they name
+        then counts as a change."""
         if self.named_master is None:
             return
         try:
             named = await self.named_master()
         except (RedisError, OSError, asyncio.TimeoutError):
+            if self._master_named is None:  # connections are made meanwhile, to a master not known here:
+                self._master_named = _UNKNOWN_MASTER  # the first one named must count as a change
             return
         if self._master_named is not None and named != self._master_named:
+            previous = self._master_named
             log.warning("the sentinels name another master; reconnecting", extra={
-                "event": "sentinel_master_changed", "previous": f"{self._master_named[0]}:{self._master_named[1]}",
+                "event": "sentinel_master_changed",
+                "previous": f"{previous[0]}:{previous[1]}" if previous != _UNKNOWN_MASTER else "unknown",
                 "master": f"{named[0]}:{named[1]}"})
             self._suspect = True  # nothing is read before this verify has checked the new server
             if self.pipeline is not None:

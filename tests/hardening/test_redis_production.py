@@ -226,6 +226,37 @@ async def test_a_master_the_sentinels_no_longer_name_is_left_even_while_it_still
     assert not any(name.startswith("cmdstat_eval") for name in old.client().info("commandstats"))
 
 
+async def test_a_new_master_is_followed_even_when_the_sentinels_could_not_be_asked_before_it(make_proxy,
+                                                                                              redis_procs, poll):
+    """The same split brain, but every query of the sentinels failed until the change (timed out, say),
+    while the hit path's connections were made to the old master all the same. The first master the
+    sentinels name is then no baseline to compare later answers with: the connections in use may point
+    elsewhere, so they are dropped and the server verified, as for a change."""
+    old, new, sentinel = await _master_replica_sentinel(redis_procs, poll)
+    store = RedisStore.from_url(_sentinel_url(sentinel), timeout=1.0)
+    ask_sentinels = store.named_master
+
+    async def unanswered() -> tuple[str, int]:
+        raise OSError("sentinels out of reach")
+
+    store.named_master = unanswered
+    proxy = await make_proxy(store=store, store_check_interval=0.1, store_recovery_hold=0.0)
+    user = str(uuid.uuid4())
+    assert [(await proxy.get(PROFILE, user)).x_cache for _ in range(2)] == ["MISS", "HIT"]
+    assert "cmdstat_mget" in old.client().info("commandstats")  # the hit path reads the old master
+
+    _named_master_by_hand(sentinel, new)
+    store.named_master = ask_sentinels
+    last = []
+    await _poll_telling(poll, _epoch_bumped(proxy, user, last), "the proxy moved to the master the sentinels name",
+                        last, old, new)
+    new.client().config_resetstat()
+    old.client().config_resetstat()
+    await read_write_read(proxy)
+    assert new.client().info("commandstats")["cmdstat_mget"]["calls"] >= 1
+    assert "cmdstat_mget" not in old.client().info("commandstats")
+
+
 async def test_after_the_sentinels_name_a_new_master_l1_invalidations_come_from_it(make_proxy, redis_procs, poll,
                                                                                     tmp_path):
     """The same split brain with the in-process L1: each proxy's invalidation subscription moves to the
