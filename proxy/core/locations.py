@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 from yarl import URL
 
 FIELDS = ("Location", "Content-Location")
+_FIELDS_LOWER = frozenset(name.lower() for name in FIELDS)
 _HOST = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -66,8 +67,10 @@ def client_base(host: str | None, forwarded_proto: str | None, scheme: str) -> s
     return f"{proto}://{host}"
 
 
-def needs_rewrite(headers: CIMultiDict, upstream: UpstreamAddress) -> bool:
-    return any(upstream.rest(value) is not None for name in FIELDS for value in headers.getall(name, ()))
+def needs_rewrite(fields: Iterable[tuple[str, str]], upstream: UpstreamAddress) -> bool:
+    """Whether ``rewrite`` would change any of ``fields`` (name, value pairs: a stored entry's, or
+    ``headers.items()``); read as pairs so that a stored entry needs no multidict made for it."""
+    return any(name.lower() in _FIELDS_LOWER and upstream.rest(value) is not None for name, value in fields)
 
 
 def rewrite(headers: CIMultiDict, upstream: UpstreamAddress, request_headers: Mapping[str, str], scheme: str) -> None:

@@ -233,7 +233,7 @@ class ReadPath:
         rid = rid or p.request_id_given(head.client_request_id)
         relocated = entry.wire_relocated
         if relocated is None:  # computed once per decoded entry, as entry_head is
-            relocated = locations.needs_rewrite(CIMultiDict(entry.headers), p.upstream_address)
+            relocated = locations.needs_rewrite(entry.headers, p.upstream_address)
             object.__setattr__(entry, "wire_relocated", relocated)
         shown = entry
         if relocated:  # a Location on the backend's address: this client's own head (locations.py)
