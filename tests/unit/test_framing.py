@@ -200,6 +200,7 @@ def test_a_remembered_head_holds_little_besides_its_bytes(monkeypatch):
         tracemalloc.stop()
     assert len(framing._FRAMED) == len(raws) and heads[7].client_request_id == "req-7"
     assert heads[7].headers["Authorization"] == f"Bearer {token}000007"  # parsed again when asked for
+    assert heads[-1].headers["Authorization"] == f"Bearer {token}001999"  # the last framed: split once only
     # what the memo counts each head as is no under-estimate, and is about the bytes alone
     assert per_head <= framing._framed_size(raws[0], heads[0]) <= len(raws[0]) + 512, per_head
 
