@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Mapping
 from urllib.parse import quote
 
@@ -32,7 +33,12 @@ _LITERAL = re.compile(r"^[a-z0-9_][a-z0-9_-]*$")
 _SOURCE = re.compile(r"^(?:(body|query|path)\.)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)$")
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]{0,%d}" % MAX_VALUE_CHARS)
+
+
 def escape_value(value: str) -> str:
+    if _UNRESERVED.fullmatch(value):  # what quote leaves alone (user ids, most values): a tenth of its cost
+        return value
     # surrogatepass: paths are decoded with surrogateescape and JSON allows lone surrogates; still injective
     escaped = quote(value, safe="-._~", errors="surrogatepass")
     if len(escaped) > MAX_VALUE_CHARS:
@@ -69,15 +75,15 @@ class Template:
     text: str
     segments: tuple[Segment, ...]
 
-    @property
+    @cached_property  # a rule's template, asked on every decision new to the memo
     def sources(self) -> tuple[Source, ...]:
         return tuple(a for s in self.segments if isinstance(s, Placeholder) for a in s.alternatives)
 
-    @property
+    @cached_property
     def needs_identity(self) -> bool:
         return any(src.kind == "identity" for src in self.sources)
 
-    @property
+    @cached_property
     def shape(self) -> tuple[str | None, ...]:
         """Literals kept, placeholders as None: two templates with one shape render alike."""
         return tuple(s if isinstance(s, str) else None for s in self.segments)
