@@ -110,7 +110,8 @@ def _frame(raw: bytes, end: int) -> Head | object:
     if first is None or line_end > _MAX_LINE or _FIELDS.fullmatch(raw, line_end + 2, end + 2) is None:
         return UNFRAMEABLE
     lines = _field_lines(raw)
-    if len(lines) > _MAX_FIELDS - 2 or any(len(line) > _MAX_FIELD for line in lines):
+    too_long = end - line_end > _MAX_FIELD and any(len(line) > _MAX_FIELD for line in lines)  # no line is, mostly
+    if len(lines) > _MAX_FIELDS - 2 or too_long:
         return UNFRAMEABLE
     fields = _split_fields(lines)
     global _last_framed
@@ -131,7 +132,8 @@ def _frame(raw: bytes, end: int) -> Head | object:
             return UNFRAMEABLE
         body_length = int(lengths[0]) if lengths else 0
         fast = fast and body_length == 0 and names.isdisjoint(_NOT_FAST)
-    request_id = next((value for name, value in fields if name.lower() == "x-request-id"), "")
+    request_id = next((value for name, value in fields if name.lower() == "x-request-id"), "") \
+        if "x-request-id" in names else ""
     return Head(raw, first[1].decode("ascii"), first[2].decode("ascii"), body_length, fast, request_id)
 
 
