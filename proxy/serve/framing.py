@@ -165,9 +165,8 @@ def entry_head(entry: Entry) -> bytes:
 
     The same bytes as ``_status_and_fields`` gives for the entry's headers with the ETag set (the first
     ETag field keeps its place, renamed, and later ones go, as ``CIMultiDict.__setitem__`` does it), in one
-    pass over the fields: at a million keys most hits render a head never rendered before, and the
-    multidict round trips were a fifth of such a hit's time (tests/unit/test_framing.py holds the two
-    equal)."""
+    pass over the fields: the multidict round trips were a fifth of the time of a hit on an entry new to
+    the decoded-entry memo (tests/unit/test_framing.py holds the two equal)."""
     cached = entry.wire_head
     if cached is not None:
         return cached
