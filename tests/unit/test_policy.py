@@ -17,8 +17,8 @@ from proxy.core.entry import Entry
 from proxy.core.errors import RulesError
 from proxy.core.identity import Identity
 from proxy.core.policy import (
-    Bypass, Lookup, Reason, RequestView, Write, classify, judge, purges_after, reads_answer, refuse_to_store,
-    resolve_write,
+    Bypass, Lookup, Reason, RequestView, Write, classify, judge, parse_query, purges_after, reads_answer,
+    refuse_to_store, resolve_write,
 )
 from proxy.core.rules import Rules
 from proxy.core.rulesfile import RULE_FIELDS, load_rules, parse_rules
@@ -491,3 +491,20 @@ def test_any_rules_document_loads_or_fails_with_located_problems(doc):
             assert rule.key is not None and rule.fingerprint and rule.guards and not rule.purge
         else:
             assert rule.key is None and rule.purge
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab=&%2+;é0F ", max_size=14))
+def test_a_query_parses_as_urllibs_strict_parser_reads_it(query):
+    """``parse_query`` splits plain queries itself (every read new to the decisions memo asks): what it
+    gives must be what ``parse_qsl`` in strict mode gives, a refusal included."""
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, errors="strict") if query else []
+    except (ValueError, UnicodeDecodeError):
+        assert parse_query(query) is None
+        return
+    params = dict(pairs)
+    repeated = {name for name in params if sum(1 for n, _ in pairs if n == name) > 1}
+    assert parse_query(query) == (params, repeated)
