@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -153,51 +154,29 @@ def _repeats_a_singleton(fields: list[tuple[str, str]]) -> bool:
     return any(seen.count(name) > 1 for name in _SINGLETONS)
 
 
-# What an entry's own head never carries on the wire: the per-answer fields the caller adds after it, and
-# the framing fields ``_status_and_fields`` sets itself.
-_PER_ANSWER = frozenset({"age", "x-cache", "cache-status", "x-request-id", "content-length", "transfer-encoding",
-                         "connection"})
+# The per-answer fields: never part of an entry's own head, each answer adds its own after it.
+_PER_ANSWER = frozenset({"age", "x-cache", "cache-status", "x-request-id"})
 
 
 def entry_head(entry: Entry) -> bytes:
     """Status line and the entry's own headers, as aiohttp's path (``RequestPath.read``) would send them;
-    computed once per decoded entry (decoded entries are shared, see entry.decode_entry).
-
-    The same bytes as ``_status_and_fields`` gives for the entry's headers with the ETag set (the first
-    ETag field keeps its place, renamed, and later ones go, as ``CIMultiDict.__setitem__`` does it), in one
-    pass over the fields: the multidict round trips were a fifth of the time of a hit on an entry new to
-    the decoded-entry memo (tests/unit/test_framing.py holds the two equal)."""
+    computed once per decoded entry (decoded entries are shared, see entry.decode_entry). The ETag is set
+    as ``CIMultiDict.__setitem__`` sets it on aiohttp's path: the first ETag field keeps its place, renamed,
+    later ones go, and without one it comes last."""
     cached = entry.wire_head
     if cached is not None:
         return cached
-    status, length = entry.status, len(entry.body)
-    lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n"]
-    etag = typed = served = dated = False
+    fields, etag = [], False
     for name, value in entry.headers:
         lower = name.lower()
-        if lower in _PER_ANSWER:
+        if lower in _PER_ANSWER or (lower == "etag" and etag):
             continue
         if lower == "etag":
-            if etag:
-                continue
             etag, name = True, "ETag"
-        elif lower == "content-type":
-            typed = True
-        elif lower == "server":
-            served = True
-        elif lower == "date":
-            dated = True
-        lines.append(f"{name}: {value}\r\n")
+        fields.append((name, value))
     if not etag:
-        lines.append(f"ETag: {entry.etag}\r\n")
-    framed = status not in _EMPTY_BODY
-    if framed and length != 0 and not typed:
-        lines.append("Content-Type: application/octet-stream\r\n")
-    if not served:
-        lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
-    if framed:
-        lines.append(f"Content-Length: {length}\r\n")
-    wire_head = "".join(lines).encode("utf-8", "surrogateescape")
+        fields.append(("ETag", entry.etag))
+    wire_head, dated = _status_and_fields(entry.status, fields, len(entry.body))
     object.__setattr__(entry, "wire_head", wire_head)  # frozen dataclass: a derived, immutable cache
     object.__setattr__(entry, "wire_dated", dated)
     return wire_head
@@ -207,7 +186,7 @@ def wire(status: int, headers: CIMultiDict, body: bytes | int | None, reason: st
     """An answer as aiohttp's ``web.Response`` would put it on the wire for a keep-alive HTTP/1.1 GET.
     ``body``: the bytes; or only the head, for a body of that many bytes (int) or a chunked one (None)."""
     length = len(body) if isinstance(body, bytes) else body
-    head, dated = _status_and_fields(status, headers, length, reason)
+    head, dated = _status_and_fields(status, headers.items(), length, reason)
     date = b"" if dated else b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
     if not isinstance(body, bytes) or status in _EMPTY_BODY:
         body = b""
@@ -215,28 +194,38 @@ def wire(status: int, headers: CIMultiDict, body: bytes | int | None, reason: st
 
 
 _EMPTY_BODY = frozenset((204, 304, *range(100, 200)))  # aiohttp.helpers.EMPTY_BODY_STATUS_CODES
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})  # set here, never passed on
 
 
-def _status_and_fields(status: int, headers: CIMultiDict, length: int | None,
+def _status_and_fields(status: int, fields: Iterable[tuple[str, str]], length: int | None,
                        reason: str | None = None) -> tuple[bytes, bool]:
-    """The status line and fields (no blank line), framed for ``length`` bytes (None: chunked), with
-    aiohttp's defaults; and whether a Date field is among them."""
-    headers = CIMultiDict(headers)
-    for name in ("Content-Length", "Transfer-Encoding", "Connection"):
-        headers.popall(name, None)
-    if status not in _EMPTY_BODY:
-        if length is None:
-            headers["Transfer-Encoding"] = "chunked"
-        if length != 0:
-            headers.setdefault("Content-Type", "application/octet-stream")
-    headers.setdefault("Server", SERVER_SOFTWARE)
-    if reason is None:
-        reason = _reason(status)
-    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
-    if status not in _EMPTY_BODY and length is not None:
+    """The status line and ``fields`` (no blank line), framed for ``length`` bytes (None: chunked), with
+    aiohttp's defaults appended as its multidict would append them; and whether a Date field is among
+    them. One pass over the fields: a hit on an entry new to the decoded-entry memo spent a fifth of its
+    time in multidict round trips (tests/unit/test_framing.py holds this to the multidict writer)."""
+    lines = [f"HTTP/1.1 {status} {_reason(status) if reason is None else reason}\r\n"]
+    typed = served = dated = False
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _FRAMING:
+            continue
+        if lower == "content-type":
+            typed = True
+        elif lower == "server":
+            served = True
+        elif lower == "date":
+            dated = True
+        lines.append(f"{name}: {value}\r\n")
+    framed = status not in _EMPTY_BODY
+    if framed and length is None:
+        lines.append("Transfer-Encoding: chunked\r\n")
+    if framed and length != 0 and not typed:
+        lines.append("Content-Type: application/octet-stream\r\n")
+    if not served:
+        lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+    if framed and length is not None:
         lines.append(f"Content-Length: {length}\r\n")
-    return "".join(lines).encode("utf-8", "surrogateescape"), "Date" in headers
+    return "".join(lines).encode("utf-8", "surrogateescape"), dated
 
 
 def _reason(status: int) -> str:
