@@ -13,6 +13,7 @@ from typing import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 
+from aiohttp.helpers import EMPTY_BODY_STATUS_CODES  # the statuses aiohttp frames without a body
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
@@ -188,12 +189,11 @@ def wire(status: int, headers: CIMultiDict, body: bytes | int | None, reason: st
     length = len(body) if isinstance(body, bytes) else body
     head, dated = _status_and_fields(status, headers.items(), length, reason)
     date = b"" if dated else b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
-    if not isinstance(body, bytes) or status in _EMPTY_BODY:
+    if not isinstance(body, bytes) or status in EMPTY_BODY_STATUS_CODES:
         body = b""
     return b"".join((head, date, b"\r\n", body))
 
 
-_EMPTY_BODY = frozenset((204, 304, *range(100, 200)))  # aiohttp.helpers.EMPTY_BODY_STATUS_CODES
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})  # set here, never passed on
 
 
@@ -216,7 +216,7 @@ def _status_and_fields(status: int, fields: Iterable[tuple[str, str]], length: i
         elif lower == "date":
             dated = True
         lines.append(f"{name}: {value}\r\n")
-    framed = status not in _EMPTY_BODY
+    framed = status not in EMPTY_BODY_STATUS_CODES
     if framed and length is None:
         lines.append("Transfer-Encoding: chunked\r\n")
     if framed and length != 0 and not typed:
