@@ -40,12 +40,13 @@ from proxy.serve.framing import frame
 from proxy.store.memory import MemoryStore
 from proxy.upstream.client import UpstreamConfig
 
+from .context import Settings
 from .procs import rules_with
 from .scenario_keyspace import PATHS, RULES, VARIANT_PARAM, shape
 from .workload import mint, zipf_cdf
 
 SECRET = "keyspace-model-secret-0123456789abcdef"
-MAX_USERS = 50_000  # as bench/context.py's keyspace_max_users
+MAX_USERS = Settings.for_mode("full").keyspace_max_users  # the full run's (f) levels
 ZIPF_S = 1.1
 TTL = 86_400
 PEER = ("127.0.0.1", "http")
