@@ -124,6 +124,8 @@ class ReadPath:
         raw_path, _, query = head.target.partition("?")
         d, until = p.fast_lookup(raw_path, query, head.headers)
         head.lookup = (p.rules, p.verifier, until, d) if d is not None else None
+        if head.template is not None:  # its per-request fields aside, the next such request is this one
+            head.template.lookup = head.lookup
         return d
 
     async def _from_store(self, d: Lookup, head: Head, start: float, peer: tuple[str | None, str],

@@ -50,6 +50,7 @@ class Head:
     fast: bool
     client_request_id: str  # the first X-Request-ID field's value, "" without one: each answer names it
     lookup: tuple | None = None  # ReadPath._lookup's memo: (rules, verifier, valid until, Lookup)
+    template: "Head | None" = None  # for a head with per-request fields: the remembered one without them
 
     @property
     def headers(self) -> CIMultiDict:
@@ -82,11 +83,47 @@ def frame(buf: bytearray) -> Head | None | object:
     raw = bytes(buf[:end + 4])
     head = _FRAMED.get(raw)
     if head is None:
-        head = _frame(raw, end)
-        if len(raw) <= FRAMED_MAX_BYTES:
-            _FRAMED.put(raw, head)
+        head = _frame_new(raw, end)
     return head
 
+
+def _frame_new(raw: bytes, end: int) -> Head | object:
+    """A head whose exact bytes are not remembered: by way of the one without its per-request fields when it
+    has some (that one remembered, not this one), else framed and remembered."""
+    stable, varying = _PER_REQUEST_LINE.subn(b"", raw)
+    if varying:  # (no line of a head within MAX_HEAD is over aiohttp's limit on one field)
+        template = _FRAMED.get(stable)
+        if template is None:
+            template = _frame(stable, len(stable) - 4)
+            if len(stable) <= FRAMED_MAX_BYTES:
+                _FRAMED.put(stable, template)
+        if template is UNFRAMEABLE:
+            return template
+        if raw.count(b"\r\n") - 2 > _MAX_FIELDS - 2:  # the field count of aiohttp's limit includes them
+            return UNFRAMEABLE
+        request_id = _REQUEST_ID_LINE.search(raw)  # the first one, as _frame reads it
+        request_id = request_id[1].decode("utf-8", "surrogateescape").strip(" \t") if request_id else ""
+        return Head(raw, template.method, template.target, template.body_length, template.fast, request_id,
+                    template.lookup, template)
+    head = _frame(raw, end)
+    if len(raw) <= FRAMED_MAX_BYTES:
+        _FRAMED.put(raw, head)
+    return head
+
+
+# Fields that clients, load balancers and tracers set anew on every request. Nothing the fast path decides
+# reads them (the rules read the path, the query, Authorization, Origin, Range, Cache-Control...; with
+# tracing on, every request takes aiohttp's path), so heads that differ only in them share one parse and
+# one lookup: numbered requests were each new to the memo, a hit costing what a request never seen costs.
+# A line is one of them only if its name is exact and its value valid (_FIELDS); any other stays in the key.
+PER_REQUEST_FIELDS = ("x-request-id", "x-correlation-id", "request-id", "traceparent", "tracestate",
+                      "x-amzn-trace-id", "x-cloud-trace-context", "x-b3-traceid", "x-b3-spanid",
+                      "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3", "uber-trace-id",
+                      "x-datadog-trace-id", "x-datadog-parent-id", "sentry-trace", "cf-ray", "x-request-start")
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]*(?=\r\n)"
+_PER_REQUEST_LINE = re.compile(rb"\r\n(?:%s):%s" % (b"|".join(re.escape(n.encode()) for n in PER_REQUEST_FIELDS),
+                                                     _VALUE), re.IGNORECASE)
+_REQUEST_ID_LINE = re.compile(rb"\r\nx-request-id:(%s)" % _VALUE, re.IGNORECASE)  # group 1: the value
 
 # Frames by their exact bytes: clients repeat byte-identical requests (same token, same fields), and a
 # frame is a pure function of its bytes, so each distinct head is parsed once. Heads are never changed

@@ -198,14 +198,94 @@ def test_a_remembered_head_holds_little_besides_its_bytes(monkeypatch):
     try:
         before = tracemalloc.get_traced_memory()[0]
         heads = [frame(buffer) for buffer in buffers]
+        seventh, last = heads[7], heads[-1]
+        del heads  # each request's own head (its X-Request-ID): what stays is what the memo holds
         per_head = (tracemalloc.get_traced_memory()[0] - before) / len(raws)
     finally:
         tracemalloc.stop()
-    assert len(framing._FRAMED) == len(raws) and heads[7].client_request_id == "req-7"
-    assert heads[7].headers["Authorization"] == f"Bearer {token}000007"  # parsed again when asked for
-    assert heads[-1].headers["Authorization"] == f"Bearer {token}001999"  # the last framed: split once only
+    assert len(framing._FRAMED) == len(raws) and seventh.client_request_id == "req-7"
+    assert seventh.headers["Authorization"] == f"Bearer {token}000007"  # parsed again when asked for
+    assert last.headers["Authorization"] == f"Bearer {token}001999"
+    remembered = next(iter(framing._FRAMED))
     # what the memo counts each head as is no under-estimate, and is about the bytes alone
-    assert per_head <= framing._framed_size(raws[0], heads[0]) <= len(raws[0]) + 512, per_head
+    assert per_head <= framing._framed_size(remembered, None) <= len(remembered) + 512, per_head
+
+
+
+# --------------------------------------------------------------- fields set anew on every request
+
+def _head_with(fields: list[tuple[str, str]], target: str = "/api/v1/users/profile") -> bytes:
+    return (f"GET {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n").encode(
+        "utf-8", "surrogateescape")
+
+
+def test_heads_differing_only_in_request_and_trace_ids_are_parsed_once(monkeypatch):
+    """Issue 21: clients and load balancers number their requests (X-Request-ID, traceparent). Each
+    such head was new to the framing memo, parsed and looked up again, and kept: a hit cost as much as a
+    request never seen (bench.keyspace_model, 1k keys: 8.3 us per hit without ids, 23.5 with them)."""
+    from proxy.core import memo
+    from proxy.serve import framing
+
+    monkeypatch.setattr(memo, "_budget", [1 << 30])
+    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo("heads", framing.FRAMED_SHARE, framing._framed_size))
+    raws = [_head_with([("Host", "proxy"), ("X-Request-ID", f"req-{i}"), ("Authorization", "Bearer t"),
+                        ("traceparent", f"00-{i:032x}-00f067aa0ba902b7-01"), ("X-AMZN-Trace-Id", f"Root={i}")])
+            for i in range(100)]
+    heads = [frame(bytearray(raw)) for raw in raws]
+    assert len(framing._FRAMED) == 1  # one head remembered: the request without its per-request fields
+    assert [h.raw for h in heads] == raws  # each handed on as the client sent it
+    assert [h.client_request_id for h in heads] == [f"req-{i}" for i in range(100)]
+    assert heads[42].headers["traceparent"] == f"00-{42:032x}-00f067aa0ba902b7-01"
+    assert {(h.method, h.target, h.fast, h.body_length) for h in heads} == {("GET", "/api/v1/users/profile", True, 0)}
+
+
+@st.composite
+def requests_with_per_request_fields(draw) -> tuple[bytes, bytes]:
+    """Two requests alike but for the values (and count) of per-request fields, as ``requests`` draws them."""
+    if draw(st.booleans()):
+        base = draw(requests())
+    else:  # mostly framable: the per-request fields then decide
+        fields = draw(st.lists(st.tuples(names, separators, values), max_size=3))
+        base = ("GET /api/v1/users/profile HTTP/1.1\r\nHost: proxy\r\n"
+                + "".join(f"{n}{s}{v}\r\n" for n, s, v in fields) + "\r\n").encode("latin-1") + NEXT
+    head, _, rest = base.partition(b"\r\n\r\n")
+    per_request_names = st.sampled_from(["X-Request-ID", "x-request-id", "traceparent", "TraceParent", "tracestate",
+                             "X-Amzn-Trace-Id", "X-Request-IDs", "X-Request", "b3"])
+    twins = []
+    for _ in range(2):
+        lines = head.split(b"\r\n")
+        for name, separator, value in draw(st.lists(st.tuples(per_request_names, separators, values), max_size=3)):
+            line = (name + separator + value).encode("latin-1")
+            lines.insert(draw(st.integers(1, len(lines))), line)
+        twins.append(b"\r\n".join(lines) + b"\r\n\r\n" + rest)
+    return twins[0], twins[1]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests_with_per_request_fields())
+def test_a_head_framed_from_its_twin_is_the_head_framed_alone(twins):
+    """A head framed by way of one already seen without its per-request fields is what framing it alone
+    gives: the same refusals (aiohttp's limits counted on the whole head), fields, request id and bytes."""
+    from proxy.serve import framing
+
+    first, second = twins
+    frame(bytearray(first))
+    head = frame(bytearray(second))
+    end = second.find(b"\r\n\r\n")
+    alone = framing._frame(second[:end + 4], end) if 0 <= end <= MAX_HEAD else None
+    if head is None or head is UNFRAMEABLE or alone is None or alone is UNFRAMEABLE:
+        assert head is alone or (head is UNFRAMEABLE and end > MAX_HEAD)
+        return
+    assert (head.raw, head.method, head.target, head.body_length, head.fast, head.client_request_id) == \
+        (alone.raw, alone.method, alone.target, alone.body_length, alone.fast, alone.client_request_id)
+    assert list(head.headers.items()) == list(alone.headers.items())
+    check(second)
+
+
+def test_per_request_fields_are_counted_against_aiohttps_field_limit():
+    fields = [("Host", "proxy")] + [(f"X-{i}", "v") for i in range(AIOHTTP_LIMITS["max_headers"] - 3)]
+    assert frame(bytearray(_head_with(fields))) is not UNFRAMEABLE
+    assert frame(bytearray(_head_with(fields + [("X-Request-ID", "one-too-many")]))) is UNFRAMEABLE
 
 
 # ------------------------------------------------------------------------- an entry's head, rendered
