@@ -12,7 +12,8 @@ proxy's own per-key cost, in seconds rather than a ten-minute run. It is a model
 back the stored bytes object itself, where a Redis client reads new bytes each time.
 
 Prints one JSON object per level (``us_per_request``, the memos' sizes) and the step between the first and
-the last level.
+the last level. ``--numbered``: each request carries its own ``X-Request-ID``, as from a client or a load
+balancer that numbers requests (wrk's requests in (f) carry none).
 """
 from __future__ import annotations
 
@@ -56,12 +57,13 @@ def _query(variant: int | None) -> str:
     return f"{VARIANT_PARAM}={variant}" if variant is not None else ""
 
 
-def _head(path: str, variant: int | None, token: str) -> bytes:
+def _head(path: str, variant: int | None, token: str, number: int | None = None) -> bytes:
     target = f"{path}?{_query(variant)}" if variant is not None else path
-    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    numbered = f"X-Request-ID: model-{number:012d}\r\n" if number is not None else ""
+    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}\r\n{numbered}\r\n".encode()
 
 
-async def run_level(keys: int, requests: int, seed: int = 1) -> dict:
+async def run_level(keys: int, requests: int, seed: int = 1, numbered: bool = False) -> dict:
     """One level, in this process: the proxy, its store filled, ``requests`` warm-up hits, ``requests`` timed."""
     users, variants = shape(keys, MAX_USERS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,28 +94,30 @@ async def run_level(keys: int, requests: int, seed: int = 1) -> dict:
     for i, (u, p, variant) in enumerate(draws):
         if i == requests:
             commands, started = store.commands, time.process_time()
-        outcome = reads.answer(frame(bytearray(_head(PATHS[p], variant, tokens[u]))), PEER)
+        outcome = reads.answer(frame(bytearray(_head(PATHS[p], variant, tokens[u], i if numbered else None))), PEER)
         answer = outcome if isinstance(outcome, bytes) else await outcome
         hits += i >= requests and isinstance(answer, bytes) and b"\r\nX-Cache: HIT\r\n" in answer
     spent = time.process_time() - started
-    return {"keys": keys, "users": users, "variants": variants, "requests": requests, "hits": hits,
-            "store_lookups": store.commands - commands, "us_per_request": round(spent / requests * 1e6, 2),
-            "memo_bytes": memo.usage()}
+    return {"keys": keys, "users": users, "variants": variants, "numbered": numbered, "requests": requests,
+            "hits": hits, "store_lookups": store.commands - commands,
+            "us_per_request": round(spent / requests * 1e6, 2), "memo_bytes": memo.usage()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.keyspace_model", description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1000,1000000", help="keys per level, comma-separated")
     parser.add_argument("--requests", type=int, default=300_000, help="warm-up hits, and as many timed, per level")
+    parser.add_argument("--numbered", action="store_true", help="each request with its own X-Request-ID")
     parser.add_argument("--one-level", type=int, help=argparse.SUPPRESS)  # each level runs in its own process
     args = parser.parse_args(argv)
     if args.one_level:
-        print(json.dumps(asyncio.run(run_level(args.one_level, args.requests))))
+        print(json.dumps(asyncio.run(run_level(args.one_level, args.requests, numbered=args.numbered))))
         return
     results = []
     for keys in (int(n) for n in args.levels.split(",")):
         out = subprocess.run([sys.executable, "-m", "bench.keyspace_model", "--one-level", str(keys),
-                              "--requests", str(args.requests)], check=True, capture_output=True, text=True)
+                              "--requests", str(args.requests)] + ["--numbered"] * args.numbered,
+                             check=True, capture_output=True, text=True)
         results.append(json.loads(out.stdout))
         print(out.stdout.strip(), flush=True)
     if len(results) > 1:

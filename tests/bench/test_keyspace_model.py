@@ -21,3 +21,8 @@ def test_a_level_beyond_the_users_cap_is_read_through_its_variants(monkeypatch):
     level = asyncio.run(run_level(keys=60, requests=200))
     assert (level["users"], level["variants"]) == (10, 3)
     assert level["hits"] == level["store_lookups"] == 200
+
+
+def test_numbered_requests_are_modelled_hits_too():
+    level = asyncio.run(run_level(keys=40, requests=300, numbered=True))
+    assert level["numbered"] and level["hits"] == level["store_lookups"] == 300
