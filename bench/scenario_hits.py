@@ -28,6 +28,7 @@ from .wrk import Run, run_wrk
 
 PROFILE = "/api/v1/users/profile"
 TYPES = "/api/v1/achievements/types"
+NUMBERED = "numbered"
 HOT_USER = "bench-hot-user-0001"
 TARGET_BODY = 2048
 L1_RULES = ("user_profile", "achievement_types")  # the rules given l1_ttl in the redis+l1 target's rules
@@ -102,13 +103,13 @@ def l1_check(bench: Bench, url: str, headers: dict[str, str]) -> str:
 
 
 def run_hit(bench: Bench, t: Target, path: str, headers: dict[str, str], connections: int, duration: float,
-            rate: float = 0.0, label: str = "") -> Run:
+            rate: float = 0.0, label: str = "", numbered: bool = False) -> Run:
     proxy = t.name != "nginx" and not t.name.startswith("nginx")
     before_backend = bench.standin_stats()["requests"]
     before = bench.metrics(t.svc) if proxy else {}
     run = run_wrk(t.svc.url + path, script="static.lua", connections=connections, duration=duration,
                   headers=headers, max_per_thread=int(duration * 200_000), rate=rate, cores=t.client_cores,
-                  server_pids=t.pids, label=label or t.name)
+                  server_pids=t.pids, label=label or t.name, env={"BENCH_NUMBERED": "1"} if numbered else None)
     run.extra["target"] = t.name
     run.extra["connections"] = connections
     run.extra["backend_requests"] = bench.standin_stats()["requests"] - before_backend
@@ -129,7 +130,9 @@ def scenario(bench: Bench) -> dict:
     auth = {"Authorization": f"Bearer {token}"}
     # The global read with a token too: the backend wants one on every route (the backend's contract). nginx keys
     # it on the Authorization header as well: with the one token used here that is one key either way.
-    keys = {"per_user": (PROFILE, auth), "global": (TYPES, auth)}
+    # "numbered": the per-user key again, each request with its own X-Request-ID (bench/lua/static.lua), as
+    # clients and load balancers that number requests send them.
+    keys = {"per_user": (PROFILE, auth), "global": (TYPES, auth), NUMBERED: (PROFILE, auth)}
     body = size_profile(bench, token)
     log(f"(a) hot hits: profile body {body} bytes; priming nginx, memory store, Redis store, Redis + L1, "
         "Redis Cluster")
@@ -141,7 +144,8 @@ def scenario(bench: Bench) -> dict:
     for rnd in range(s.hit_rounds):
         for key, (path, hdrs) in keys.items():
             for t in all_targets:
-                run = run_hit(bench, t, path, hdrs, s.hit_connections, s.hit_duration, label=f"{t.name}/{key}")
+                run = run_hit(bench, t, path, hdrs, s.hit_connections, s.hit_duration, label=f"{t.name}/{key}",
+                              numbered=key == NUMBERED)
                 run.extra["round"] = rnd + 1
                 runs.setdefault(f"{t.name}/{key}", []).append(run)
                 log(f"  (a) round {rnd + 1} {t.name:13s} {key:8s} {run.rps:9.0f} req/s  p50 {run.p(50):6.2f} ms  "
