@@ -116,8 +116,8 @@ def _frame_new(raw: bytes, end: int) -> Head | object:
 # tracing on, every request takes aiohttp's path), so heads that differ only in them share one parse and
 # one lookup: numbered requests were each new to the memo, a hit costing what a request never seen costs.
 # A line is one of them only if its name is exact and its value valid (_FIELDS); any other stays in the key.
-PER_REQUEST_FIELDS = ("x-request-id", "x-correlation-id", "request-id", "traceparent", "tracestate",
-                      "x-amzn-trace-id", "x-cloud-trace-context", "x-b3-traceid", "x-b3-spanid",
+PER_REQUEST_FIELDS = ("x-request-id", "x-correlation-id", "request-id", "traceparent", "tracestate", "baggage",
+                      "x-amzn-trace-id", "x-amz-cf-id", "x-cloud-trace-context", "x-b3-traceid", "x-b3-spanid",
                       "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3", "uber-trace-id",
                       "x-datadog-trace-id", "x-datadog-parent-id", "sentry-trace", "cf-ray", "x-request-start")
 _VALUE = rb"[\t\x20-\x7e\x80-\xff]*(?=\r\n)"
