@@ -68,8 +68,7 @@ def build_app(config: Config, rules: Rules | None = None, store=None, metrics: M
     app.on_response_prepare.append(point_at_client)  # every answer of aiohttp's path (fastpath.py: its own)
     # Tracing (proxy/serve/tracing.py) is decided here, once: off, nothing on the request path changes.
     app.router.add_route("*", "/{tail:.*}", tracing.instrument(proxy) if tracing.ENABLED else proxy.handle)
-    if config.fast_path and not tracing.ENABLED:  # traced, every request takes aiohttp's path
-        fastpath.install(app, proxy)
+    fastpath.install(app, proxy, fast=config.fast_path and not tracing.ENABLED)  # traced: aiohttp's path
     return app
 
 

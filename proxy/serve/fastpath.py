@@ -22,8 +22,11 @@ request this module cannot frame with certainty (Transfer-Encoding, Upgrade, Con
 keep-alive, HTTP/1.0, several or odd Content-Lengths, a malformed line, a bare LF) gives the connection
 to aiohttp for good, so that aiohttp's strict parser judges it and nothing is read two ways.
 
+A client's half-close (it shuts its sending side, as ``nc -N`` does) ends its requests, not the exchange:
+what it sent is answered on both paths, then the connection is closed (``eof_received``).
+
 ``install`` hooks this into an aiohttp ``Application``: every runner (``cache-proxy serve``, the test
-client) then gets these connections. ``FAST_PATH=0`` turns it off.
+client) then gets these connections. ``FAST_PATH=0`` (and tracing) gives every request to aiohttp.
 """
 from __future__ import annotations
 
@@ -51,29 +54,31 @@ _CANCELLED = object()
 class FastRequestHandler(RequestHandler):
     """aiohttp's connection protocol with cached reads answered before aiohttp sees them (module doc)."""
 
-    def __init__(self, manager: web.Server, reads: ReadPath, **kwargs: Any):
+    def __init__(self, manager: web.Server, reads: ReadPath, fast: bool = True, **kwargs: Any):
         super().__init__(manager, **kwargs)
         self.reads = reads
         self.prefetched: Prefetched | None = None
         self._buf = bytearray()
         self._body_left = 0  # bytes of a handed-on request's body still to pass through
-        self._owned = False  # aiohttp has this connection for good
+        self._owned = not fast  # aiohttp has this connection for good
         self._handed = 0  # requests given to aiohttp
         self._answered = 0  # ... and answered by it
         self._busy = False  # a fast lookup is in flight
         self._reading_held = False
         self._peer_info: tuple[str | None, str] | None = None
+        self._sent_all = False  # the client half-closed: no request will follow those already read
+        self._last_payload: Any = None  # the body of the last request aiohttp read: the one that may be unfinished
 
     def data_received(self, data: bytes) -> None:
         if self._owned:
-            super().data_received(data)
+            self._to_aiohttp(data)
             return
         if self._force_close or self._close:
             return
         if self._body_left:
             n = min(self._body_left, len(data))
             self._body_left -= n
-            super().data_received(data if n == len(data) else data[:n])
+            self._to_aiohttp(data if n == len(data) else data[:n])
             if n == len(data):
                 return
             data = data[n:]
@@ -99,6 +104,35 @@ class FastRequestHandler(RequestHandler):
             self._hand(head)
         if len(self._buf) <= MAX_BUFFERED:
             self._release_reading()
+        if self._sent_all:
+            self._close_when_answered()
+
+    def eof_received(self) -> bool | None:
+        """A half-close says the client has sent all it will, not that it left (RFC 9112 §9.6; asyncio's
+        default closed the connection, answers and all): what it sent is answered, then the connection is
+        closed. A request cut off inside its body can never be whole; such a connection closes at once."""
+        if self._body_unfinished() or self.transport is None or self.transport.get_extra_info("sslcontext"):
+            return None  # TLS: asyncio closes on the peer's close_notify whatever this returns
+        self._sent_all = True
+        self._close_when_answered()
+        return True
+
+    def _body_unfinished(self) -> bool:
+        return bool(self._body_left) or (self._last_payload is not None and not self._last_payload.is_eof())
+
+    def _to_aiohttp(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:  # aiohttp reads a request's body before the next request: only the last can be unfinished
+            self._last_payload = self._messages[-1][1]
+
+    def _close_when_answered(self) -> None:
+        """After a half-close: close once every request read is answered; called again after each answer."""
+        if self.transport is None or self._busy or self._messages or isinstance(frame(self._buf), Head):
+            return
+        if self._waiter is not None and not self._waiter.done():
+            self.transport.close()  # aiohttp is waiting for a request that cannot come
+        else:
+            self.close()  # aiohttp closes the connection once the answer it is making is written
 
     # Two parties pause this socket's reading: this module while its own buffer is full, and aiohttp
     # while its request queue (or a flow-controlled payload) is full. Reading resumes only when neither
@@ -234,7 +268,7 @@ class FastRequestHandler(RequestHandler):
         chunk = head.raw + bytes(self._buf[:available]) if available else head.raw
         del self._buf[:available]
         self._body_left = head.body_length - available
-        super().data_received(chunk)
+        self._to_aiohttp(chunk)
 
     def _give_up(self) -> None:
         self._owned = True
@@ -243,7 +277,7 @@ class FastRequestHandler(RequestHandler):
         self._buf.clear()
         self._release_reading()
         if data:
-            super().data_received(data)
+            self._to_aiohttp(data)
 
     async def _handle_request(self, request, start_time, request_handler):  # type: ignore[override]
         try:
@@ -268,18 +302,20 @@ class FastRequestHandler(RequestHandler):
 class FastServer(web.Server):
     """aiohttp's connection factory, making ``FastRequestHandler`` connections."""
 
-    def __init__(self, reads: ReadPath, *args: Any, **kwargs: Any):
+    def __init__(self, reads: ReadPath, *args: Any, fast: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.reads = reads
+        self.reads, self.fast = reads, fast
 
     def __call__(self) -> RequestHandler:
-        return FastRequestHandler(self, self.reads, loop=self._loop, **self._kwargs)
+        return FastRequestHandler(self, self.reads, self.fast, loop=self._loop, **self._kwargs)
 
 
-def install(app: web.Application, proxy: Any) -> None:
-    """Give every server made for ``app`` fast-path connections. aiohttp has no public hook for its
-    connection protocol; ``_make_handler`` is where the Server is made, for ``AppRunner`` and the test
-    client alike, and tests/functional/test_fastpath.py fails loudly if that ever changes."""
+def install(app: web.Application, proxy: Any, fast: bool = True) -> None:
+    """Give every server made for ``app`` fast-path connections; ``fast=False`` (``FAST_PATH=0``, tracing):
+    aiohttp answers every request, on connections that still answer a half-closed client. aiohttp has no
+    public hook for its connection protocol; ``_make_handler`` is where the Server is made, for
+    ``AppRunner`` and the test client alike, and tests/functional/test_fastpath.py fails loudly if that ever
+    changes."""
     reads = ReadPath(proxy)
     make_server = app._make_handler
 
@@ -288,7 +324,7 @@ def install(app: web.Application, proxy: Any) -> None:
         # fast server is then made with exactly what it was given (``_kwargs``: the protocol's options).
         plain = make_server(**kwargs)
         return FastServer(reads, plain.request_handler, request_factory=plain.request_factory,
-                          handler_cancellation=plain.handler_cancellation, loop=kwargs.get("loop"),
+                          handler_cancellation=plain.handler_cancellation, loop=kwargs.get("loop"), fast=fast,
                           **plain._kwargs)
 
     app._make_handler = make_fast_server  # type: ignore[method-assign]
