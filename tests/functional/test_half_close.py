@@ -74,7 +74,8 @@ async def test_a_half_close_inside_a_body_sends_nothing_on(proxy, backend):
 async def test_a_half_close_inside_a_body_aiohttp_has_stopped_reading_closes_at_once(proxy):
     """/healthz answers without reading the body, and aiohttp then waits up to its lingering time (10 s)
     for the rest: a half-close says the rest will never come. Chunked, so aiohttp frames it."""
-    wire = await half_closed(proxy, b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    head = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = await half_closed(proxy, head + b"3\r\nabc\r\n")
     rest = await asyncio.wait_for(wire.reader.read(), 5)
     assert not rest or rest.startswith(b"HTTP/1.1 200 ")
     await wire.close()
