@@ -111,6 +111,8 @@ class FastRequestHandler(RequestHandler):
         """A half-close says the client has sent all it will, not that it left (RFC 9112 §9.6; asyncio's
         default closed the connection, answers and all): what it sent is answered, then the connection is
         closed. A request cut off inside its body can never be whole; such a connection closes at once."""
+        if self._upgraded or self._payload_parser is not None:
+            return None  # a WebSocket (or other upgrade): its reader learns of the end as before, from the close
         if self._body_unfinished() or self.transport is None or self.transport.get_extra_info("sslcontext"):
             return None  # TLS: asyncio closes on the peer's close_notify whatever this returns
         self._sent_all = True
