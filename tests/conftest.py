@@ -10,6 +10,7 @@
 ``start_redis``   (function) a factory: ``start_redis()`` starts another private server (a
                             ``RedisServer``), killed at teardown.
 ``rsa_keys``      (session) (private PEM, public PEM) of a fresh RSA key.
+``serve_proxy``   (function) ``aiohttp_client`` for the proxy's app, served as ``cache-proxy serve`` serves it.
 
 A missing ``redis-server`` binary fails the run; it is never a skip. Nothing here touches 127.0.0.1:6379.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -38,6 +40,23 @@ def pytest_configure(config) -> None:
     file. A hook, not an import-time assignment: bench/soak.py imports this module, and a benchmark must
     run the proxy as shipped."""
     os.environ["CACHE_AUDIT_SAMPLE"] = "0"
+
+
+class ServedAsShipped(TestServer):
+    """aiohttp's test server cancels a handler whose client has gone (``handler_cancellation=True``);
+    ``cache-proxy serve`` runs an ``AppRunner``, which lets it finish (proxy/ops/runner.py). A write whose
+    client hangs up still reaches the backend and purges: tests must see what production does."""
+
+    async def _make_runner(self, **kwargs):
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
+@pytest.fixture
+def serve_proxy(aiohttp_client):
+    async def serve(app):
+        return await aiohttp_client(ServedAsShipped(app))
+    return serve
 
 
 def _free_port() -> int:

@@ -62,10 +62,11 @@ class PassThrough:
             async for chunk in response.content.iter_any():
                 await out.write(chunk)
             await out.write_eof()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            if request.transport is None or request.transport.is_closing():  # the client left: not the backend
+                raise ConnectionResetError("the client left while its answer was relayed") from exc
             self.upstream.failures(body_failure(exc), "none", request.method)  # counted, logged (rate-limited)
-            if request.transport is not None:
-                request.transport.close()
+            request.transport.close()
         finally:
             response.release()
         return out

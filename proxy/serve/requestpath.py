@@ -144,6 +144,11 @@ class RequestPath:
         except asyncio.CancelledError:
             status = CLIENT_CLOSED  # the client left before its answer was complete: no 5xx of ours
             raise
+        except ConnectionError:  # writing the answer failed; handlers run on when their client leaves (runner.py)
+            if request.transport is not None and not request.transport.is_closing():
+                raise
+            status = CLIENT_CLOSED
+            return web.Response(status=CLIENT_CLOSED)  # never sent: aiohttp finds the connection gone, quietly
         finally:
             self.gate.leave()
             self.record(request.method, rule_name, result, status, cache_status, start)

@@ -249,7 +249,7 @@ def make_store(request, store_kind) -> Callable[[], Any]:
 
 
 @pytest.fixture
-def make_proxy(aiohttp_client, backend, make_store):
+def make_proxy(serve_proxy, backend, make_store):
     async def make(*, upstream_url: str | None = None, upstream: UpstreamConfig | None = None,
                    rules_path: str | Path = RULES_PATH, store: Any = None, unsafe: frozenset[str] = frozenset(),
                    **overrides: Any) -> ProxyClient:
@@ -258,7 +258,7 @@ def make_proxy(aiohttp_client, backend, make_store):
                         rules_path=str(rules_path), identity=IdentityConfig(secrets=(SECRET,)),
                         admin_token=ADMIN_TOKEN, **overrides)
         store = make_store() if store is None else store
-        client = await aiohttp_client(build_app(config, store=store, unsafe=unsafe))
+        client = await serve_proxy(build_app(config, store=store, unsafe=unsafe))
         return ProxyClient(client, store)
 
     return make

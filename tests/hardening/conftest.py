@@ -78,11 +78,11 @@ def make_config(upstream_url: str, **overrides: Any) -> Config:
 
 
 @pytest.fixture
-def make_proxy(aiohttp_client, backend):
+def make_proxy(serve_proxy, backend):
     async def make(*, upstream_url: str | None = None, store: Any = None, **overrides: Any) -> ProxyClient:
         config = make_config(upstream_url or backend.url, **overrides)
         store = MemoryStore() if store is None else store
-        client = await aiohttp_client(build_app(config, store=store))
+        client = await serve_proxy(build_app(config, store=store))
         return ProxyClient(client, store)
 
     return make

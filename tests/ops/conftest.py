@@ -120,12 +120,12 @@ async def backend(aiohttp_client) -> Backend:
 
 
 @pytest.fixture
-def make_proxy(aiohttp_client, backend):
+def make_proxy(serve_proxy, backend):
     async def make(rules_path: str | Path = RULES_PATH, store: Any = None, **overrides: Any) -> Ops:
         overrides.setdefault("store_timeout", 1.0)
         config = Config(upstream=UpstreamConfig(url=backend.url), rules_path=str(rules_path),
                         identity=IdentityConfig(secrets=(SECRET,)), admin_token=ADMIN, **overrides)
         store = MemoryStore() if store is None else store
-        return Ops(await aiohttp_client(build_app(config, store=store)), store)
+        return Ops(await serve_proxy(build_app(config, store=store)), store)
 
     return make

@@ -33,7 +33,7 @@ async def reflector(aiohttp_server) -> Reflector:
 
 
 @pytest.fixture
-def make_configured_proxy(aiohttp_client, backend, make_store):
+def make_configured_proxy(serve_proxy, backend, make_store):
     async def make(*, upstream_url: str | None = None, rules_path: Any = RULES_PATH,
                    identity: IdentityConfig | None = None, admin_token: str | None = ADMIN_TOKEN,
                    **overrides: Any) -> ProxyClient:
@@ -42,7 +42,7 @@ def make_configured_proxy(aiohttp_client, backend, make_store):
                         identity=identity or IdentityConfig(secrets=(SECRET,)), admin_token=admin_token,
                         **overrides)
         store = make_store()
-        return ProxyClient(await aiohttp_client(build_app(config, store=store)), store)
+        return ProxyClient(await serve_proxy(build_app(config, store=store)), store)
 
     return make
 
