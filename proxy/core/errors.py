@@ -5,6 +5,7 @@
     ├── IdentityError     a bearer token failed verification; the request is bypassed, never a 500
     ├── StoreUnavailable  the store timed out or failed; callers fail open to the backend
     └── UpstreamError     the backend could not be reached (502) or timed out (504)
+        └── ClientBodyError  the client's own request body failed while it was being sent on (400)
 
 Redis exceptions never leave ``proxy/store``; aiohttp HTTP exceptions are raised only in ``proxy/serve``.
 """
@@ -61,3 +62,13 @@ class UpstreamError(KatibaError):
         self.kind = kind or ("timeout" if status == 504 else "connect")
         self.cause = cause
         super().__init__(detail)
+
+
+class ClientBodyError(UpstreamError):
+    """The request body stopped before its framing's end, on the client's side: the client went away or
+    broke its chunked framing. The request to the backend failed, but not by the backend's doing: a 400,
+    never counted or logged as a backend failure (``kind`` "client"), and never sent again."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(400, "the request body ended before the end its Content-Length (or chunked framing) "
+                              "announced", "client", f"{type(exc).__name__}: {exc}")

@@ -123,9 +123,22 @@ class FastRequestHandler(RequestHandler):
         return bool(self._body_left) or (self._last_payload is not None and not self._last_payload.is_eof())
 
     def _to_aiohttp(self, data: bytes) -> None:
+        current = self._current_request  # a handler still running, perhaps reading this body
+        reading = self._last_payload if self._body_unfinished() and current is not None \
+            and current.content is self._last_payload else None
         super().data_received(data)
-        if self._messages:  # aiohttp reads a request's body before the next request: only the last can be unfinished
-            self._last_payload = self._messages[-1][1]
+        if not self._messages:
+            return
+        newest, payload = self._messages[-1]
+        refused = getattr(newest, "exc", None)  # aiohttp's parse error, queued as a request of its own
+        if reading is not None and refused is not None:
+            # ... while the request whose body it broke waits for the rest of it, and the backend with it:
+            # that request fails now (ClientBodyError: 400), and it is the last on this connection.
+            self._messages.pop()
+            reading.set_exception(refused)
+            self.close()
+            return
+        self._last_payload = payload  # aiohttp reads a request's body before the next: only the last can be unfinished
 
     def _close_when_answered(self) -> None:
         """After a half-close: close once every request read is answered; called again after each answer."""

@@ -13,6 +13,9 @@
 * ``body``     the connection failed while the body was being read (a reset mid-body): 502;
 * ``busy``     no free backend slot (``max_concurrent``, ``UpstreamBusy``): 503, nothing was sent.
 
+A request body that failed on the client's side (the client gone mid-upload, its chunked framing broken:
+``ClientBodyError``, kind ``client``) is none of these: answered 400, neither counted nor logged here.
+
 ``FailureReport`` counts each and logs it at warning with its cause (exception class and message), the
 rule and the method, never a path or a user id (a path may hold one), at most ``per_second`` lines per
 kind and second; the lines it holds back are counted in the next line it writes (``suppressed``).
@@ -80,6 +83,8 @@ class FailureReport:
         self.windows: dict[str, tuple[float, int, int]] = {}  # kind -> (window start, written, held back)
 
     def __call__(self, error: UpstreamError, rule: str = "none", method: str = "") -> None:
+        if error.kind == "client":  # the client's body failed (ClientBodyError): the backend did nothing wrong
+            return
         if self.counter is not None:
             self.counter.labels(error.kind).inc()
         now = self.clock()

@@ -45,6 +45,7 @@ import aiohttp
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ..core.errors import ClientBodyError
 from ..core.interim import MAX_INTERIM, relayable
 
 HIGH_WATER = 256 << 10
@@ -365,7 +366,7 @@ class Client:
         elif isinstance(body, (bytes, bytearray, memoryview)):
             first = bytes(body)
         else:  # the head goes out with the first chunk: awaited before a connection is taken
-            rest = aiter(body)
+            rest = _from_client(body)
             first = await anext(rest, b"")
             if not first:
                 rest = None
@@ -421,6 +422,20 @@ class Client:
         for connection in list(self.open):
             connection.close()
         self.idle.clear()
+
+
+async def _from_client(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The client's body, a failure reading it (the client gone, its chunked framing broken) told apart from
+    the backend's own failures as ``ClientBodyError``."""
+    chunks = aiter(body)
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the client's side raised
+            raise ClientBodyError(exc) from exc
+        yield chunk
 
 
 async def _send_rest(connection: _Connection, response: Response, rest: AsyncIterator[bytes], chunked: bool,
