@@ -37,8 +37,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from ..core.throttle import LogThrottle
 from ..upstream.client import body_failure
 from .fastread import InFlight, Prefetched, ReadPath, Relay
 from .framing import UNFRAMEABLE, Head, frame
@@ -54,9 +56,11 @@ _CANCELLED = object()
 class FastRequestHandler(RequestHandler):
     """aiohttp's connection protocol with cached reads answered before aiohttp sees them (module doc)."""
 
-    def __init__(self, manager: web.Server, reads: ReadPath, fast: bool = True, **kwargs: Any):
+    def __init__(self, manager: web.Server, reads: ReadPath, fast: bool = True,
+                 bad_requests: LogThrottle | None = None, **kwargs: Any):
         super().__init__(manager, **kwargs)
         self.reads = reads
+        self.bad_requests = bad_requests or LogThrottle()
         self.prefetched: Prefetched | None = None
         self._buf = bytearray()
         self._body_left = 0  # bytes of a handed-on request's body still to pass through
@@ -313,6 +317,20 @@ class FastRequestHandler(RequestHandler):
         super().resume_writing()
         self._pump()
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp logs each request it cannot parse at ERROR, with a traceback: any client could fill the
+        log with errors. Such a request is the client's error, answered 400: ``bad_request`` at info, at
+        most one line a second (``suppressed``: those held back). Other errors are logged as aiohttp does."""
+        exc = kw.get("exc_info")
+        if not isinstance(exc, HttpProcessingError):
+            super().log_exception(*args, **kw)
+            return
+        held = self.bad_requests.admit("bad_request")
+        if held is not None:
+            reason = " ".join(str(exc.message).split())[:200]
+            log.info("a request that is not valid HTTP/1.1 was answered 400",
+                     extra={"event": "bad_request", "status": exc.code, "reason": reason, "suppressed": held})
+
 
 class FastServer(web.Server):
     """aiohttp's connection factory, making ``FastRequestHandler`` connections."""
@@ -320,9 +338,10 @@ class FastServer(web.Server):
     def __init__(self, reads: ReadPath, *args: Any, fast: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.reads, self.fast = reads, fast
+        self.bad_requests = LogThrottle()  # one for all connections: the limit is the log's, not a client's
 
     def __call__(self) -> RequestHandler:
-        return FastRequestHandler(self, self.reads, self.fast, loop=self._loop, **self._kwargs)
+        return FastRequestHandler(self, self.reads, self.fast, self.bad_requests, loop=self._loop, **self._kwargs)
 
 
 def install(app: web.Application, proxy: Any, fast: bool = True) -> None:

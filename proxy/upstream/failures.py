@@ -30,6 +30,7 @@ from typing import Any, Callable
 import aiohttp
 
 from ..core.errors import UpstreamError
+from ..core.throttle import LogThrottle
 
 log = logging.getLogger("proxy")
 
@@ -78,23 +79,16 @@ class FailureReport:
 
     def __init__(self, counter: Any = None, per_second: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self.counter = counter  # katiba_cache_upstream_errors_total (labels: kind); None: log only
-        self.per_second = per_second
-        self.clock = clock
-        self.windows: dict[str, tuple[float, int, int]] = {}  # kind -> (window start, written, held back)
+        self.throttle = LogThrottle(per_second, clock)
 
     def __call__(self, error: UpstreamError, rule: str = "none", method: str = "") -> None:
         if error.kind == "client":  # the client's body failed (ClientBodyError): the backend did nothing wrong
             return
         if self.counter is not None:
             self.counter.labels(error.kind).inc()
-        now = self.clock()
-        start, written, held = self.windows.get(error.kind, (now, 0, 0))
-        if now - start >= 1.0:
-            start, written = now, 0
-        if written >= self.per_second:
-            self.windows[error.kind] = (start, written, held + 1)
+        held = self.throttle.admit(error.kind)
+        if held is None:
             return
-        self.windows[error.kind] = (start, written + 1, 0)
         log.warning(f"upstream failure: {error.detail}",
                     extra={"event": "upstream_failure", "kind": error.kind, "status": error.status,
                            "cause": error.cause or error.detail, "rule": rule, "method": method,

@@ -429,3 +429,23 @@ async def test_the_memo_budget_bounds_what_is_remembered_never_what_is_answered(
                                                      await proxy.metrics())}
     assert {"heads", "decisions", "routes", "entries"} <= set(shown)
     assert shown["heads"] >= framing._FRAMED.size and shown["decisions"] >= decisions.size  # other proxies' too
+
+
+async def test_malformed_requests_are_logged_at_info_and_throttled_never_as_errors(proxy, caplog):
+    """aiohttp logs each request it cannot parse at ERROR with a traceback: any client could fill the log
+    with errors. They are the client's (answered 400): one ``bad_request`` line at info a second, with the
+    number held back."""
+    import logging
+    server = proxy.client.server.runner.server
+    clock = server.bad_requests.clock = type("Frozen", (), {"now": 0.0, "__call__": lambda self: self.now})()
+    caplog.set_level(logging.INFO)
+    for second in (0.0, 0.0, 0.0, 1.5):
+        clock.now = second
+        wire = await Wire.open(proxy)
+        await wire.send(b"GET /api/v1/users/profile HTTP/1.1\r\nHost : proxy\r\n\r\n")
+        assert (await wire.answer())[0] == 400
+        await wire.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "bad_request"]
+    assert [(r.levelname, r.status, r.suppressed) for r in lines] == [("INFO", 400, 0), ("INFO", 400, 2)]
+    assert all(r.reason for r in lines)

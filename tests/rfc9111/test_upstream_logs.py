@@ -33,7 +33,7 @@ async def test_each_upstream_failure_is_logged_with_its_cause_rate_limited(make_
         clock = Frozen()  # seconds move only by hand
         report = getattr(cache.proxy.proxy.upstream, "failures", None)
         if report is not None:
-            report.clock = clock
+            report.throttle.clock = clock
         user = new_user()
         caplog.set_level(logging.WARNING)
         for _ in range(5):
