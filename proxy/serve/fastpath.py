@@ -37,8 +37,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from ..core.throttle import LogThrottle
 from ..upstream.client import body_failure
@@ -130,7 +131,9 @@ class FastRequestHandler(RequestHandler):
         current = self._current_request  # a handler still running, perhaps reading this body
         reading = self._last_payload if self._body_unfinished() and current is not None \
             and current.content is self._last_payload else None
+        queued = len(self._messages)
         super().data_received(data)
+        self._refuse_other_versions(queued)
         if not self._messages:
             return
         newest, payload = self._messages[-1]
@@ -143,6 +146,22 @@ class FastRequestHandler(RequestHandler):
             self.close()
             return
         self._last_payload = payload  # aiohttp reads a request's body before the next: only the last can be unfinished
+
+    def _refuse_other_versions(self, queued: int) -> None:
+        """A request line naming HTTP/2 or later, or none (HTTP/0.9), is answered 505 in its turn (RFC 9110
+        §15.6.6), in an HTTP/1.0 status line, and ends the connection: aiohttp would forward it and answer
+        in that version's name, which no client of it reads. aiohttp answers the refusal as its own parse
+        errors (``_ErrInfo``; tests/functional/test_fastpath.py fails if that changes)."""
+        for i in range(queued, len(self._messages)):
+            message, payload = self._messages[i]
+            version = getattr(message, "version", None)
+            if version is None or version in (HttpVersion10, HttpVersion11):
+                continue
+            refusal = HttpProcessingError(code=505, message=f"HTTP/{version.major}.{version.minor} is not served here")
+            self._messages[i] = (_ErrInfo(status=505, exc=refusal, message=refusal.message), payload)
+            while len(self._messages) > i + 1:  # the connection ends with the refusal
+                self._messages.pop()
+            return
 
     def _close_when_answered(self) -> None:
         """After a half-close: close once every request read is answered; called again after each answer."""

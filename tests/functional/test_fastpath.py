@@ -449,3 +449,20 @@ async def test_malformed_requests_are_logged_at_info_and_throttled_never_as_erro
     lines = [r for r in caplog.records if getattr(r, "event", None) == "bad_request"]
     assert [(r.levelname, r.status, r.suppressed) for r in lines] == [("INFO", 400, 0), ("INFO", 400, 2)]
     assert all(r.reason for r in lines)
+
+
+@pytest.mark.parametrize("request_line, status", [("GET {path} HTTP/2.0", 505), ("GET {path}", 505),
+                                                  ("GET {path} HTTP/3.0", 400)], ids=["http-2", "http-0.9", "http-3"])
+async def test_a_request_line_in_another_http_version_is_refused(proxy, backend, request_line, status):
+    """RFC 9110 §15.6.6: HTTP/2, or HTTP/0.9, over this HTTP/1.1 port is answered 505, in a status line
+    any client can read (aiohttp's parser refuses the versions it does not know at all with a 400); nothing
+    reaches the backend, and the connection ends."""
+    user = new_user()
+    head = get(PROFILE, user).replace(b"GET /api/v1/users/profile HTTP/1.1",
+                                      request_line.format(path=PROFILE).encode(), 1)
+    wire = await Wire.open(proxy)
+    await wire.send(head)
+    data = await asyncio.wait_for(wire.reader.read(), 10)
+    assert re.match(rb"HTTP/1\.[01] %d " % status, data), data[:200]
+    await wire.close()
+    assert await backend.route_count("GET", PROFILE) == 0
