@@ -339,8 +339,11 @@ class FastRequestHandler(RequestHandler):
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """aiohttp logs each request it cannot parse at ERROR, with a traceback: any client could fill the
         log with errors. Such a request is the client's error, answered 400: ``bad_request`` at info, at
-        most one line a second (``suppressed``: those held back). Other errors are logged as aiohttp does."""
+        most one line a second (``suppressed``: those held back). A client gone before its answer is no error
+        at all. Other errors are logged as aiohttp does."""
         exc = kw.get("exc_info")
+        if isinstance(exc, ConnectionError) and (self.transport is None or self.transport.is_closing()):
+            return  # the client left before its answer (its 100 Continue, say): nothing went wrong here
         if not isinstance(exc, HttpProcessingError):
             super().log_exception(*args, **kw)
             return

@@ -89,3 +89,16 @@ async def test_with_the_fast_path_off_requests_before_a_half_close_are_answered_
     answers = [await wire.answer() for _ in range(2)]
     assert [(status, headers["x-cache"]) for status, headers, _ in answers] == [(200, "HIT"), (200, "HIT")]
     assert await closed_by_proxy(wire)
+
+
+async def test_a_client_gone_before_its_100_continue_is_no_error(proxy, caplog):
+    """It asked for a 100 Continue, then closed before sending its body: aiohttp's expect handler finds the
+    connection closing. Nothing went wrong on this side: no error line."""
+    import logging
+    caplog.set_level(logging.INFO)
+    user = new_user()
+    head = put_profile(user, "Expecting").split(b"\r\n\r\n")[0] + b"\r\nExpect: 100-continue\r\n\r\n"
+    wire = await half_closed(proxy, head)
+    assert await closed_by_proxy(wire)
+    await asyncio.sleep(0.1)  # let the handler of the closed connection run (it did, or it never will)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
