@@ -4,7 +4,6 @@ logged as an ``upstream_failure`` (an operator's alert on backend failures must 
 that hang up), and a client still there is answered 400, not 502."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
@@ -33,44 +32,42 @@ def put_head(user: str, framing: str) -> bytes:
             f"Content-Type: application/json\r\n{framing}\r\n").encode()
 
 
-async def settled(proxy, backend) -> None:
+async def backend_saw_the_put(poll, backend) -> None:
+    async def seen() -> bool:
+        return await backend.route_count("PUT", PROFILE) == 1
+    await poll(seen, "the PUT's head and first bytes reached the backend")
+
+
+async def settled(poll, proxy, backend) -> None:
     """The backend has seen the PUT and the proxy holds no request (bounded: a hang fails)."""
-    for _ in range(500):
-        if await backend.route_count("PUT", PROFILE) == 1 and proxy.proxy.gate.inflight == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the PUT never reached the backend, or the proxy still holds it")
+    async def done() -> bool:
+        return await backend.route_count("PUT", PROFILE) == 1 and proxy.proxy.gate.inflight == 0
+    await poll(done, "the PUT reached the backend once and the proxy holds no request")
 
 
-async def test_a_client_gone_mid_body_is_no_upstream_failure(proxy, backend, caplog):
+async def test_a_client_gone_mid_body_is_no_upstream_failure(proxy, backend, caplog, poll):
     caplog.set_level(logging.INFO)
     before = upstream_errors(await proxy.metrics())
     wire = await Wire.open(proxy)
     await wire.send(put_head(await known_user(proxy), "Content-Length: 200\r\n") + b'{"display_name": "cut')
-    for _ in range(500):  # the head and the first bytes went on before the client leaves
-        if await backend.route_count("PUT", PROFILE) == 1:
-            break
-        await asyncio.sleep(0.01)
+    await backend_saw_the_put(poll, backend)  # before the client leaves
     await wire.close()
-    await settled(proxy, backend)
+    await settled(poll, proxy, backend)
     assert upstream_errors(await proxy.metrics()) == before
     assert not upstream_failure_lines(caplog)
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") and r.name.startswith("proxy")]
 
 
-async def test_a_broken_chunked_body_is_answered_400_and_is_no_upstream_failure(proxy, backend, caplog):
+async def test_a_broken_chunked_body_is_answered_400_and_is_no_upstream_failure(proxy, backend, caplog, poll):
     caplog.set_level(logging.INFO)
     before = upstream_errors(await proxy.metrics())
     wire = await Wire.open(proxy)
     await wire.send(put_head(await known_user(proxy), "Transfer-Encoding: chunked\r\n") + b'6\r\n{"a": \r\n')
-    for _ in range(500):
-        if await backend.route_count("PUT", PROFILE) == 1:
-            break
-        await asyncio.sleep(0.01)
+    await backend_saw_the_put(poll, backend)
     await wire.send(b"zz-not-a-chunk-size\r\n\r\n")
     status, headers, _ = await wire.answer()
     assert status == 400 and headers["x-cache"] == "BYPASS"
     await wire.close()
-    await settled(proxy, backend)
+    await settled(poll, proxy, backend)
     assert upstream_errors(await proxy.metrics()) == before
     assert not upstream_failure_lines(caplog)
