@@ -57,11 +57,10 @@ _CANCELLED = object()
 class FastRequestHandler(RequestHandler):
     """aiohttp's connection protocol with cached reads answered before aiohttp sees them (module doc)."""
 
-    def __init__(self, manager: web.Server, reads: ReadPath, fast: bool = True,
-                 bad_requests: LogThrottle | None = None, **kwargs: Any):
+    def __init__(self, manager: web.Server, reads: ReadPath, fast: bool, bad_requests: LogThrottle, **kwargs: Any):
         super().__init__(manager, **kwargs)
         self.reads = reads
-        self.bad_requests = bad_requests or LogThrottle()
+        self.bad_requests = bad_requests  # the server's, shared: a throttle per connection would limit nothing
         self.prefetched: Prefetched | None = None
         self._buf = bytearray()
         self._body_left = 0  # bytes of a handed-on request's body still to pass through
