@@ -96,9 +96,7 @@ def _frame_new(raw: bytes, end: int) -> Head | object:
     if varying:
         template = _FRAMED.get(stable)
         if template is None:
-            template = _frame(stable, len(stable) - 4)
-            if len(stable) <= FRAMED_MAX_BYTES:
-                _FRAMED.put(stable, template)
+            template = _framed_and_remembered(stable, len(stable) - 4)
         if template is UNFRAMEABLE:
             return template
         if raw.count(b"\r\n") - 2 > _MAX_FIELDS - 2:  # the field count of aiohttp's limit includes them
@@ -107,6 +105,10 @@ def _frame_new(raw: bytes, end: int) -> Head | object:
         request_id = request_id[1].decode("utf-8", "surrogateescape").strip(" \t") if request_id else ""
         return Head(raw, template.method, template.target, template.body_length, template.fast, request_id,
                     template.lookup, template)
+    return _framed_and_remembered(raw, end)
+
+
+def _framed_and_remembered(raw: bytes, end: int) -> Head | object:
     head = _frame(raw, end)
     if len(raw) <= FRAMED_MAX_BYTES:
         _FRAMED.put(raw, head)
