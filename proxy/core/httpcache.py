@@ -178,15 +178,19 @@ def has_explicit_freshness(headers: Mapping[str, str]) -> bool:
 
 
 def age_value_of(headers: Mapping[str, str]) -> int | None:
-    """§5.1 ``Age`` as received, read so that it never makes a response look younger than it may be:
-    a list (on one field line or several) counts as its largest member, and a member that is not a
-    delta-seconds (``abc``, ``-1``, ``1.5``) as DELTA_MAX, which makes the response stale on arrival.
-    None when there is no Age."""
-    members = [m.strip() for v in _values(headers, "age") for m in v.split(",") if m.strip()]
-    if not members:
+    """§5.1 ``Age`` as received, read as the HTTP caching conformance suite requires (cache-tests'
+    age-parse cases): the first member of the first field line counts, so ``Age: 7200, 0`` (or the lines
+    ``7200`` then ``0``) is 7200 and ``0, 7200`` is 0; parameters after it (``7200;foo=bar``) are dropped.
+    A first member that is not a delta-seconds (``abc``, ``-1``, ``1.5``) is ignored, as is a missing
+    Age: None (§4.2.3 then reads age_value as 0)."""
+    values = _values(headers, "age")
+    if not values:
         return None
-    values = [delta_seconds(m) for m in members]
-    return DELTA_MAX if None in values else max(v for v in values if v is not None)
+    first = _AGE_MEMBER.match(values[0].split(",", 1)[0])
+    return min(int(first.group(1)), DELTA_MAX) if first else None
+
+
+_AGE_MEMBER = re.compile(r"[ \t]*([0-9]+)[ \t]*(?:;|$)")
 
 
 def corrected_initial_age(headers: Mapping[str, str], request_time: float, response_time: float) -> float:

@@ -77,8 +77,9 @@ def test_4_2_1_and_4_2_2_freshness_lifetime(status, headers, heuristic, lifetime
     (H(Date=DATE, Age="30"), NOW, NOW + 5, 35),  # corrected_age_value adds the response delay
     (H(Date=hc.format_http_date(NOW - 100), Age="30"), NOW, NOW, 100),  # apparent_age is larger
     (H(Date=hc.format_http_date(NOW + 100)), NOW, NOW, 0),
-    (H(Date=DATE, Age="junk"), NOW, NOW, hc.DELTA_MAX),  # §5.1 issue 19: an invalid Age reads as old, not 0
-    (H(Date=DATE, Age="7200, 0"), NOW, NOW, 7200),  # a list: its largest member
+    (H(Date=DATE, Age="junk"), NOW, NOW, 0),  # §5.1, cache-tests age-parse-nonnumeric: ignored
+    (H(Date=DATE, Age="7200, 0"), NOW, NOW, 7200),  # a list: its first member (age-parse-suffix)
+    (H(Date=DATE, Age="0, 7200"), NOW, NOW, 0),  # age-parse-prefix
 ])
 def test_4_2_3_corrected_initial_age(headers, request_time, response_time, age):
     assert hc.corrected_initial_age(headers, request_time, response_time) == age
