@@ -211,14 +211,17 @@ def age_header(age: float) -> str:
 # ------------------------------------------------------------------ RFC 9213 targeted fields
 
 TARGETED_DEFAULT = ("CDN-Cache-Control",)
+_DELTA_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
 
 
 def targeted_directives(headers: Mapping[str, str], fields: Iterable[str]) -> dict[str, str | None] | None:
     """RFC 9213 §2.2: the directives of the first field of ``fields`` (the target list, most specific
     first) whose value is a valid, non-empty Structured Fields Dictionary (RFC 8941 §3.2), in the shape
-    ``parse_directives`` gives; None when there is none (Cache-Control and Expires then apply). A member
-    whose value is not an Integer, String or Token (``max-age=1.5``) keeps an argument no directive
-    accepts, so it reads as invalid (max-age: stale); ``?0`` (false) leaves the directive out."""
+    ``parse_directives`` gives; None when there is none (Cache-Control and Expires then apply). A field
+    whose delta-seconds directive (``max-age``, ``s-maxage``, ``stale-*``) is not an Integer
+    (``max-age="60"``, ``1.5``, no value) is invalid as a whole (cache-tests' cdn-cc-invalid-sh-type-wrong).
+    Another member whose value is not an Integer, String or Token keeps an argument no directive accepts;
+    ``?0`` (false) leaves the directive out."""
     for name in fields:
         values = _values(headers, name)
         if not values:
@@ -227,7 +230,7 @@ def targeted_directives(headers: Mapping[str, str], fields: Iterable[str]) -> di
             parsed = http_sf.parse(", ".join(values).encode("latin-1"), tltype="dictionary")
         except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError):
             continue  # §2.2: an invalid field is ignored
-        if not parsed:
+        if not parsed or any(type(parsed[name][0]) is not int for name in _DELTA_DIRECTIVES.intersection(parsed)):
             continue
         out: dict[str, str | None] = {}
         for key, (value, _params) in parsed.items():

@@ -48,11 +48,23 @@ async def test_9213_2_targeted_max_age_sets_the_lifetime_and_expires_is_ignored(
     assert not await stored(cache)
 
 
-@pytest.mark.parametrize("cdn", ["max-age=60 junk", "Max-Age=60", "max-age=60,,", ""])
+@pytest.mark.parametrize("cdn", ["max-age=60 junk", "Max-Age=60", "max-age=60,,", "",
+                                 'max-age="60"', "max-age=60.0", "max-age", "s-maxage=(60)",
+                                 'stale-if-error="60"', 'no-store, max-age="60"'])
 async def test_9213_2_invalid_targeted_field_is_ignored(cache, cdn):
+    """A field that does not parse, or whose directive has an argument of the wrong type (an Integer
+    directive given a String, a Decimal, no value or a list: cache-tests' cdn-cc-invalid-sh-type-wrong)."""
     cache.origin.script(P, Resp(headers={"Cache-Control": "no-store", "CDN-Cache-Control": cdn}))
     await cache.get(P)
     assert not await stored(cache)  # Cache-Control applies
+
+
+@pytest.mark.parametrize("cdn", ['max-age="60"', "max-age=60.0", "max-age", "s-maxage=(60)", 'no-store, max-age="60"',
+                                 "no-store, stale-if-error=?1"])
+async def test_9213_2_targeted_field_with_a_wrongly_typed_argument_leaves_cache_control_in_charge(cache, cdn):
+    cache.origin.script(P, Resp(headers={"Cache-Control": "max-age=600", "CDN-Cache-Control": cdn}))
+    await cache.get(P)
+    assert await stored(cache)  # ignored whole: neither its no-store nor its unusable max-age applies
 
 
 async def test_9213_2_targeted_stale_if_error_and_must_revalidate(cache):
