@@ -79,9 +79,8 @@ class Filler:
             return Fetched(response.status, upstream_headers, outcome="too-large", stream=(body, response))
         refusal = policy.refuse_to_store(rule, response.status, response.headers, body)
         hints = interim.of(response)
-        if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
+        if overran(response):  # RFC 9112 §6.3: the answer ends at Content-Length; what followed was dropped
             self.upstream.failures(overrun_failure(), rule.name, "GET")
-            refusal = "framing"
         etag = response.headers.get("ETag") or (content_etag(body) if refusal is None else None)
         fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", interim=hints,
                           storable=refusal is None)

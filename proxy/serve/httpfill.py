@@ -90,9 +90,8 @@ async def fetch(proxy, target: Target, origin, found: Found, tokens: list[str], 
         return Got(response.status, upstream_headers, outcome="too-large", stream=(body, response))
     policy_headers = cache_view(proxy, upstream_headers)  # RFC 9213: a targeted field decides, if valid
     refusal = hc.refuse_to_store("GET", response.status, origin.headers, policy_headers, config.heuristic)
-    if overran(response):  # bytes beyond Content-Length: relayed up to it, never stored
+    if overran(response):  # RFC 9112 §6.3: the answer ends at Content-Length; what followed was dropped
         proxy.upstream.failures(overrun_failure(), LABEL, "GET")
-        refusal = "framing"
     if refusal is None and fallback and response.status in hc.ERROR_STATUSES:
         refusal = "upstream-error"  # the stale entry answers instead (RFC 5861 §4); keep it
     etag = (upstream_headers.getall("ETag", ()) or [None])[0]

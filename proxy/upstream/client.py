@@ -350,14 +350,15 @@ def body_failure(exc: BaseException) -> UpstreamError:
 
 def overran(response: Any) -> bool:
     """Bytes followed the answer beyond its Content-Length (the lean client saw them arrive with it): the
-    answer is relayed cut there, never stored, and its connection is closed. ``send`` counts these itself
-    (``on_overrun``); a fill's caller asks this."""
+    answer ends at Content-Length (RFC 9112 §6.3), is relayed and stored as framed, and its connection
+    is closed with the rest. ``send`` counts these itself (``on_overrun``); a fill's caller asks this."""
     return bool(getattr(response, "overran", False))
 
 
 def overrun_failure() -> UpstreamError:
-    return UpstreamError(502, "upstream sent bytes beyond the answer's Content-Length; relayed up to it, not "
-                              "stored, connection closed", "framing", "bytes after the end of the answer")
+    return UpstreamError(502, "upstream sent bytes beyond the answer's Content-Length; the answer ends there, "
+                              "the rest was dropped with its connection", "framing",
+                         "bytes after the end of the answer")
 
 
 async def watch_upstream(upstream: Upstream, interval: float = 1.0) -> None:
