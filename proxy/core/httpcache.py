@@ -111,10 +111,10 @@ def delta_seconds(arg: str | None) -> int | None:
 _DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _MONTH = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _TIME = r"\d{2}:\d{2}:\d{2}"
-_HTTP_DATE = re.compile(  # RFC 9110 §5.6.7: IMF-fixdate | rfc850-date | asctime-date (case-sensitive)
+_HTTP_DATE = re.compile(  # RFC 9110 §5.6.7: IMF-fixdate | rfc850-date | asctime-date (any case: robust, §5.6.7)
     rf"^(?:{_DAY}, \d{{2}} {_MONTH} \d{{4}} {_TIME} GMT"
     rf"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d{{2}}-{_MONTH}-\d{{2}} {_TIME} GMT"
-    rf"|{_DAY} {_MONTH} (?: \d|\d{{2}}) {_TIME} \d{{4}})$")
+    rf"|{_DAY} {_MONTH} (?: \d|\d{{2}}) {_TIME} \d{{4}})$", re.IGNORECASE)
 
 
 def parse_http_date(value: str | None) -> float | None:

@@ -53,6 +53,14 @@ async def test_4_2_1_expires_minus_date(cache):
     assert not await served_from_cache(cache)
 
 
+async def test_4_2_1_expires_in_the_wrong_case_still_counts(cache):
+    """RFC 9110 §5.6.7 asks recipients to be robust (cache-tests' optimal freshness-expires-wrong-case-*)."""
+    cache.origin.script(P, lambda request: Resp(headers={"Expires": cache.origin.date(60).upper()}))
+    await cache.get(P)
+    cache.clock.advance(50)
+    assert await served_from_cache(cache)
+
+
 @pytest.mark.parametrize("headers", [
     {"Expires": "0"},                                      # §5.3: invalid dates are in the past
     {"Expires": "not a date"},
