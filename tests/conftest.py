@@ -99,6 +99,7 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port),
                  "--bind", "127.0.0.1", "--daemonize", "no", "--dir", str(self.workdir),
+                 "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not after 5 s
                  *self.extra_args],
                 cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:

@@ -77,8 +77,7 @@ class LocalCluster:
         for port in ports:
             self.nodes.append(RedisServer(self.workdir, port=port, extra_args=(
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-replica-validity-factor", "0",
-                "--repl-diskless-sync-delay", "0")))
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-replica-validity-factor", "0")))
 
     # -- life cycle -------------------------------------------------------------------------------------
     def start(self) -> "LocalCluster":
