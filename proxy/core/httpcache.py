@@ -105,16 +105,19 @@ def delta_seconds(arg: str | None) -> int | None:
     """§1.2.2: a non-negative integer, capped at DELTA_MAX; None when absent or invalid."""
     if arg is None or not arg.isascii() or not arg.isdigit():
         return None
-    return min(int(arg), DELTA_MAX)
+    return min(int(arg), DELTA_MAX) if len(arg) <= _DELTA_DIGITS else DELTA_MAX  # int() refuses 4300+ digits
+
+
+_DELTA_DIGITS = len(str(DELTA_MAX))
 
 
 _DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _MONTH = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _TIME = r"\d{2}:\d{2}:\d{2}"
-_HTTP_DATE = re.compile(  # RFC 9110 §5.6.7: IMF-fixdate | rfc850-date | asctime-date (any case: robust, §5.6.7)
+_HTTP_DATE = re.compile(  # RFC 9110 §5.6.7 formats, matched in any case (RFC 9111 §4.2 asks caches to)
     rf"^(?:{_DAY}, \d{{2}} {_MONTH} \d{{4}} {_TIME} GMT"
     rf"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d{{2}}-{_MONTH}-\d{{2}} {_TIME} GMT"
-    rf"|{_DAY} {_MONTH} (?: \d|\d{{2}}) {_TIME} \d{{4}})$", re.IGNORECASE)
+    rf"|{_DAY} {_MONTH} (?: \d|\d{{2}}) {_TIME} \d{{4}})$", re.IGNORECASE | re.ASCII)
 
 
 def parse_http_date(value: str | None) -> float | None:
@@ -181,13 +184,13 @@ def age_value_of(headers: Mapping[str, str]) -> int | None:
     """§5.1 ``Age`` as received, read as the HTTP caching conformance suite requires (cache-tests'
     age-parse cases): the first member of the first field line counts, so ``Age: 7200, 0`` (or the lines
     ``7200`` then ``0``) is 7200 and ``0, 7200`` is 0; parameters after it (``7200;foo=bar``) are dropped.
-    A first member that is not a delta-seconds (``abc``, ``-1``, ``1.5``) is ignored, as is a missing
-    Age: None (§4.2.3 then reads age_value as 0)."""
-    values = _values(headers, "age")
-    if not values:
+    Empty members do not count (RFC 9110 §5.6.1). A first member that is not a delta-seconds (``abc``,
+    ``-1``, ``1.5``) is ignored, as is a missing Age: None (§4.2.3 then reads age_value as 0)."""
+    member = next((m for v in _values(headers, "age") for m in v.split(",") if m.strip()), None)
+    if member is None:
         return None
-    first = _AGE_MEMBER.match(values[0].split(",", 1)[0])
-    return min(int(first.group(1)), DELTA_MAX) if first else None
+    first = _AGE_MEMBER.match(member)
+    return delta_seconds(first.group(1)) if first else None
 
 
 _AGE_MEMBER = re.compile(r"[ \t]*([0-9]+)[ \t]*(?:;|$)")

@@ -1,6 +1,7 @@
 """RFC 9111 §5.1 (Age) as §4.2.3 uses it, read as the HTTP caching conformance suite (cache-tests,
 age-parse-*) requires: the first member of the first field line counts (``Age: 7200, 0`` and the lines
-``7200`` then ``0`` are 7200: stale; ``0, 7200`` is 0: fresh), a first member that is not a delta-seconds
+``7200`` then ``0`` are 7200: stale; ``0, 7200`` is 0: fresh; empty members do not count, RFC 9110
+§5.6.1), a first member that is not a delta-seconds
 (``abc``, ``-7200``, ``7200.0``) is ignored as if no Age were sent, and parameters after a valid number
 (``7200;foo=bar``) leave the number. Both stores."""
 from __future__ import annotations
@@ -20,8 +21,10 @@ async def twice_three_seconds_apart(cache, ages):
     return await cache.get(P)
 
 
-@pytest.mark.parametrize("ages", [["7200, 0"], ["7200", "0"], ["7200,7200"], ["7200;foo=bar"], ["7200, old"]],
-                         ids=["list-old-first", "two-lines-old-first", "list-dup-old", "parameter", "list-old-then-bad"])
+@pytest.mark.parametrize("ages", [["7200, 0"], ["7200", "0"], ["7200,7200"], ["7200;foo=bar"], ["7200, old"],
+                                  [", 7200"], ["", "7200"], ["9" * 5000]],
+                         ids=["list-old-first", "two-lines-old-first", "list-dup-old", "parameter", "list-old-then-bad",
+                              "empty-member-first", "empty-line-first", "5000-digits"])
 async def test_5_1_age_whose_first_member_is_old_makes_the_response_stale(cache, ages):
     reply = await twice_three_seconds_apart(cache, ages)
     assert cache.origin.count(P) == 2, reply  # stale on arrival: fetched again, never a HIT with Age: 3
