@@ -3,7 +3,7 @@ the store under the fill guard.
 
 ``fetch`` sends the request as a fill sends it (no conditionals, identity encoding, no credentials for a
 public entry), reads a bounded body, and says why an answer is not stored (``policy.refuse_to_store``,
-too large, a framing error). ``store`` writes the entry behind the answer (``GuardedStore.write_behind``)
+too large, a body cut short). ``store`` writes the entry behind the answer (``GuardedStore.write_behind``)
 only if the generations read before the fetch are still current: a purge that lands during the fetch
 wins. Coalescing and leases are coalesce.py's; this module fetches once each time it is asked.
 """

@@ -242,7 +242,7 @@ class Upstream:
 
     async def fetch(self, path_qs: str, headers: CIMultiDict) -> Response:
         """A fill's GET: the response with its body unread; the caller releases it, and counts an
-        answer that ``overran`` itself (it is never stored). Failures as ``send``'s: UpstreamError 502 or
+        answer that ``overran`` itself (it is stored as framed). Failures as ``send``'s: UpstreamError 502 or
         504, UpstreamBusy 503."""
         return await self._exchange("GET", path_qs, headers, None)
 

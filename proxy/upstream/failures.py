@@ -8,8 +8,8 @@
 * ``framing``  the answer does not agree with its own framing: not HTTP: 502; a body shorter than
                its Content-Length (the connection closed early): 502 before the answer began, else
                the client's connection closed after the bytes that came; bytes beyond its
-               Content-Length: the answer relayed cut at Content-Length, never stored, and its
-               backend connection closed;
+               Content-Length: the answer ends there (relayed, and stored as framed by a fill),
+               and its backend connection closed;
 * ``body``     the connection failed while the body was being read (a reset mid-body): 502;
 * ``busy``     no free backend slot (``max_concurrent``, ``UpstreamBusy``): 503, nothing was sent.
 

@@ -118,6 +118,17 @@ async def test_9213_rule_that_opts_in_is_not_stored_when_the_field_forbids(make_
     assert not await stored(cache, TYPES)
 
 
+@pytest.mark.parametrize("cdn", ['no-store, max-age="60"', "max-age=1.5", "Max-Age=60, no-store"])
+async def test_9213_rule_that_opts_in_keeps_its_own_ttl_when_the_field_is_invalid(make_cache, cdn):
+    """An invalid field is ignored whole (§2.2), as on the HTTP cache: the rule's ttl applies, not a
+    no-store or a lifetime read out of a field that does not parse as RFC 9213 says."""
+    cache = await make_cache(edit=honoured)
+    cache.origin.script(TYPES, Resp(headers={"CDN-Cache-Control": cdn}, body=ENVELOPE))
+    await cache.get(TYPES)
+    cache.clock.advance(3600)
+    assert await stored(cache, TYPES)
+
+
 async def test_9213_rule_that_opts_in_gets_a_shorter_ttl_never_a_longer_one(make_cache):
     cache = await make_cache(edit=honoured)
     cache.origin.script(TYPES, Resp(headers={"CDN-Cache-Control": "max-age=60, must-revalidate"}, body=ENVELOPE))

@@ -44,7 +44,7 @@ def test_1_2_2_delta_seconds(arg, expected):
 
 @pytest.mark.parametrize("text", ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
                                   "Sun Nov  6 08:49:37 1994",
-                                  # §5.6.7 asks recipients to be robust; cache-tests' optimal
+                                  # RFC 9111 §4.2: matched case-insensitively; cache-tests' optimal
                                   # freshness-expires-wrong-case-*: a date in the wrong case still counts
                                   "SUN, 06 Nov 1994 08:49:37 GMT", "Sun, 06 NOV 1994 08:49:37 gmt",
                                   "sunday, 06-nov-94 08:49:37 GMT"])

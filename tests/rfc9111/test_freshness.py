@@ -54,7 +54,8 @@ async def test_4_2_1_expires_minus_date(cache):
 
 
 async def test_4_2_1_expires_in_the_wrong_case_still_counts(cache):
-    """RFC 9110 §5.6.7 asks recipients to be robust (cache-tests' optimal freshness-expires-wrong-case-*)."""
+    """RFC 9111 §4.2: a cache SHOULD match dates case-insensitively (cache-tests' optimal
+    freshness-expires-wrong-case-*)."""
     cache.origin.script(P, lambda request: Resp(headers={"Expires": cache.origin.date(60).upper()}))
     await cache.get(P)
     cache.clock.advance(50)
