@@ -23,7 +23,7 @@ from ..core.errors import StoreUnavailable, UpstreamError
 from ..core.metrics import Metrics
 from ..core.policy import Lookup
 from ..store.guard import GuardedStore
-from ..upstream.client import Upstream, overran, overrun_failure, read_limited, strip_hop_by_hop
+from ..upstream.client import Upstream, read_limited, strip_hop_by_hop
 from .answers import CONDITIONAL_HEADERS, FILL_DROPPED, Fetched, Origin, content_etag
 from . import streaming
 from .background import Background
@@ -61,7 +61,7 @@ class Filler:
         self.metrics.upstream_requests.labels(rule.name).inc()
         start = time.perf_counter()
         try:
-            response = await self.upstream.fetch(origin.path_qs, headers)
+            response = await self.upstream.fetch(origin.path_qs, headers, rule.name)
         except UpstreamError as exc:
             self.upstream.failures(exc, rule.name, "GET")
             return Fetched(error=exc, outcome="upstream-error")
@@ -79,8 +79,6 @@ class Filler:
             return Fetched(response.status, upstream_headers, outcome="too-large", stream=(body, response))
         refusal = policy.refuse_to_store(rule, response.status, response.headers, body)
         hints = interim.of(response)
-        if overran(response):  # RFC 9112 §6.3: the answer ends at Content-Length; what followed was dropped
-            self.upstream.failures(overrun_failure(), rule.name, "GET")
         etag = response.headers.get("ETag") or (content_etag(body) if refusal is None else None)
         fetched = Fetched(response.status, upstream_headers, body, etag, refusal or "", interim=hints,
                           storable=refusal is None)

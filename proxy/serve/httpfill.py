@@ -15,7 +15,7 @@ from ..core import httpcache as hc
 from ..core import interim
 from ..core.entry import Entry
 from ..core.errors import StoreUnavailable, UpstreamError
-from ..upstream.client import overran, overrun_failure, read_limited, strip_hop_by_hop
+from ..upstream.client import read_limited, strip_hop_by_hop
 from .answers import CONDITIONAL_HEADERS, content_etag
 from .httpentries import FINGERPRINT, LABEL, VARY_SPEC, Found, Target, cache_view
 from .streaming import is_event_stream
@@ -61,7 +61,7 @@ async def fetch(proxy, target: Target, origin, found: Found, tokens: list[str], 
     request_time = proxy.clock()
     start = time.perf_counter()
     try:
-        response = await proxy.upstream.fetch(origin.path_qs, headers)  # the lean client (proxy/upstream/http1.py)
+        response = await proxy.upstream.fetch(origin.path_qs, headers, LABEL)  # the lean client (upstream/http1.py)
     except UpstreamError as exc:
         proxy.upstream.failures(exc, LABEL, "GET")
         return Got(error=exc, outcome="upstream-error")
@@ -90,8 +90,6 @@ async def fetch(proxy, target: Target, origin, found: Found, tokens: list[str], 
         return Got(response.status, upstream_headers, outcome="too-large", stream=(body, response))
     policy_headers = cache_view(proxy, upstream_headers)  # RFC 9213: a targeted field decides, if valid
     refusal = hc.refuse_to_store("GET", response.status, origin.headers, policy_headers, config.heuristic)
-    if overran(response):  # RFC 9112 §6.3: the answer ends at Content-Length; what followed was dropped
-        proxy.upstream.failures(overrun_failure(), LABEL, "GET")
     if refusal is None and fallback and response.status in hc.ERROR_STATUSES:
         refusal = "upstream-error"  # the stale entry answers instead (RFC 5861 §4); keep it
     etag = (upstream_headers.getall("ETag", ()) or [None])[0]

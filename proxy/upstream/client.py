@@ -240,11 +240,12 @@ class Upstream:
         relay gets the answer cut at its Content-Length."""
         return await self._exchange(method, path_qs, headers, body, on_overrun=partial(self._overran, rule, method))
 
-    async def fetch(self, path_qs: str, headers: CIMultiDict) -> Response:
-        """A fill's GET: the response with its body unread; the caller releases it, and counts an
-        answer that ``overran`` itself (it is stored as framed). Failures as ``send``'s: UpstreamError 502 or
-        504, UpstreamBusy 503."""
-        return await self._exchange("GET", path_qs, headers, None)
+    async def fetch(self, path_qs: str, headers: CIMultiDict, rule: str) -> Response:
+        """A fill's GET: the response with its body unread; the caller releases it. Bytes beyond the
+        answer's Content-Length are counted under ``rule`` whenever they show (a body read whole, a 304,
+        a large answer relayed as it comes); the answer ends at its Content-Length, and a fill stores it
+        as framed. Failures as ``send``'s: UpstreamError 502 or 504, UpstreamBusy 503."""
+        return await self._exchange("GET", path_qs, headers, None, on_overrun=partial(self._overran, rule, "GET"))
 
     async def _exchange(self, method: str, path_qs: str, headers: CIMultiDict, body: Any,
                         on_overrun: Callable[[], None] | None = None) -> Response:
@@ -346,13 +347,6 @@ def body_failure(exc: BaseException) -> UpstreamError:
     """What a failure while reading an answer's body was (a timeout, a reset, a body shorter than its
     Content-Length)."""
     return classify(exc, reading_body=True)
-
-
-def overran(response: Any) -> bool:
-    """Bytes followed the answer beyond its Content-Length (the lean client saw them arrive with it): the
-    answer ends at Content-Length (RFC 9112 §6.3), is relayed and stored as framed, and its connection
-    is closed with the rest. ``send`` counts these itself (``on_overrun``); a fill's caller asks this."""
-    return bool(getattr(response, "overran", False))
 
 
 def overrun_failure() -> UpstreamError:

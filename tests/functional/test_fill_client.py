@@ -76,7 +76,7 @@ class Backend:
 
 
 async def fetch(upstream: Upstream, path: str = "/api/v1/x?a=1") -> tuple[int, CIMultiDict, bytes]:
-    response = await upstream.fetch(path, CIMultiDict({"Host": "backend.test", "Accept": "application/json"}))
+    response = await upstream.fetch(path, CIMultiDict({"Host": "backend.test", "Accept": "application/json"}), "test")
     body = b"".join([chunk async for chunk in response.content.iter_any()])
     return response.status, CIMultiDict(response.headers), body
 
@@ -136,7 +136,7 @@ async def test_a_large_body_is_read_as_asked_for():
     async with Backend(lambda n: [ok(big)]) as backend:
         upstream = upstream_for(backend.url)
         try:
-            response = await upstream.fetch("/big", CIMultiDict())
+            response = await upstream.fetch("/big", CIMultiDict(), "test")
             chunks = []
             async for chunk in response.content.iter_any():
                 chunks.append(chunk)
@@ -183,7 +183,7 @@ async def test_a_body_cut_short_is_an_error_not_a_shorter_body():
     async with Backend(lambda n: [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", "reset"]) as backend:
         upstream = upstream_for(backend.url)
         try:
-            response = await upstream.fetch("/cut", CIMultiDict())
+            response = await upstream.fetch("/cut", CIMultiDict(), "test")
             with pytest.raises(aiohttp.ClientPayloadError):
                 while await response.content.readany():
                     pass

@@ -193,6 +193,27 @@ async def test_framing_body_longer_than_content_length_is_cut_there_and_stored_a
     assert await upstream_errors(cache, "framing") == 1
 
 
+async def test_framing_bytes_after_a_304_are_counted_and_the_revalidation_holds(make_cache, raw):
+    raw.script(P, Answer(headers=[("Cache-Control", "max-age=60"), ("ETag", '"v1"')], body=b"kept"),
+               Answer(304, headers=[("Cache-Control", "max-age=60"), ("ETag", '"v1"')], body=b"GARBAGE", length=0))
+    cache = await make_cache(origin=raw)
+    await cache.get(P)
+    cache.clock.advance(120)
+    reply = await cache.get(P)
+    assert (reply.status, reply.body, raw.count(P)) == (200, b"kept", 2), reply
+    assert await upstream_errors(cache, "framing") == 1
+
+
+async def test_framing_bytes_after_a_streamed_fill_are_counted(make_cache, raw):
+    """An answer too large to store is relayed as it comes; bytes past its Content-Length still count."""
+    body = b"0123456789" * 10
+    raw.script(P, Answer(headers=[("Cache-Control", "max-age=60")], body=body + b"GARBAGE", length=len(body)))
+    cache = await make_cache(origin=raw, max_body_bytes=20)
+    reply = await cache.get(P)
+    assert (reply.status, reply.body) == (200, body), reply
+    assert await upstream_errors(cache, "framing") == 1
+
+
 @pytest.mark.parametrize("path, headers", [(P, [("Cache-Control", "max-age=600")]),
                                            (TYPES, [("Content-Type", "application/json")])],
                          ids=["http-cache", "rule"])
