@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,10 @@ def test_kinds(suite: Path) -> dict[str, str]:
               " if (!t.browser_only) out[t.id] = t.kind || 'required';"
               " console.log(JSON.stringify(out)) })")
     index = (suite / "tests" / "index.mjs").as_uri()
-    return json.loads(subprocess.run(["node", "-e", script, index], check=True, capture_output=True, text=True).stdout)
+    done = subprocess.run(["node", "-e", script, index], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        sys.exit(f"node could not load {index}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
 
 
 def start_origin(suite: Path, tmp: Path) -> Service:
@@ -49,7 +53,11 @@ def start_origin(suite: Path, tmp: Path) -> Service:
     proc = subprocess.Popen(["node", "test-engine/server/server.mjs"], cwd=suite, env=env, stdin=subprocess.DEVNULL,
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     origin = Service("cache-tests-origin", proc, f"http://127.0.0.1:{port}", log_path)
-    wait_http(origin.url + "/test/none", service=origin, ok=(409,))  # "Requests not found": it answers
+    try:
+        wait_http(origin.url + "/test/none", service=origin, ok=(409,))  # "Requests not found": it answers
+    except BaseException:
+        origin.stop()
+        raise
     return origin
 
 
@@ -65,14 +73,16 @@ def rules_with_http_cache(tmp: Path, heuristic: bool) -> Path:
 
 def run_client(suite: Path, base: str) -> dict:
     env = dict(os.environ, npm_config_base=base, npm_package_config_id="")
-    done = subprocess.run(["node", "test-engine/cli.mjs"], cwd=suite, env=env, capture_output=True, text=True)
+    done = subprocess.run(["node", "test-engine/cli.mjs"], cwd=suite, env=env, capture_output=True, text=True,
+                          timeout=1800)
     if done.returncode != 0 or not done.stdout.strip().startswith("{"):
         sys.exit(f"cache-tests client failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout)
 
 
 def summarise(store: str, kinds: dict[str, str], results: dict) -> list[str]:
-    """Prints passes and failures per kind; returns the required failures not declined."""
+    """Prints passes and failures per kind (failures in a case's setup, which cache-tests.fyi shows apart,
+    are counted as failures and said); returns the required failures not declined."""
     counts: dict[str, list[int]] = {}
     unexpected = []
     for test_id, kind in kinds.items():
@@ -80,15 +90,18 @@ def summarise(store: str, kinds: dict[str, str], results: dict) -> list[str]:
         if outcome is None:
             continue  # not run: a dependency failed, or the client skips it
         passed = outcome is True
-        counts.setdefault(kind, [0, 0])[0 if passed else 1] += 1
+        in_setup = isinstance(outcome, list) and outcome[:1] == ["Setup"]
+        tally = counts.setdefault(kind, [0, 0, 0])
+        tally[0 if passed else 1] += 1
+        tally[2] += in_setup
         if not passed and kind == "required":
             reason = DECLINED.get(test_id)
             log(f"{store}: required {test_id}: {outcome[1] if isinstance(outcome, list) else outcome}"
                 + (f" (declined: {reason})" if reason else ""))
             if reason is None:
                 unexpected.append(test_id)
-    for kind, (passed, failed) in sorted(counts.items()):
-        log(f"{store}: {kind}: {passed} passed, {failed} failed")
+    for kind, (passed, failed, in_setup) in sorted(counts.items()):
+        log(f"{store}: {kind}: {passed} passed, {failed} failed ({in_setup} of them in setup)")
     return unexpected
 
 
@@ -103,6 +116,8 @@ def main() -> int:
     if not (suite / "test-engine" / "cli.mjs").exists():
         sys.exit(f"{suite} is not a cache-tests checkout (no test-engine/cli.mjs)")
     args.out.mkdir(parents=True, exist_ok=True)
+    if shutil.which("node") is None:
+        sys.exit("node (18 or newer) is needed to run cache-tests")
     kinds = test_kinds(suite)
     unexpected: list[str] = []
     with tempfile.TemporaryDirectory(prefix="conformance-") as name:

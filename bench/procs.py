@@ -260,7 +260,11 @@ def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: s
                             stdin=subprocess.DEVNULL)
     svc = Service(f"proxy-{name}", proc, f"http://127.0.0.1:{port}", log_path,
                   {"store": ("redis-cluster" if "cluster" in redis_url else "redis") if redis_url else "memory", "workers": workers, "rules": str(rules or "rules.yaml")})
-    wait_http(svc.url + "/readyz", service=svc)
+    try:
+        wait_http(svc.url + "/readyz", service=svc)
+    except BaseException:
+        svc.stop()  # never left running when it did not come up
+        raise
     return svc
 
 
