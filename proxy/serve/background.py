@@ -28,6 +28,17 @@ class Background:
         return [t for t in self.tasks if getattr(t, "fill", False)]
 
     async def cancel_all(self, *others: asyncio.Task) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, *others, return_exceptions=True)
+        """Cancel every tracked task and ``others``, again and again until each has ended: on Python 3.11
+        a timeout firing with a cancellation can turn it into a TimeoutError that a store client then
+        catches, and a loop that lost its cancellation so would keep shutdown waiting for ever."""
+        pending = {*self.tasks, *others}
+        while pending:
+            for task in pending:
+                task.cancel()
+            done, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved, so never logged as "never retrieved"
+
+
+RECANCEL_AFTER = 0.5  # seconds between cancellations of a task that has not ended
