@@ -233,7 +233,7 @@ def targeted_directives(headers: Mapping[str, str], fields: Iterable[str]) -> di
             parsed = http_sf.parse(", ".join(values).encode("latin-1"), tltype="dictionary")
         except (http_sf.StructuredFieldError, UnicodeEncodeError, ValueError):
             continue  # §2.2: an invalid field is ignored
-        if not parsed or any(type(parsed[name][0]) is not int for name in _DELTA_DIRECTIVES.intersection(parsed)):
+        if not parsed or any(type(parsed[d][0]) is not int for d in _DELTA_DIRECTIVES.intersection(parsed)):
             continue
         out: dict[str, str | None] = {}
         for key, (value, _params) in parsed.items():

@@ -10,7 +10,7 @@ body longer than its Content-Length into an error for the whole answer and drops
 
 What a caller gets (``Response``) is the part of aiohttp's ``ClientResponse`` the relays use: ``status``,
 ``reason``, ``headers``, ``content.readany()`` / ``content.iter_any()`` and ``release()``, plus ``interim``
-(the 1xx answers before it, proxy/core/interim.py) and ``overran``. Failures keep aiohttp's types, so the
+(the 1xx answers before it, proxy/core/interim.py). Failures keep aiohttp's types, so the
 callers' handling is the same as it was for aiohttp's client: ``aiohttp.ClientConnectionError`` (connect,
 reset; "Cannot write to closing transport" when nothing could be written), ``aiohttp.ClientResponseError``
 (not HTTP), ``aiohttp.ClientPayloadError`` (cut mid-body), ``asyncio.TimeoutError`` (connect or read
@@ -26,7 +26,7 @@ sending, and that connection is not used again.
 
 The answer: 1xx interim answers before it are kept (101 aside); a HEAD answer ends with its head (one
 without framing closes its connection); bytes that arrive with the answer beyond its end (more than its
-Content-Length) are cut off, mark it ``overran``, call ``on_overrun`` and close the connection; a body
+Content-Length) are cut off, call ``on_overrun`` (once) and close the connection; a body
 shorter than its framing announced is a ``ClientPayloadError`` once the connection closes.
 
 Connections: idle ones are reused last-in first-out. A connection goes back to the pool only after a
@@ -163,7 +163,7 @@ class Response:
         self._keep_alive = False
         self.sending: asyncio.Task | None = None  # the rest of a streamed request body going out
         self._cut_short = False  # the request's body was not sent whole: the connection is not reusable
-        self.overran = False  # bytes arrived after the complete answer (beyond its Content-Length)
+        self._overran = False  # bytes arrived after the complete answer (beyond its Content-Length)
         self.interim: list[tuple[int, tuple[tuple[str, str], ...]]] = []  # 1xx before it (proxy/core/interim.py)
 
     # -- httptools callbacks -----------------------------------------------------------------------------
@@ -245,8 +245,8 @@ class Response:
 
     def _overrun(self) -> None:
         self.connection.close()
-        if not self.overran:
-            self.overran = True
+        if not self._overran:
+            self._overran = True
             if self._on_overrun is not None:
                 self._on_overrun()
 
