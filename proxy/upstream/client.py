@@ -245,7 +245,8 @@ class Upstream:
         answer's Content-Length are counted under ``rule`` whenever they show (a body read whole, a 304,
         a large answer relayed as it comes); the answer ends at its Content-Length, and a fill stores it
         as framed. Failures as ``send``'s: UpstreamError 502 or 504, UpstreamBusy 503."""
-        return await self.send("GET", path_qs, headers, None, rule)
+        # Not send(...): tracing wraps fetch and send each as one backend call (proxy/serve/tracing.py).
+        return await self._exchange("GET", path_qs, headers, None, on_overrun=partial(self._overran, rule, "GET"))
 
     async def _exchange(self, method: str, path_qs: str, headers: CIMultiDict, body: Any,
                         on_overrun: Callable[[], None] | None = None) -> Response:
