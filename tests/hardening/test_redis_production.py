@@ -179,6 +179,7 @@ async def test_sentinel_failover_moves_to_the_new_master_and_bumps_the_epoch(mak
             raise
         return True
 
+    await poll(lambda: _caught_up(master, replica), "the replica holds what the proxy wrote")
     await poll(failover_started, "the sentinel accepted the failover", attempts=3000)
 
     async def promoted() -> bool:
@@ -213,7 +214,7 @@ async def test_a_master_the_sentinels_no_longer_name_is_left_even_while_it_still
     user = str(uuid.uuid4())
     assert [(await proxy.get(PROFILE, user)).x_cache for _ in range(2)] == ["MISS", "HIT"]
 
-    _named_master_by_hand(sentinel, new)
+    await _named_master_by_hand(poll, sentinel, old, new)
     last = []
     await _poll_telling(poll, _epoch_bumped(proxy, user, last), "the proxy moved to the master the sentinels name",
                         last, old, new)
@@ -245,7 +246,7 @@ async def test_a_new_master_is_followed_even_when_the_sentinels_could_not_be_ask
     assert [(await proxy.get(PROFILE, user)).x_cache for _ in range(2)] == ["MISS", "HIT"]
     assert "cmdstat_mget" in old.client().info("commandstats")  # the hit path reads the old master
 
-    _named_master_by_hand(sentinel, new)
+    await _named_master_by_hand(poll, sentinel, old, new)
     store.named_master = ask_sentinels
     last = []
     await _poll_telling(poll, _epoch_bumped(proxy, user, last), "the proxy moved to the master the sentinels name",
@@ -270,7 +271,7 @@ async def test_after_the_sentinels_name_a_new_master_l1_invalidations_come_from_
                       for _ in range(2)]
     await poll(lambda: _subscribers(old, 2), "both proxies follow the invalidations on the old master")
 
-    _named_master_by_hand(sentinel, new)
+    await _named_master_by_hand(poll, sentinel, old, new)
     await poll(lambda: _subscribers(new, 2), "both subscriptions moved to the new master", attempts=2000)
     assert old.client().pubsub_numsub(L1_CHANNEL)[0][1] == 0
 
@@ -305,9 +306,10 @@ def _sentinel_url(sentinel) -> str:
     return f"redis+sentinel://127.0.0.1:{sentinel.port}/katiba/0"
 
 
-def _named_master_by_hand(sentinel, replica) -> None:
+async def _named_master_by_hand(poll, sentinel, master, replica) -> None:
     """Split brain: ``replica`` promoted by hand and named by the sentinel, while the old master is neither
     demoted nor told, so it keeps its clients and its writes."""
+    await poll(lambda: _caught_up(master, replica), "the replica holds what the proxy wrote")
     replica.client().execute_command("REPLICAOF", "NO", "ONE")
     admin = sentinel.client()
     admin.execute_command("SENTINEL", "REMOVE", "katiba")
@@ -340,6 +342,15 @@ async def _poll_telling(poll, predicate, what: str, last: list, *servers) -> Non
         roles = [(s.port, s.client().info("replication").get("role")) for s in servers]
         pytest.fail(f"condition never became true: {what}; last seen {last!r}; "
                     f"roles {roles}")
+
+
+def _caught_up(master, replica) -> bool:
+    """A replica promoted before the proxy's writes reached it starts from an empty dataset, with nothing
+    stale to serve and so no epoch to bump: these tests promote one that holds them (its offset)."""
+    async def check() -> bool:
+        written = master.client().info("replication")["master_repl_offset"]
+        return 0 < written <= replica.client().info("replication")["slave_repl_offset"]
+    return check()
 
 
 def _linked(replica) -> bool:
