@@ -47,8 +47,21 @@ SECRET = standin.DEFAULT_SECRET
 
 # ---------------------------------------------------------------------------------------- tokens
 
+_MINTED: dict[tuple, str] = {}
+
+
 def mint(user_id: str, ttl: int = 3600, secret: str = SECRET, **claims: Any) -> str:
-    return jwt.encode({"sub": user_id, "exp": int(time.time()) + ttl, **claims}, secret, algorithm="HS256")
+    """A token for ``user_id``. Long-lived ones (``ttl`` >= 3600, the default) are minted once per user,
+    secret and claims: ``exp`` is now + ttl, so tokens minted a second apart differ, and so do the
+    requests carrying them (memos, lookups): a test's repeated requests must be byte for byte the same
+    whatever the clock. A session is far shorter than the hour of validity this leaves."""
+    key = (user_id, ttl, secret, repr(sorted(claims.items())))
+    token = _MINTED.get(key) if ttl >= 3600 else None
+    if token is None:
+        token = jwt.encode({"sub": user_id, "exp": int(time.time()) + ttl, **claims}, secret, algorithm="HS256")
+        if ttl >= 3600:
+            _MINTED[key] = token
+    return token
 
 
 def auth(user_id: str, **kw: Any) -> dict[str, str]:

@@ -131,13 +131,8 @@ class Wire:
         await self.writer.wait_closed()
 
 
-_TOKENS: dict[str, str] = {}
-
-
 def get(path: str, user: str, extra: str = "") -> bytes:
-    """One user's requests carry one token: a token minted per request differs from the one before once
-    the clock passes a second (its ``exp``), and so does the request (bytes, memos, lookups)."""
-    token = _TOKENS.get(user) or _TOKENS.setdefault(user, auth(user)["Authorization"])
+    token = auth(user)["Authorization"]
     return f"GET {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: {token}\r\n{extra}\r\n".encode()
 
 
