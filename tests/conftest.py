@@ -65,7 +65,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _redis_server_binary() -> str:
+def redis_server_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server not found on PATH: the store tests need a real Redis "
@@ -73,11 +73,18 @@ def _redis_server_binary() -> str:
     return binary
 
 
+# Every test redis-server: no persistence, loopback only. A replica's first sync starts at once: Redis 7
+# waits repl-diskless-sync-delay (5 s) for more replicas otherwise, which on a loaded machine outlasted
+# the tests' bounded polls for "in sync".
+REDIS_OPTIONS = ("--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--daemonize", "no",
+                 "--repl-diskless-sync-delay", "0")
+
+
 class RedisServer:
     """One ``redis-server`` process we started, on 127.0.0.1 and a port of our own."""
 
     def __init__(self, workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()):
-        self.binary = _redis_server_binary()
+        self.binary = redis_server_binary()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port()
@@ -97,9 +104,7 @@ class RedisServer:
         log = open(self.workdir / f"redis-{self.port}.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [self.binary, "--save", "", "--appendonly", "no", "--port", str(self.port),
-                 "--bind", "127.0.0.1", "--daemonize", "no", "--dir", str(self.workdir),
-                 "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not after 5 s
+                [self.binary, *REDIS_OPTIONS, "--port", str(self.port), "--dir", str(self.workdir),
                  *self.extra_args],
                 cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:

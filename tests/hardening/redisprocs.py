@@ -4,7 +4,6 @@ Each is started on free loopback ports, waited for with a bounded loop, and kill
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Callable
 
 import pytest
 import redis
+
+from tests.conftest import REDIS_OPTIONS, redis_server_binary
 
 from .conftest import free_port
 
@@ -49,33 +50,20 @@ class Proc:
         self.proc.wait(timeout=10)
 
 
-def _binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not found on PATH (Debian: apt-get install redis-server)", pytrace=False)
-    return binary
-
-
-# A replica's first sync starts at once: Redis 7 waits repl-diskless-sync-delay (5 s) for more replicas
-# otherwise, which on a loaded machine outlasted the tests' bounded polls for "in sync".
-BASE = ("--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--daemonize", "no",
-        "--repl-diskless-sync-delay", "0")
-
-
 class Launcher:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.procs: list[Proc] = []
 
     def _start(self, name: str, port: int, args: list[str]) -> Proc:
-        proc = Proc([_binary(), *args], self.workdir, port, name)
+        proc = Proc([redis_server_binary(), *args], self.workdir, port, name)
         self.procs.append(proc)
         return proc
 
     def tls(self, certs, auth_clients: bool = True) -> Proc:
         port = free_port()
         proc = self._start("redis-tls", port, [
-            *BASE, "--port", "0", "--tls-port", str(port), "--tls-cert-file", certs.server_cert,
+            *REDIS_OPTIONS, "--port", "0", "--tls-port", str(port), "--tls-cert-file", certs.server_cert,
             "--tls-key-file", certs.server_key, "--tls-ca-cert-file", certs.ca,
             "--tls-auth-clients", "yes" if auth_clients else "no", "--dir", str(self.workdir)])
         proc.client = lambda: redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=certs.ca,
@@ -87,7 +75,7 @@ class Launcher:
     def acl(self, user: str, password: str) -> Proc:
         port = free_port()
         proc = self._start("redis-acl", port, [
-            *BASE, "--port", str(port), "--user", user, "on", f">{password}", "~*", "&*", "+@all",
+            *REDIS_OPTIONS, "--port", str(port), "--user", user, "on", f">{password}", "~*", "&*", "+@all",
             "--user", "default", "off",
             "--dir", str(self.workdir)])
         proc.client = lambda: redis.Redis(host="127.0.0.1", port=port, username=user, password=password,
@@ -97,7 +85,7 @@ class Launcher:
 
     def plain(self, *extra: str) -> Proc:
         port = free_port()
-        proc = self._start("redis", port, [*BASE, "--port", str(port), "--dir", str(self.workdir), *extra])
+        proc = self._start("redis", port, [*REDIS_OPTIONS, "--port", str(port), "--dir", str(self.workdir), *extra])
         proc.client = lambda: redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True)
         proc.wait(lambda: proc.client().ping(), "PING")
         return proc
