@@ -53,11 +53,7 @@ def start_origin(suite: Path, tmp: Path) -> Service:
     proc = subprocess.Popen(["node", "test-engine/server/server.mjs"], cwd=suite, env=env, stdin=subprocess.DEVNULL,
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     origin = Service("cache-tests-origin", proc, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_http(origin.url + "/test/none", service=origin, ok=(409,))  # "Requests not found": it answers
-    except BaseException:
-        origin.stop()
-        raise
+    wait_http(origin.url + "/test/none", service=origin, ok=(409,))  # "Requests not found": it answers
     return origin
 
 

@@ -71,6 +71,17 @@ class Service:
 
 
 def wait_http(url: str, timeout: float = 20.0, service: Service | None = None, ok=(200,)) -> None:
+    """Until ``url`` answers a status in ``ok``. A ``service`` that does not come up (it exited, the time ran
+    out, or the wait was interrupted) is stopped before the error goes on: never left running."""
+    try:
+        _wait_http(url, timeout, service, ok)
+    except BaseException:
+        if service is not None:
+            service.stop()
+        raise
+
+
+def _wait_http(url: str, timeout: float, service: Service | None, ok) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -260,11 +271,7 @@ def start_proxy(tmp: Path, name: str, upstream: str, secret: str, admin_token: s
                             stdin=subprocess.DEVNULL)
     svc = Service(f"proxy-{name}", proc, f"http://127.0.0.1:{port}", log_path,
                   {"store": ("redis-cluster" if "cluster" in redis_url else "redis") if redis_url else "memory", "workers": workers, "rules": str(rules or "rules.yaml")})
-    try:
-        wait_http(svc.url + "/readyz", service=svc)
-    except BaseException:
-        svc.stop()  # never left running when it did not come up
-        raise
+    wait_http(svc.url + "/readyz", service=svc)
     return svc
 
 
