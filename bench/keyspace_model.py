@@ -11,8 +11,11 @@ timed by the process' CPU clock. No wrk, no Redis, no other process shares the f
 proxy's own per-key cost, in seconds rather than a ten-minute run. It is a model: the memory store hands
 back the stored bytes object itself, where a Redis client reads new bytes each time.
 
-Prints one JSON object per level (``us_per_request``, the memos' sizes) and the step between the first and
-the last level. ``--numbered``: each request carries its own ``X-Request-ID``, as from a client or a load
+Prints one JSON object per level and the step between the first and the last level. Per level:
+``us_per_request`` (CPU), the memos' sizes, and the timed requests split by whether the process had framed and
+looked up their head before: ``first_sights`` and the wall time of each kind (``us_first_sight``, ``us_repeat``),
+for the step is mostly the share of heads a large keyspace's tail brings for the first time
+(BENCHMARKS.md). ``--numbered``: each request carries its own ``X-Request-ID``, as from a client or a load
 balancer that numbers requests (wrk's requests in (f) carry none).
 """
 from __future__ import annotations
@@ -87,20 +90,38 @@ async def run_level(keys: int, requests: int, seed: int = 1, numbered: bool = Fa
                     raw = Entry(200, (("Content-Type", "application/json"), ("Vary", "Authorization")), body,
                                 time.time(), tuple(generations), lookup.rule.fingerprint, f'"{u}"').encode()
                 await store.store_if_current(lookup.key, raw, TTL, lookup.gen_keys, generations, TTL)
-    cdf, rng = zipf_cdf(users, ZIPF_S), random.Random(seed)  # cdf ends at 1.0: bisect gives a user index
-    draws = [(bisect.bisect_left(cdf, rng.random()), rng.randrange(len(PATHS)), rng.choice(choices))
-             for _ in range(2 * requests)]
     hits = commands = 0
-    for i, (u, p, variant) in enumerate(draws):
+    first_sights, clocked = [0, 0], [0.0, 0.0]  # [repeats, first sightings]: count, perf_counter seconds
+    for i, (u, p, variant) in enumerate(draws(users, variants, 2 * requests, seed)):
         if i == requests:
             commands, started = store.commands, time.process_time()
-        outcome = reads.answer(frame(bytearray(_head(PATHS[p], variant, tokens[u], i if numbered else None))), PEER)
+        buf = bytearray(_head(PATHS[p], variant, tokens[u], i if numbered else None))
+        began = time.perf_counter()
+        head = frame(buf)
+        first = head.lookup is None  # never framed and looked up in this process, or forgotten by the memos
+        outcome = reads.answer(head, PEER)
         answer = outcome if isinstance(outcome, bytes) else await outcome
-        hits += i >= requests and isinstance(answer, bytes) and b"\r\nX-Cache: HIT\r\n" in answer
+        if i >= requests:
+            first_sights[first] += 1
+            clocked[first] += time.perf_counter() - began
+            hits += isinstance(answer, bytes) and b"\r\nX-Cache: HIT\r\n" in answer
     spent = time.process_time() - started
     return {"keys": keys, "users": users, "variants": variants, "numbered": numbered, "requests": requests,
             "hits": hits, "store_lookups": store.commands - commands,
-            "us_per_request": round(spent / requests * 1e6, 2), "memo_bytes": memo.usage()}
+            "us_per_request": round(spent / requests * 1e6, 2),
+            "first_sights": first_sights[1],
+            "us_first_sight": round(clocked[1] / first_sights[1] * 1e6, 2) if first_sights[1] else None,
+            "us_repeat": round(clocked[0] / first_sights[0] * 1e6, 2) if first_sights[0] else None,
+            "memo_bytes": memo.usage()}
+
+
+def draws(users: int, variants: int, n: int, seed: int = 1) -> list[tuple[int, int, int | None]]:
+    """``n`` requests as (user, path index, variant or None): users by the Zipf law of (f), path and variant
+    uniformly, as bench/lua/keyspace.lua draws them."""
+    choices = [None] if variants == 1 else list(range(variants))
+    cdf, rng = zipf_cdf(users, ZIPF_S), random.Random(seed)  # cdf ends at 1.0: bisect gives a user index
+    return [(bisect.bisect_left(cdf, rng.random()), rng.randrange(len(PATHS)), rng.choice(choices))
+            for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,3 +26,18 @@ def test_a_level_beyond_the_users_cap_is_read_through_its_variants(monkeypatch):
 def test_numbered_requests_are_modelled_hits_too():
     level = asyncio.run(run_level(keys=40, requests=300, numbered=True))
     assert level["numbered"] and level["hits"] == level["store_lookups"] == 300
+
+
+def test_first_sightings_are_the_timed_requests_whose_head_the_process_never_drew_before(monkeypatch):
+    """The split the step is read by (BENCHMARKS.md): a head framed once is remembered, so only a head
+    the warm-up never drew, at its first timed draw, is new to the process."""
+    import bench.keyspace_model as model
+    from proxy.serve import framing
+
+    monkeypatch.setattr(model, "MAX_USERS", 10)
+    # a level runs in a process of its own: no head framed by another test's level
+    monkeypatch.setattr(framing, "_FRAMED", framing.SizedMemo("heads", framing.FRAMED_SHARE, framing._framed_size))
+    level = asyncio.run(run_level(keys=200, requests=150))
+    drawn = model.draws(level["users"], level["variants"], 300)
+    assert level["first_sights"] == len(set(drawn[150:]) - set(drawn[:150])) > 0
+    assert level["us_first_sight"] is not None and level["us_repeat"] is not None
