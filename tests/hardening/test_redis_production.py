@@ -319,12 +319,17 @@ async def _named_master_by_hand(poll, sentinel, master, replica) -> None:
 
 def _epoch_bumped(proxy, user: str, last: list):
     """A poll predicate: every read is answered meanwhile, and true once the proxy bumped the epoch (once),
-    having verified a new master. ``last`` keeps the latest reply and count for the failure message."""
+    having verified a new master, and reads use the store again. A pooled connection opened to the new
+    master while its verification was in flight (a metrics scrape's ``stats``, say) is refused by design
+    (``RedisStore._on_connect``): the store is then off until the next check, a tenth of a second later.
+    ``last`` keeps the latest reply and figures for the failure message."""
     async def check() -> bool:
         last[:] = [await proxy.get(PROFILE, user)]
         assert last[0].status == 200, last[0]
-        last.append(f"epoch bumps {metric_value(await proxy.metrics(), 'katiba_cache_epoch_bumps_total')}")
-        return last[-1] == "epoch bumps 1.0"
+        metrics = await proxy.metrics()
+        last.append(f"epoch bumps {metric_value(metrics, 'katiba_cache_epoch_bumps_total')}, "
+                    f"store usable {metric_value(metrics, 'katiba_cache_store_usable')}")
+        return last[-1] == "epoch bumps 1.0, store usable 1.0"
     return check
 
 
