@@ -78,7 +78,7 @@ async def run_level(keys: int, requests: int, seed: int = 1, numbered: bool = Fa
     proxy.ready = True
     reads = ReadPath(proxy)
     tokens = [mint(f"{u:08d}-0000-4000-8000-000000000000", SECRET) for u in range(users)]
-    choices = [None] if variants == 1 else list(range(variants))
+    choices = variant_choices(variants)
     for u, token in enumerate(tokens):
         for path in PATHS:
             raw = None
@@ -91,7 +91,7 @@ async def run_level(keys: int, requests: int, seed: int = 1, numbered: bool = Fa
                                 time.time(), tuple(generations), lookup.rule.fingerprint, f'"{u}"').encode()
                 await store.store_if_current(lookup.key, raw, TTL, lookup.gen_keys, generations, TTL)
     hits = commands = 0
-    first_sights, clocked = [0, 0], [0.0, 0.0]  # [repeats, first sightings]: count, perf_counter seconds
+    counted, clocked = [0, 0], [0.0, 0.0]  # by kind, [repeats, first sightings]: requests, perf_counter seconds
     for i, (u, p, variant) in enumerate(draws(users, variants, 2 * requests, seed)):
         if i == requests:
             commands, started = store.commands, time.process_time()
@@ -102,23 +102,28 @@ async def run_level(keys: int, requests: int, seed: int = 1, numbered: bool = Fa
         outcome = reads.answer(head, PEER)
         answer = outcome if isinstance(outcome, bytes) else await outcome
         if i >= requests:
-            first_sights[first] += 1
+            counted[first] += 1
             clocked[first] += time.perf_counter() - began
             hits += isinstance(answer, bytes) and b"\r\nX-Cache: HIT\r\n" in answer
     spent = time.process_time() - started
     return {"keys": keys, "users": users, "variants": variants, "numbered": numbered, "requests": requests,
             "hits": hits, "store_lookups": store.commands - commands,
             "us_per_request": round(spent / requests * 1e6, 2),
-            "first_sights": first_sights[1],
-            "us_first_sight": round(clocked[1] / first_sights[1] * 1e6, 2) if first_sights[1] else None,
-            "us_repeat": round(clocked[0] / first_sights[0] * 1e6, 2) if first_sights[0] else None,
+            "first_sights": counted[1],
+            "us_first_sight": round(clocked[1] / counted[1] * 1e6, 2) if counted[1] else None,
+            "us_repeat": round(clocked[0] / counted[0] * 1e6, 2) if counted[0] else None,
             "memo_bytes": memo.usage()}
+
+
+def variant_choices(variants: int) -> list[int | None]:
+    """The ``?v=`` values of a level: None alone (no query) when each (user, path) has one key."""
+    return [None] if variants == 1 else list(range(variants))
 
 
 def draws(users: int, variants: int, n: int, seed: int = 1) -> list[tuple[int, int, int | None]]:
     """``n`` requests as (user, path index, variant or None): users by the Zipf law of (f), path and variant
     uniformly, as bench/lua/keyspace.lua draws them."""
-    choices = [None] if variants == 1 else list(range(variants))
+    choices = variant_choices(variants)
     cdf, rng = zipf_cdf(users, ZIPF_S), random.Random(seed)  # cdf ends at 1.0: bisect gives a user index
     return [(bisect.bisect_left(cdf, rng.random()), rng.randrange(len(PATHS)), rng.choice(choices))
             for _ in range(n)]
